@@ -1,0 +1,34 @@
+# Two commands: `make run` and `make test`. Both create .venv if it is missing
+# and install the pinned dependencies into it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/mysisterdb up
+
+test: $(STAMP)
+	$(BIN)/ruff check api workers context mysisterdb tests bench
+	$(BIN)/mypy
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check api workers context mysisterdb tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python bench/context_bench.py
+
+clean:
+	rm -rf $(VENV) data/*.rdb data/appendonly*
