@@ -1,0 +1,83 @@
+"""Every Redis key MySisterDB uses, and how long each one lives.
+
+One module so that an operator (and `mysisterdb check`) can see the whole
+data model at a glance.  Lifetimes carry their unit in the name.
+
+Layout::
+
+    msdb:job:{job_id}                 hash   the job record (status, steps, partial text)  job_ttl_s
+    msdb:idem:{key}                   string Idempotency-Key -> job id                     idempotency_ttl_s
+    msdb:conv:{cid}:turn              string last turn number handed out (INCR)            kept
+    msdb:conv:{cid}:jobs              hash   turn -> job id                                kept
+    msdb:conv:{cid}:messages          zset   score = seq, member = message JSON            kept
+    msdb:conv:{cid}:summary           hash   running summary + the seq it covers            kept
+    msdb:conv:{cid}:ctx:*             relevance index of the context library             kept
+    msdb:conversations                set    every conversation id                         kept
+    msdb:incidents                    list   incident JSON, newest first (capped)          incidents_max
+    msdb:worker:heartbeat:{hostname}  string last consume heartbeat of a worker            worker_heartbeat_ttl_s
+
+Conversation data has no TTL: it is what the user asked us to remember.
+"""
+
+from __future__ import annotations
+
+PREFIX = "msdb"
+
+job_ttl_s = 7 * 24 * 3600
+idempotency_ttl_s = 24 * 3600
+worker_heartbeat_ttl_s = 30
+incidents_max = 1000
+
+
+def job(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}"
+
+
+def job_pattern() -> str:
+    return f"{PREFIX}:job:*"
+
+
+def idempotency(key: str) -> str:
+    return f"{PREFIX}:idem:{key}"
+
+
+def conversations() -> str:
+    return f"{PREFIX}:conversations"
+
+
+def conv_prefix(conversation_id: str) -> str:
+    """Every key of one conversation starts with this (reset deletes them all)."""
+    return f"{PREFIX}:conv:{conversation_id}:"
+
+
+def conv_turn(conversation_id: str) -> str:
+    return conv_prefix(conversation_id) + "turn"
+
+
+def conv_jobs(conversation_id: str) -> str:
+    return conv_prefix(conversation_id) + "jobs"
+
+
+def conv_messages(conversation_id: str) -> str:
+    return conv_prefix(conversation_id) + "messages"
+
+
+def conv_summary(conversation_id: str) -> str:
+    return conv_prefix(conversation_id) + "summary"
+
+
+def conv_context(conversation_id: str, name: str) -> str:
+    """Keys owned by the context library's Redis store (its relevance index)."""
+    return conv_prefix(conversation_id) + f"ctx:{name}"
+
+
+def incidents() -> str:
+    return f"{PREFIX}:incidents"
+
+
+def worker_heartbeat(hostname: str) -> str:
+    return f"{PREFIX}:worker:heartbeat:{hostname}"
+
+
+def worker_heartbeat_pattern() -> str:
+    return f"{PREFIX}:worker:heartbeat:*"
