@@ -5,16 +5,16 @@ data model at a glance.  Lifetimes carry their unit in the name.
 
 Layout::
 
-    msdb:job:{job_id}                 hash   the job record (status, steps, partial text)  job_ttl_s
-    msdb:idem:{key}                   string Idempotency-Key -> job id                     idempotency_ttl_s
-    msdb:conv:{cid}:turn              string last turn number handed out (INCR)            kept
-    msdb:conv:{cid}:jobs              hash   turn -> job id                                kept
-    msdb:conv:{cid}:messages          zset   score = seq, member = message JSON            kept
-    msdb:conv:{cid}:summary           hash   running summary + the seq it covers            kept
-    msdb:conv:{cid}:ctx:*             relevance index of the context library             kept
-    msdb:conversations                set    every conversation id                         kept
-    msdb:incidents                    list   incident JSON, newest first (capped)          incidents_max
-    msdb:worker:heartbeat:{hostname}  string last consume heartbeat of a worker            worker_heartbeat_ttl_s
+    msdb:job:{job_id}            string job record JSON (status, steps, text)  job_ttl_s
+    msdb:idem:{key}              string Idempotency-Key -> job id             idempotency_ttl_s
+    msdb:conv:{cid}:turn         string last turn handed out (INCR)           kept
+    msdb:conv:{cid}:jobs         hash   turn -> job id                        kept
+    msdb:conv:{cid}:messages     zset   score = seq, member = message JSON    kept
+    msdb:conv:{cid}:summary      hash   running summary + seq it covers       kept
+    msdb:conv:{cid}:ctx:*        the context library's relevance index       kept
+    msdb:conversations           set    every conversation id                 kept
+    msdb:incidents               list   incident JSON, newest first          incidents_max
+    msdb:worker:heartbeat:{host} string a worker's last consume heartbeat    worker_heartbeat_ttl_s
 
 Conversation data has no TTL: it is what the user asked us to remember.
 """

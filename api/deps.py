@@ -1,0 +1,54 @@
+"""Named dependencies: routes ask for what they need by type."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import redis
+from celery import Celery
+from fastapi import Depends, Request
+
+from context.redis_store import RedisHistoryStore
+from mysisterdb.chat import ChatService
+from mysisterdb.jobs import JobStore
+from mysisterdb.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_redis(request: Request) -> redis.Redis:
+    return request.app.state.redis  # type: ignore[no-any-return]
+
+
+def get_celery(request: Request) -> Celery:
+    return request.app.state.celery  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RedisDep = Annotated[redis.Redis, Depends(get_redis)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+
+
+def get_jobs(client: RedisDep) -> JobStore:
+    return JobStore(client)
+
+
+def get_history(client: RedisDep) -> RedisHistoryStore:
+    return RedisHistoryStore(client)
+
+
+JobsDep = Annotated[JobStore, Depends(get_jobs)]
+HistoryDep = Annotated[RedisHistoryStore, Depends(get_history)]
+
+
+def get_chat_service(request: Request, client: RedisDep, jobs: JobsDep,
+                     history: HistoryDep, settings: SettingsDep) -> ChatService:
+    return ChatService(redis=client, jobs=jobs, history=history,
+                       enqueue=request.app.state.enqueue,
+                       max_message_chars=settings.max_message_chars,
+                       max_message_tokens=request.app.state.max_message_tokens)
+
+
+ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]

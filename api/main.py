@@ -1,0 +1,42 @@
+"""Build the FastAPI app: settings, Redis, the Celery producer, routers, error handlers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.routes import chat, conversations, health, jobs
+from context.builder import max_message_tokens
+from context.tokens import count_tokens
+from mysisterdb.logs import configure_logging
+from mysisterdb.redis_client import connect
+from mysisterdb.settings import Settings, get_settings
+from workers.celery_app import CHAT_TASK, create_celery
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings, process="api")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        app.state.redis.close()
+
+    app = FastAPI(title="MySisterDB", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.redis = connect(settings.redis_url, timeout_s=settings.redis_timeout_s)
+    celery = create_celery(settings)
+    app.state.celery = celery
+    app.state.enqueue = lambda job_id: celery.send_task(CHAT_TASK, args=[job_id],
+                                                        task_id=job_id)
+    app.state.max_message_tokens = max_message_tokens(
+        persona_tokens=count_tokens(settings.persona_text()),
+        max_tokens=settings.max_context_tokens)
+    install_error_handlers(app)
+    for router in (chat.router, jobs.router, conversations.router, health.router):
+        app.include_router(router)
+    return app

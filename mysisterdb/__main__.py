@@ -1,0 +1,3 @@
+from mysisterdb.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,109 @@
+"""Submitting a prompt: validate, store the user's message, create the job, enqueue it.
+
+The message and the job are written before the 202 leaves: a message that got a 202 is
+never lost, whatever becomes of its job. Bad input is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from context.redis_store import RedisHistoryStore
+from context.tokens import count_tokens
+from context.types import Message
+from mysisterdb import keys
+from mysisterdb.errors import InvalidInput, MessageTooLarge, StoreUnavailable
+from mysisterdb.jobs import JobStore
+from mysisterdb.models import ErrorCode, Job, JobError, JobStatus, iso
+
+logger = logging.getLogger(__name__)
+
+CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
+PREVIEW_CHARS = 200
+
+Enqueue = Callable[[str], None]
+
+
+def check_conversation_id(conversation_id: str) -> str:
+    if not CONVERSATION_ID.fullmatch(conversation_id):
+        raise InvalidInput("conversation_id は英数字・-・_ の1〜64文字で指定してください。")
+    return conversation_id
+
+
+@dataclass
+class ChatService:
+    redis: redis.Redis
+    jobs: JobStore
+    history: RedisHistoryStore
+    enqueue: Enqueue
+    max_message_chars: int
+    max_message_tokens: int
+
+    def validate(self, *, conversation_id: str, text: str) -> tuple[str, int]:
+        """The trimmed text and its token count, or InvalidInput."""
+        check_conversation_id(conversation_id)
+        text = text.strip()
+        if not text:
+            raise InvalidInput("メッセージが空です。何か書いてから送ってください。")
+        if len(text) > self.max_message_chars:
+            raise MessageTooLarge(
+                f"メッセージが長すぎます（最大 {self.max_message_chars} 文字）。")
+        tokens = count_tokens(text)
+        if tokens > self.max_message_tokens:
+            raise MessageTooLarge(
+                f"メッセージが長すぎます（{tokens} トークン、最大 {self.max_message_tokens}）。")
+        return text, tokens
+
+    def submit(self, *, conversation_id: str, text: str,
+               idempotency_key: str | None = None) -> tuple[Job, bool]:
+        """Store and enqueue a prompt; (job, created). A known idempotency key returns its job."""
+        text, tokens = self.validate(conversation_id=conversation_id, text=text)
+        job_id = uuid.uuid4().hex
+        if idempotency_key is not None:
+            existing = self._claim_idempotency(idempotency_key, job_id)
+            if existing is not None:
+                return existing, False
+        job = self._store(conversation_id=conversation_id, job_id=job_id, text=text,
+                          tokens=tokens)
+        self._enqueue(job)
+        return job, True
+
+    def _claim_idempotency(self, key: str, job_id: str) -> Job | None:
+        if not IDEMPOTENCY_KEY.fullmatch(key):
+            raise InvalidInput("Idempotency-Key は表示可能な ASCII 1〜128 文字にしてください。")
+        if self.redis.set(keys.idempotency(key), job_id, nx=True, ex=keys.idempotency_ttl_s):
+            return None
+        raw = self.redis.get(keys.idempotency(key))
+        existing_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+        # The first request may still be between claiming the key and storing its job.
+        return self.jobs.find(existing_id) or self.jobs.get(existing_id)
+
+    def _store(self, *, conversation_id: str, job_id: str, text: str, tokens: int) -> Job:
+        turn = int(self.redis.incr(keys.conv_turn(conversation_id)))
+        job = Job(id=job_id, conversation_id=conversation_id, turn=turn,
+                  input_preview=text[:PREVIEW_CHARS])
+        message = Message(seq=2 * turn - 1, role="user", text=text, tokens=tokens,
+                          created_at=iso(job.created_at) or "", job_id=job_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            self.jobs.create(job, pipe=pipe)
+            pipe.sadd(keys.conversations(), conversation_id)
+            pipe.execute()
+        self.history.append(conversation_id, message)
+        return job
+
+    def _enqueue(self, job: Job) -> None:
+        try:
+            self.enqueue(job.id)
+        except Exception as exc:
+            logger.error("could not enqueue job %s: %s", job.id, exc)
+            self.jobs.finalize(job.id, status=JobStatus.FAILED, error=JobError(
+                code=ErrorCode.ENQUEUE_FAILED.value,
+                message="メッセージは保存しましたが、処理を開始できませんでした。"))
+            raise StoreUnavailable() from exc

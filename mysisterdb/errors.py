@@ -1,0 +1,80 @@
+"""The one family of MySisterDB errors.
+
+The API turns each into an HTTP error in a single handler (``api/errors.py``); the
+worker turns LLM errors into a job's ``error.code``. Messages are for the user, in Japanese.
+
+    MySisterDBError                      500 internal
+    ├── InvalidInput                     422 invalid_input
+    │   └── MessageTooLarge              422 message_too_large
+    ├── NotFound                         404 not_found
+    ├── Conflict                         409 conflict
+    ├── QueueFull                        429 queue_full (Retry-After)
+    ├── StoreUnavailable                 503 store_unavailable
+    └── LLMError                         job error code llm_error
+        └── LLMTimeout                   job error code llm_timeout
+"""
+
+from __future__ import annotations
+
+
+class MySisterDBError(Exception):
+    status_code = 500
+    code = "internal"
+    default_message = "サーバー内部でエラーが発生しました。"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.default_message)
+        self.message = message or self.default_message
+
+
+class InvalidInput(MySisterDBError):
+    status_code = 422
+    code = "invalid_input"
+    default_message = "入力が正しくありません。"
+
+
+class MessageTooLarge(InvalidInput):
+    code = "message_too_large"
+    default_message = "メッセージが長すぎます。短くしてもう一度送ってください。"
+
+
+class NotFound(MySisterDBError):
+    status_code = 404
+    code = "not_found"
+    default_message = "見つかりませんでした。"
+
+
+class Conflict(MySisterDBError):
+    status_code = 409
+    code = "conflict"
+    default_message = "この操作は今の状態ではできません。"
+
+
+class QueueFull(MySisterDBError):
+    status_code = 429
+    code = "queue_full"
+    default_message = "ただいま混み合っています。少し待ってからもう一度送ってください。"
+
+    def __init__(self, message: str | None = None, *, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class StoreUnavailable(MySisterDBError):
+    status_code = 503
+    code = "store_unavailable"
+    default_message = "データストアに接続できません。しばらくしてからもう一度試してください。"
+
+
+class LLMError(MySisterDBError):
+    code = "llm_error"
+    default_message = "応答の生成中にエラーが発生しました。もう一度試してください。"
+
+    def __init__(self, message: str | None = None, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class LLMTimeout(LLMError):
+    code = "llm_timeout"
+    default_message = "応答生成がタイムアウトしました。もう一度試してください。"

@@ -1,0 +1,78 @@
+"""Logging for every process: one line per event, to stderr and logs/mysisterdb.log (rotating).
+
+Each line carries the job id and conversation id when there is one (set with `job_context`),
+and any occurrence of the Gemini key is replaced before the line is written anywhere.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import logging.handlers
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from mysisterdb.settings import Settings
+
+LOG_FILE = "mysisterdb.log"
+FORMAT = ("%(asctime)s %(levelname)s %(process_name)s[%(process)d] %(name)s "
+          "job=%(job_id)s conv=%(conversation_id)s %(message)s")
+MAX_BYTES = 10 * 1024 * 1024
+BACKUPS = 5
+
+_job_id: contextvars.ContextVar[str] = contextvars.ContextVar("job_id", default="-")
+_conversation_id: contextvars.ContextVar[str] = contextvars.ContextVar("conv", default="-")
+
+
+@contextmanager
+def job_context(*, job_id: str, conversation_id: str) -> Iterator[None]:
+    t1, t2 = _job_id.set(job_id), _conversation_id.set(conversation_id)
+    try:
+        yield
+    finally:
+        _job_id.reset(t1)
+        _conversation_id.reset(t2)
+
+
+class ContextFilter(logging.Filter):
+    """Adds job and conversation ids, and scrubs secrets from the rendered message."""
+
+    def __init__(self, *, process_name: str, secrets: list[str]) -> None:
+        super().__init__()
+        self.process_name = process_name
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.job_id = getattr(record, "job_id", None) or _job_id.get()
+        record.conversation_id = getattr(record, "conversation_id", None) or _conversation_id.get()
+        record.process_name = self.process_name
+        if self.secrets:
+            message = record.getMessage()
+            if record.exc_info and not record.exc_text:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            for secret in self.secrets:
+                message = message.replace(secret, "***")
+                if record.exc_text:
+                    record.exc_text = record.exc_text.replace(secret, "***")
+            record.msg, record.args = message, None
+        return True
+
+
+def configure_logging(settings: Settings, *, process: str) -> None:
+    """Idempotent: replaces the handlers this function installed before."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_mysisterdb", False)]:
+        root.removeHandler(handler)
+    secrets = [settings.gemini_api_key.get_secret_value()] if settings.gemini_api_key else []
+    context = ContextFilter(process_name=process, secrets=secrets)
+    formatter = logging.Formatter(FORMAT)
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    handlers.append(logging.handlers.RotatingFileHandler(
+        settings.log_dir / LOG_FILE, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(context)
+        handler._mysisterdb = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(settings.log_level.upper())

@@ -1,0 +1,26 @@
+"""Redis clients with explicit timeouts: no call to Redis may hang a request or a task."""
+
+from __future__ import annotations
+
+import redis
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.retry import Retry
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+
+def connect(url: str | None, *, timeout_s: float, retries: int = 0) -> redis.Redis:
+    """A client whose every command ends within about timeout_s * (retries + 1).
+
+    The API uses retries=0 so that a dead Redis gives a 503 in under 2 s; workers allow a
+    few retries with backoff to ride out a Redis restart.
+    """
+    retry = Retry(ExponentialBackoff(cap=1.0, base=0.1), retries) if retries else Retry(
+        NoBackoff(), 0)
+    return redis.Redis.from_url(
+        url or DEFAULT_URL,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=retry,
+        health_check_interval=10,
+    )

@@ -1,0 +1,84 @@
+"""One settings object, read from MYSISTERDB_* environment variables, shared by API and workers."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_PERSONA = PACKAGE_DIR / "persona" / "default.md"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MYSISTERDB_", extra="ignore")
+
+    # Where things run
+    redis_url: str | None = None  # unset: `mysisterdb up` starts a private redis-server
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("data")
+    log_dir: Path = Path("logs")
+    log_level: str = "INFO"
+
+    # Gemini
+    gemini_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("GEMINI_API_KEY", "GOOGLE_API_KEY"))
+    gemini_model: str = "gemini-1.5-flash"
+    gemini_endpoint: str | None = None  # e.g. http://127.0.0.1:8765 for the simulator
+    gemini_timeout: float = 30.0
+    gemini_retries: int = 2
+    gemini_backoff_s: float = 0.5
+    sim_port: int = 8765
+    persona_file: Path = DEFAULT_PERSONA
+
+    # Workers and limits
+    worker_concurrency: int = 2
+    task_time_limit: float = 60.0
+    task_soft_time_limit: float = 50.0
+    summary_time_limit: float = 60.0
+    debug_directives: bool = False  # enables `#worker:stuck` for the hard-limit test only
+
+    # Input and context
+    max_message_chars: int = 8000
+    max_context_tokens: int = 4000
+    preserve_recent: int = 3
+    relevance_threshold: float = 0.4
+    summary_max_tokens: int = 600
+    history_limit: int = 20  # fallback window when the context library is not used
+
+    # Operations
+    redis_timeout_s: float = 1.5
+    max_queue_depth: int = 1000
+    request_timeout: float = 10.0
+    resource_log_interval: float = 60.0
+    memory_warn_mb: int = 500
+    worker_max_tasks_per_child: int = 200
+    worker_max_memory_per_child_mb: int = 400
+
+    @model_validator(mode="after")
+    def _limits_are_ordered(self) -> Settings:
+        # The request timeout must fire before the soft limit, the soft before the hard.
+        if not 0 < self.task_soft_time_limit < self.task_time_limit:
+            raise ValueError("need 0 < MYSISTERDB_TASK_SOFT_TIME_LIMIT < MYSISTERDB_TASK_TIME_LIMIT")
+        if self.gemini_timeout >= self.task_soft_time_limit:
+            raise ValueError("MYSISTERDB_GEMINI_TIMEOUT must be below the task's soft time limit")
+        return self
+
+    @property
+    def uses_simulator(self) -> bool:
+        return self.gemini_api_key is None
+
+    @property
+    def llm_mode(self) -> str:
+        return "simulator" if self.uses_simulator else "gemini"
+
+    def persona_text(self) -> str:
+        return self.persona_file.read_text(encoding="utf-8").strip()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,156 @@
+"""`mysisterdb up`: start, supervise and cleanly stop the whole stack on one machine.
+
+Children: a private redis-server (when MYSISTERDB_REDIS_URL is unset), the Gemini simulator
+(when no API key is set), the Celery worker (prefork) and the API. A child that dies is
+restarted with backoff. Ctrl+C (or SIGTERM) stops them in reverse order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mysisterdb.redis_server import RedisServer, free_port, redis_args, wait_until_ready
+from mysisterdb.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+STOP_TIMEOUT_S = 15.0
+BACKOFF_MAX_S = 30.0
+STABLE_AFTER_S = 60.0
+Notify = Callable[[str, str], None]
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    next_start_at: float = 0.0
+    ready: Callable[[Child], None] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        # Own process group: a forced stop can take the worker's pool children with it.
+        self.process = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+        self.started_at = time.monotonic()
+        logger.info("started %s (pid %s)", self.name, self.process.pid)
+        if self.ready:
+            self.ready(self)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop in %.0f s; killing its process group", self.name,
+                           timeout_s)
+            kill_group(proc.pid)
+            proc.wait(timeout=5)
+
+
+def kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def self_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mysisterdb", *args]
+
+
+def plan_children(settings: Settings, env: dict[str, str]) -> list[Child]:
+    """The children to run, in start order; fills env with the URLs they share."""
+    children: list[Child] = []
+    if not settings.redis_url:
+        port = free_port()
+        env["MYSISTERDB_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+        children.append(Child("redis", redis_args(port=port, host="127.0.0.1",
+                                                  data_dir=Path(settings.data_dir)), env,
+                              ready=wait_for_redis(port)))
+    if settings.uses_simulator and not settings.gemini_endpoint:
+        env["MYSISTERDB_GEMINI_ENDPOINT"] = f"http://127.0.0.1:{settings.sim_port}"
+        children.append(Child("simulator", self_command("simulator"), env))
+    children.append(Child("worker", self_command("worker"), env))
+    children.append(Child("api", self_command("api"), env))
+    return children
+
+
+def wait_for_redis(port: int) -> Callable[[Child], None]:
+    def ready(child: Child) -> None:
+        assert child.process is not None
+        wait_until_ready(RedisServer(child.process, "127.0.0.1", port), timeout_s=10)
+
+    return ready
+
+
+class Supervisor:
+    def __init__(self, children: list[Child], *, notify: Notify | None = None) -> None:
+        self.children = children
+        self.stopping = False
+        self.notify = notify
+
+    def request_stop(self, *_: object) -> None:
+        self.stopping = True
+
+    def run(self) -> None:
+        for child in self.children:
+            child.start()
+        while not self.stopping:
+            time.sleep(0.5)
+            for child in self.children:
+                self.tend(child)
+        self.stop_all()
+
+    def tend(self, child: Child) -> None:
+        if child.alive() or self.stopping:
+            return
+        now = time.monotonic()
+        if child.next_start_at == 0.0:
+            code = child.process.returncode if child.process else None
+            if now - child.started_at > STABLE_AFTER_S:
+                child.restarts = 0
+            delay = min(BACKOFF_MAX_S, 2.0 ** child.restarts)
+            child.next_start_at = now + delay
+            logger.error("%s exited with %s; restarting in %.0f s", child.name, code, delay)
+            if self.notify:
+                self.notify(child.name, f"exit code {code}; restarted after {delay:.0f} s")
+            return
+        if now >= child.next_start_at:
+            child.restarts += 1
+            child.next_start_at = 0.0
+            child.start()
+
+    def stop_all(self) -> None:
+        for child in reversed(self.children):
+            logger.info("stopping %s", child.name)
+            child.stop()
+
+
+def run_stack(settings: Settings, *, notify: Notify | None = None) -> None:
+    env = dict(os.environ)
+    children = plan_children(settings, env)
+    supervisor = Supervisor(children, notify=notify)
+    signal.signal(signal.SIGINT, supervisor.request_stop)
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    url = f"http://{settings.host}:{settings.port}"
+    mode = "offline Gemini simulator" if settings.uses_simulator else "Google Gemini"
+    print(f"MySisterDB is starting at {url}  (replies from: {mode}; Ctrl+C to stop)",
+          flush=True)
+    supervisor.run()
+    print("MySisterDB stopped.", flush=True)

@@ -1,0 +1,68 @@
+"""The Celery app, built from the shared settings.
+
+The choices here are what makes a hung prompt harmless:
+- prefork pool + task_time_limit: the parent SIGKILLs a child stuck past the hard limit,
+  even one stuck in C code, and forks a fresh one;
+- task_acks_late + task_reject_on_worker_lost=False: a message is acked only once its task
+  ended, so a worker that dies before *starting* a prompt loses nothing, while a task whose
+  child was killed is acked (not redelivered again and again: no poison loop);
+- worker_prefetch_multiplier=1: a busy worker does not hoard prompts others could run;
+- visibility_timeout above the hard limit: Redis does not hand a running prompt to a
+  second worker while the first is still within its limit.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from mysisterdb.settings import Settings, get_settings
+
+CHAT_QUEUE = "chat"
+SUMMARY_QUEUE = "summary"
+CHAT_TASK = "mysisterdb.chat"
+SUMMARY_TASK = "mysisterdb.summarize"
+
+
+def broker_url(settings: Settings) -> str:
+    # Unset only outside `mysisterdb up` (which always sets it): assume a local Redis.
+    return settings.redis_url or "redis://127.0.0.1:6379/0"
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("mysisterdb", broker=broker_url(settings), include=["workers.tasks"])
+    app.conf.update(
+        task_ignore_result=True,
+        result_backend=None,
+        task_default_queue=CHAT_QUEUE,
+        task_routes={CHAT_TASK: {"queue": CHAT_QUEUE}, SUMMARY_TASK: {"queue": SUMMARY_QUEUE}},
+        task_time_limit=settings.task_time_limit,
+        task_soft_time_limit=settings.task_soft_time_limit,
+        task_acks_late=True,
+        task_acks_on_failure_or_timeout=True,
+        task_reject_on_worker_lost=False,
+        worker_prefetch_multiplier=1,
+        worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
+        worker_max_memory_per_child=settings.worker_max_memory_per_child_mb * 1024,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=5,
+        # Publishing must fail fast when Redis is down: the API answers 503 within 2 s.
+        task_publish_retry_policy={"max_retries": 1, "interval_start": 0,
+                                   "interval_step": 0.2, "interval_max": 0.2, "timeout": 1},
+        broker_transport_options={
+            "visibility_timeout": int(settings.task_time_limit * 2 + 60),
+            "socket_timeout": 10,
+            "socket_connect_timeout": 5,
+            "health_check_interval": 10,
+        },
+        task_serializer="json",
+        accept_content=["json"],
+        timezone="UTC",
+    )
+    return app
+
+
+celery_app = create_celery(get_settings())

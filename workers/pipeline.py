@@ -1,0 +1,176 @@
+"""The steps of one prompt: load_history, build_context, generate, save.
+
+Each step is recorded as it starts and ends in the job record. Writes go through
+JobStore.update, which refuses to touch a job that already ended (cancelled, or marked
+failed by the parent after a hard limit), so a late child can never resurrect it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from context.builder import BuiltContext, build_context
+from context.types import Message
+from mysisterdb.errors import LLMError
+from mysisterdb.models import (
+    ErrorCode,
+    Job,
+    JobError,
+    JobStatus,
+    StepName,
+    StepStatus,
+    utcnow,
+)
+from workers.llm import PartialReplyError
+from workers.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+STUCK_DIRECTIVE = "#worker:stuck"
+TIMEOUT_MESSAGE = "応答生成がタイムアウトしました。もう一度試してください。"
+
+
+class JobGone(Exception):
+    """The job ended under us (cancelled, or finalized elsewhere): stop working on it."""
+
+
+def user_seq(job: Job) -> int:
+    return 2 * job.turn - 1
+
+
+def reply_seq(job: Job) -> int:
+    return 2 * job.turn
+
+
+@contextmanager
+def step(rt: Runtime, job_id: str, name: StepName) -> Iterator[dict[str, str]]:
+    """Record a step's start and end; the body may set detail['text']."""
+    detail: dict[str, str] = {}
+
+    def start(job: Job) -> None:
+        s = job.step(name)
+        s.status, s.started_at = StepStatus.IN_PROGRESS, utcnow()
+        job.heartbeat_at = s.started_at
+
+    if rt.jobs.update(job_id, start) is None:
+        raise JobGone(job_id)
+    yield detail
+
+    def finish(job: Job) -> None:
+        s = job.step(name)
+        s.status, s.completed_at = StepStatus.COMPLETED, utcnow()
+        s.detail = detail.get("text")
+        job.heartbeat_at = s.completed_at
+
+    if rt.jobs.update(job_id, finish) is None:
+        raise JobGone(job_id)
+
+
+def load_message(rt: Runtime, job: Job) -> Message:
+    found = rt.history.before(job.conversation_id, before_seq=user_seq(job) + 1, limit=1)
+    if not found or found[-1].seq != user_seq(job):
+        raise LookupError(f"user message {user_seq(job)} of job {job.id} is missing")
+    return found[-1]
+
+
+def run_chat(rt: Runtime, job: Job, *, deadline: float) -> None:
+    """Run every step of a started job and finalize it."""
+    with step(rt, job.id, StepName.LOAD_HISTORY) as detail:
+        message = load_message(rt, job)
+        detail["text"] = f"message seq {message.seq}, {message.tokens} tokens"
+    with step(rt, job.id, StepName.BUILD_CONTEXT) as detail:
+        built = build(rt, job, message)
+        detail["text"] = built.describe()
+    with step(rt, job.id, StepName.GENERATE) as detail:
+        reply = generate(rt, job, built, deadline=deadline)
+        detail["text"] = f"{len(reply)} characters"
+    with step(rt, job.id, StepName.SAVE) as detail:
+        saved = save_reply(rt, job, reply)
+        detail["text"] = f"reply seq {saved.seq}"
+    rt.jobs.finalize(job.id, status=JobStatus.COMPLETED, reply=reply)
+
+
+def build(rt: Runtime, job: Job, message: Message) -> BuiltContext:
+    s = rt.settings
+    return build_context(store=rt.history, conversation_id=job.conversation_id,
+                         new_message=message, persona=rt.persona,
+                         max_tokens=s.max_context_tokens, preserve_recent=s.preserve_recent,
+                         relevance_threshold=s.relevance_threshold)
+
+
+def generate(rt: Runtime, job: Job, built: BuiltContext, *, deadline: float) -> str:
+    if rt.settings.debug_directives and STUCK_DIRECTIVE in built.contents[-1].text:
+        stuck_in_c()
+    return rt.llm.stream(system_instruction=built.system_instruction,
+                         contents=list(built.contents), deadline=deadline,
+                         on_text=partial_writer(rt, job.id))
+
+
+def partial_writer(rt: Runtime, job_id: str) -> Callable[[str], None]:
+    def on_text(text: str) -> None:
+        def append(job: Job) -> None:
+            job.partial_reply += text
+            job.heartbeat_at = utcnow()
+
+        if rt.jobs.update(job_id, append) is None:
+            raise JobGone(job_id)
+
+    return on_text
+
+
+def save_reply(rt: Runtime, job: Job, reply: str) -> Message:
+    from context.tokens import count_tokens
+
+    current = rt.jobs.find(job.id)
+    if current is None or current.status is not JobStatus.IN_PROGRESS:
+        raise JobGone(job.id)
+    message = Message(seq=reply_seq(job), role="assistant", text=reply,
+                      tokens=count_tokens(reply), created_at=iso_now(), job_id=job.id)
+    rt.history.append(job.conversation_id, message)
+    return message
+
+
+def iso_now() -> str:
+    from mysisterdb.models import iso
+
+    return iso(utcnow()) or ""
+
+
+def fail(rt: Runtime, job_id: str, *, code: ErrorCode, message: str,
+         partial_ok: bool = True) -> None:
+    """Finalize a job that stopped: `incomplete` if text was generated, else `failed`."""
+    job = rt.jobs.find(job_id)
+    status = JobStatus.FAILED
+    if partial_ok and job is not None and job.partial_reply:
+        status = JobStatus.INCOMPLETE
+    rt.jobs.finalize(job_id, status=status, error=JobError(code=code.value, message=message))
+
+
+def fail_llm(rt: Runtime, job_id: str, error: LLMError) -> None:
+    if isinstance(error, PartialReplyError):
+        # The stream broke mid-way: keep exactly what arrived.
+        def keep(job: Job) -> None:
+            job.partial_reply = error.partial
+
+        rt.jobs.update(job_id, keep)
+    code = ErrorCode.LLM_TIMEOUT if error.code == "llm_timeout" else ErrorCode.LLM_ERROR
+    fail(rt, job_id, code=code, message=error.message)
+
+
+def stuck_in_c() -> None:
+    """Test aid (MYSISTERDB_DEBUG_DIRECTIVES only): ignore the soft limit, block in libc.
+
+    Blocks SIGUSR1 (Celery's soft-limit signal) and sleeps inside libc, like a C extension
+    that never returns: only the hard limit's SIGKILL can end it.
+    """
+    logger.warning("debug directive: blocking in C until the hard time limit kills us")
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGALRM})
+    libc = ctypes.CDLL(None)
+    while True:
+        libc.sleep(3600)
+        time.sleep(0)
