@@ -1,0 +1,34 @@
+"""Bounded prompt context for MySisterDB: token budget, recent turns, recall, summaries.
+
+A pure library: no Celery, no FastAPI.  See docs/context.md.
+"""
+
+from __future__ import annotations
+
+from context.builder import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_PRESERVE_RECENT,
+    DEFAULT_RELEVANCE_THRESHOLD,
+    BuiltContext,
+    MessageTooLargeError,
+    build_context,
+    max_message_tokens,
+    message_fits,
+    persona_tokens,
+)
+from context.memory_store import InMemoryHistoryStore
+from context.redis_store import IndexCheck, RedisHistoryStore
+from context.relevance import SearchConfig
+from context.store import HistoryStore
+from context.summary import SummaryBatch, finalize_summary, plan_summary, summary_prompt
+from context.tokens import count_tokens, truncate_to_tokens
+from context.types import Message, ScoredMessage, Summary, Turn
+
+__all__ = [
+    "DEFAULT_MAX_TOKENS", "DEFAULT_PRESERVE_RECENT", "DEFAULT_RELEVANCE_THRESHOLD",
+    "BuiltContext", "HistoryStore", "InMemoryHistoryStore", "IndexCheck", "Message",
+    "MessageTooLargeError", "RedisHistoryStore", "ScoredMessage", "SearchConfig", "Summary",
+    "SummaryBatch", "Turn", "build_context", "count_tokens", "finalize_summary",
+    "max_message_tokens", "message_fits", "persona_tokens", "plan_summary", "summary_prompt",
+    "truncate_to_tokens",
+]

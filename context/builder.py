@@ -1,0 +1,210 @@
+"""Build Gemini's prompt for a new message within a token budget.
+
+Priority when the budget is short (highest first): persona and the new message (always
+kept; refused up front when they alone do not fit), the last `preserve_recent` exchanges
+verbatim (oldest exchange dropped first), the running summary, then older messages
+recalled by relevance, best first, while they fit.  Prompt order is different:
+persona, summary, recalled (oldest first), recent turns, new message last.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from context.store import HistoryStore
+from context.tokens import count_fixed_tokens
+from context.types import Message, ScoredMessage, Summary, Turn
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOKENS = 4000
+DEFAULT_PRESERVE_RECENT = 3
+DEFAULT_RELEVANCE_THRESHOLD = 0.4
+# Gemini wraps each content (and the system instruction) in role framing our tokenizer
+# does not see; a fixed allowance per content keeps the estimate on the safe side.
+TURN_OVERHEAD_TOKENS = 4
+# The recent window is fetched with slack for exchanges whose reply is split or missing.
+_RECENT_FETCH_FACTOR = 4
+RECALL_LIMIT = 32
+
+SUMMARY_HEADER = "\n\n## これまでの会話の要約\n"
+RECALL_HEADER = "\n\n## 関連する過去の会話（抜粋・古い順）\n"
+ROLE_LABELS = {"user": "ユーザー: ", "assistant": "あなた: "}
+LINE_SEPARATOR = "\n"
+GEMINI_ROLES = {"user": "user", "assistant": "model"}
+
+
+class MessageTooLargeError(ValueError):
+    """Persona + new message alone exceed the budget: refuse the message (HTTP 422)."""
+
+    def __init__(self, *, message_tokens: int, limit: int) -> None:
+        super().__init__(f"message has {message_tokens} tokens, at most {limit} fit")
+        self.message_tokens = message_tokens
+        self.limit = limit
+
+
+def persona_tokens(persona: str) -> int:
+    return count_fixed_tokens(persona)
+
+
+def max_message_tokens(*, persona_tokens: int, max_tokens: int = DEFAULT_MAX_TOKENS) -> int:
+    """Largest new message (in tokens) that build_context accepts with this persona."""
+    return max_tokens - persona_tokens - 2 * TURN_OVERHEAD_TOKENS
+
+
+def message_fits(
+    *, message_tokens: int, persona_tokens: int, max_tokens: int = DEFAULT_MAX_TOKENS
+) -> bool:
+    return message_tokens <= max_message_tokens(persona_tokens=persona_tokens,
+                                                max_tokens=max_tokens)
+
+
+@dataclass
+class BuiltContext:
+    system_instruction: str
+    contents: list[Turn]
+    total_tokens: int
+    detail: dict[str, object] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        summary = "yes" if self.detail.get("summary_used") else "no"
+        return (f"recent {self.detail.get('kept_recent', 0)}, "
+                f"recalled {self.detail.get('recalled', 0)}, summary {summary}, "
+                f"{self.total_tokens} tokens")
+
+
+@dataclass
+class _Budget:
+    limit: int
+    used: int = 0
+
+    def take(self, cost: int) -> bool:
+        if self.used + cost > self.limit:
+            return False
+        self.used += cost
+        return True
+
+
+def _turn_cost(message: Message) -> int:
+    return message.tokens + TURN_OVERHEAD_TOKENS
+
+
+def _line_cost(message: Message) -> int:
+    return message.tokens + count_fixed_tokens(ROLE_LABELS[message.role] + LINE_SEPARATOR)
+
+
+def _exchanges(window: list[Message]) -> list[list[Message]]:
+    """Split into exchanges: each starts at a user message (leading replies stand alone)."""
+    groups: list[list[Message]] = []
+    for message in window:
+        if message.role == "user" or not groups:
+            groups.append([])
+        groups[-1].append(message)
+    return groups
+
+
+def _recent_window(
+    store: HistoryStore, conversation_id: str, *, before_seq: int, preserve_recent: int
+) -> list[Message]:
+    if preserve_recent <= 0:
+        return []
+    fetched = store.before(conversation_id, before_seq=before_seq,
+                           limit=recent_fetch_limit(preserve_recent))
+    return preserved_window(fetched, preserve_recent=preserve_recent)
+
+
+def recent_fetch_limit(preserve_recent: int) -> int:
+    return max(preserve_recent, 0) * _RECENT_FETCH_FACTOR
+
+
+def preserved_window(fetched: list[Message], *, preserve_recent: int) -> list[Message]:
+    """The last `preserve_recent` exchanges of `fetched` (oldest first), from a user message."""
+    if preserve_recent <= 0:
+        return []
+    user_at = [i for i, m in enumerate(fetched) if m.role == "user"]
+    start = user_at[-preserve_recent] if len(user_at) >= preserve_recent else 0
+    return fetched[start:]
+
+
+def _fit_recent(window: list[Message], budget: _Budget) -> list[Message]:
+    """Keep the newest exchanges that fit; the oldest preserved exchange goes first."""
+    kept: list[list[Message]] = []
+    for group in reversed(_exchanges(window)):
+        if not budget.take(sum(_turn_cost(m) for m in group)):
+            break
+        kept.append(group)
+    return [m for group in reversed(kept) for m in group]
+
+
+def _fit_summary(summary: Summary | None, new_seq: int, budget: _Budget) -> Summary | None:
+    # A summary written after this message (a rebuild of an old prompt) would leak the future.
+    if summary is None or not summary.text or summary.covers_up_to_seq >= new_seq:
+        return None
+    return summary if budget.take(count_fixed_tokens(SUMMARY_HEADER) + summary.tokens) else None
+
+
+def _fit_recalled(candidates: list[ScoredMessage], budget: _Budget) -> list[Message]:
+    """Best first; one that does not fit is skipped, a shorter one after it may still fit."""
+    kept: list[Message] = []
+    header = count_fixed_tokens(RECALL_HEADER)
+    for candidate in candidates:
+        cost = _line_cost(candidate.message) + (0 if kept else header)
+        if budget.take(cost):
+            kept.append(candidate.message)
+    return sorted(kept, key=lambda m: m.seq)
+
+
+def _system_instruction(persona: str, summary: Summary | None, recalled: list[Message]) -> str:
+    parts = [persona]
+    if summary is not None:
+        parts.append(SUMMARY_HEADER + summary.text)
+    if recalled:
+        lines = [ROLE_LABELS[m.role] + m.text for m in recalled]
+        parts.append(RECALL_HEADER + LINE_SEPARATOR.join(lines))
+    return "".join(parts)
+
+
+def _fixed_cost(persona: str, new_message: Message, max_tokens: int) -> int:
+    persona_count = persona_tokens(persona)
+    if not message_fits(message_tokens=new_message.tokens, persona_tokens=persona_count,
+                        max_tokens=max_tokens):
+        raise MessageTooLargeError(
+            message_tokens=new_message.tokens,
+            limit=max_message_tokens(persona_tokens=persona_count, max_tokens=max_tokens))
+    return persona_count + TURN_OVERHEAD_TOKENS + _turn_cost(new_message)
+
+
+def build_context(
+    *, store: HistoryStore, conversation_id: str, new_message: Message, persona: str,
+    max_tokens: int = DEFAULT_MAX_TOKENS, preserve_recent: int = DEFAULT_PRESERVE_RECENT,
+    relevance_threshold: float = DEFAULT_RELEVANCE_THRESHOLD,
+) -> BuiltContext:
+    """The prompt for `new_message` from history with seq < new_message.seq.
+
+    Raises MessageTooLargeError when persona + new message alone exceed max_tokens.
+    """
+    budget = _Budget(limit=max_tokens, used=_fixed_cost(persona, new_message, max_tokens))
+    window = _recent_window(store, conversation_id, before_seq=new_message.seq,
+                            preserve_recent=preserve_recent)
+    recent = _fit_recent(window, budget)
+    summary = _fit_summary(store.get_summary(conversation_id), new_message.seq, budget)
+    # Older = before the whole preserved window, even the part dropped for budget, so a
+    # recalled message never appears out of order among the recent turns.
+    older_than = window[0].seq if window else new_message.seq
+    candidates = store.search(conversation_id, query=new_message.text, before_seq=older_than,
+                              limit=RECALL_LIMIT, threshold=relevance_threshold)
+    recalled = _fit_recalled(candidates, budget)
+    contents = [Turn(role=GEMINI_ROLES[m.role], text=m.text) for m in recent]
+    contents.append(Turn(role="user", text=new_message.text))
+    detail: dict[str, object] = {
+        "kept_recent": len(recent), "dropped_recent": len(window) - len(recent),
+        "recalled": len(recalled), "recalled_seqs": [m.seq for m in recalled],
+        "summary_used": summary is not None, "prompt_tokens": budget.used,
+        "max_tokens": max_tokens,
+    }
+    built = BuiltContext(system_instruction=_system_instruction(persona, summary, recalled),
+                         contents=contents, total_tokens=budget.used, detail=detail)
+    logger.debug("conversation %s seq %s: %s", conversation_id, new_message.seq,
+                 built.describe())
+    return built

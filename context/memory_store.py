@@ -1,0 +1,94 @@
+"""In-process HistoryStore for unit tests; same index and scoring as the Redis store."""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from context.relevance import DEFAULT_SEARCH, SearchConfig, search_index
+from context.terms import terms
+from context.types import Message, ScoredMessage, Summary
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Conversation:
+    seqs: list[int] = field(default_factory=list)
+    by_seq: dict[int, Message] = field(default_factory=dict)
+    postings: dict[str, list[int]] = field(default_factory=dict)
+    summary: Summary | None = None
+
+
+@dataclass
+class _Reader:
+    conv: _Conversation
+
+    def doc_stats(self, terms: Sequence[str]) -> tuple[int, list[int]]:
+        return len(self.conv.seqs), [len(self.conv.postings.get(t, ())) for t in terms]
+
+    def postings(self, terms: Sequence[str], *, limit: int) -> list[list[int]]:
+        return [self.conv.postings.get(t, [])[-limit:] for t in terms]
+
+    def fetch(self, seqs: Sequence[int]) -> list[Message]:
+        return [self.conv.by_seq[s] for s in seqs if s in self.conv.by_seq]
+
+
+class InMemoryHistoryStore:
+    """Dict-backed store; not thread-safe (tests only)."""
+
+    def __init__(self) -> None:
+        self._convs: dict[str, _Conversation] = {}
+
+    def _conv(self, conversation_id: str) -> _Conversation:
+        return self._convs.setdefault(conversation_id, _Conversation())
+
+    def append(self, conversation_id: str, message: Message) -> None:
+        conv = self._conv(conversation_id)
+        if message.seq in conv.by_seq:
+            return
+        bisect.insort(conv.seqs, message.seq)
+        conv.by_seq[message.seq] = message
+        for term in terms(message.text):
+            conv.postings.setdefault(term, []).append(message.seq)
+
+    def last(self, conversation_id: str, *, limit: int) -> list[Message]:
+        conv = self._conv(conversation_id)
+        return [conv.by_seq[s] for s in conv.seqs[-limit:]] if limit > 0 else []
+
+    def before(self, conversation_id: str, *, before_seq: int, limit: int) -> list[Message]:
+        conv = self._conv(conversation_id)
+        end = bisect.bisect_left(conv.seqs, before_seq)
+        start = max(0, end - limit)
+        return [conv.by_seq[s] for s in conv.seqs[start:end]] if limit > 0 else []
+
+    def between(
+        self, conversation_id: str, *, after_seq: int, before_seq: int, limit: int
+    ) -> list[Message]:
+        conv = self._conv(conversation_id)
+        start = bisect.bisect_right(conv.seqs, after_seq)
+        end = bisect.bisect_left(conv.seqs, before_seq)
+        return [conv.by_seq[s] for s in conv.seqs[start:min(end, start + max(limit, 0))]]
+
+    def search(
+        self, conversation_id: str, *, query: str, before_seq: int, limit: int,
+        threshold: float, config: SearchConfig | None = None,
+    ) -> list[ScoredMessage]:
+        return search_index(_Reader(self._conv(conversation_id)), query=query,
+                            before_seq=before_seq, limit=limit, threshold=threshold,
+                            config=config or DEFAULT_SEARCH)
+
+    def get_summary(self, conversation_id: str) -> Summary | None:
+        return self._conv(conversation_id).summary
+
+    def set_summary(self, conversation_id: str, summary: Summary) -> bool:
+        conv = self._conv(conversation_id)
+        if conv.summary is not None and conv.summary.covers_up_to_seq >= summary.covers_up_to_seq:
+            return False
+        conv.summary = summary
+        return True
+
+    def reset(self, conversation_id: str) -> None:
+        self._convs.pop(conversation_id, None)

@@ -1,0 +1,47 @@
+"""The storage interface the builder and the summary policy use."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from context.relevance import SearchConfig
+from context.types import Message, ScoredMessage, Summary
+
+
+class HistoryStore(Protocol):
+    """Messages of each conversation (ordered by seq), their relevance index, the summary."""
+
+    def append(self, conversation_id: str, message: Message) -> None:
+        """Store a message and index it; storing the same seq again does nothing."""
+        ...
+
+    def last(self, conversation_id: str, *, limit: int) -> list[Message]:
+        """The last `limit` messages, oldest first."""
+        ...
+
+    def before(self, conversation_id: str, *, before_seq: int, limit: int) -> list[Message]:
+        """The last `limit` messages with seq < before_seq, oldest first."""
+        ...
+
+    def between(
+        self, conversation_id: str, *, after_seq: int, before_seq: int, limit: int
+    ) -> list[Message]:
+        """The first `limit` messages with after_seq < seq < before_seq, oldest first."""
+        ...
+
+    def search(
+        self, conversation_id: str, *, query: str, before_seq: int, limit: int,
+        threshold: float, config: SearchConfig | None = None,
+    ) -> list[ScoredMessage]:
+        """Messages with seq < before_seq relevant to `query` (score >= threshold), best first."""
+        ...
+
+    def get_summary(self, conversation_id: str) -> Summary | None: ...
+
+    def set_summary(self, conversation_id: str, summary: Summary) -> bool:
+        """Store the summary unless the stored one already covers as far; True if stored."""
+        ...
+
+    def reset(self, conversation_id: str) -> None:
+        """Forget the conversation: messages, index and summary."""
+        ...
