@@ -51,7 +51,7 @@ def create_celery(settings: Settings) -> Celery:
         broker_connection_timeout=5,
         # Publishing must fail fast when Redis is down: the API answers 503 within 2 s.
         task_publish_retry_policy={"max_retries": 1, "interval_start": 0,
-                                   "interval_step": 0.2, "interval_max": 0.2, "timeout": 1},
+                                   "interval_step": 0.2, "interval_max": 0.2},
         broker_transport_options={
             "visibility_timeout": int(settings.task_time_limit * 2 + 60),
             "socket_timeout": 10,
