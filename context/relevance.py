@@ -94,7 +94,8 @@ def _shortlist(
 ) -> list[int]:
     # `slack` is the weight a candidate might still gain from terms whose postings were
     # capped or not read: anyone below threshold even with it can be skipped unfetched.
-    possible = [s for s, p in partial.items() if (p + slack) / total >= threshold]
+    # The epsilon absorbs float summation order: a full match must not fall just short.
+    possible = [s for s, p in partial.items() if (p + slack) / total + 1e-9 >= threshold]
     possible.sort(key=lambda s: (partial[s], s), reverse=True)
     return possible[: config.max_candidates]
 

@@ -1,0 +1,194 @@
+from __future__ import annotations
+
+import pytest
+
+from context.builder import (
+    RECALL_HEADER,
+    SUMMARY_HEADER,
+    TURN_OVERHEAD_TOKENS,
+    BuiltContext,
+    MessageTooLargeError,
+    build_context,
+    max_message_tokens,
+    message_fits,
+    persona_tokens,
+)
+from context.memory_store import InMemoryHistoryStore
+from context.tokens import count_tokens
+from context.types import Summary, Turn
+from tests.context.chatgen import ChatGenerator, make_message
+
+PERSONA = "あなたはユーザーの妹「ミナ」です。明るく、敬語は使わずに話します。"
+QUERY = "枡元さんの誕生日いつだっけ？"
+FACT = "枡元さんの誕生日は3月12日だよ"
+
+
+def _exchanges(store: InMemoryHistoryStore, count: int, *, first_seq: int = 1) -> int:
+    """Store `count` user/assistant exchanges; returns the next free seq."""
+    for message in ChatGenerator(seed=first_seq).messages(2 * count, first_seq=first_seq):
+        store.append("c", message)
+    return first_seq + 2 * count
+
+
+def _build(
+    store: InMemoryHistoryStore, text: str, seq: int, *, max_tokens: int = 4000,
+    relevance_threshold: float = 0.4,
+) -> BuiltContext:
+    return build_context(store=store, conversation_id="c",
+                         new_message=make_message(seq, "user", text), persona=PERSONA,
+                         max_tokens=max_tokens, relevance_threshold=relevance_threshold)
+
+
+def test_empty_history_gives_persona_and_the_new_message() -> None:
+    built = _build(InMemoryHistoryStore(), "こんにちは", 1)
+    assert built.system_instruction == PERSONA
+    assert built.contents == [Turn(role="user", text="こんにちは")]
+    assert built.detail == {"kept_recent": 0, "dropped_recent": 0, "recalled": 0,
+                            "recalled_seqs": [], "summary_used": False,
+                            "prompt_tokens": built.total_tokens, "max_tokens": 4000}
+    assert built.total_tokens == (persona_tokens(PERSONA) + count_tokens("こんにちは")
+                                  + 2 * TURN_OVERHEAD_TOKENS)
+    assert built.describe() == f"recent 0, recalled 0, summary no, {built.total_tokens} tokens"
+
+
+def test_last_three_exchanges_are_kept_verbatim_in_order() -> None:
+    store = InMemoryHistoryStore()
+    next_seq = _exchanges(store, 10)
+    built = _build(store, "ねえ聞いて", next_seq)
+    recent = store.last("c", limit=6)
+    assert built.contents[:-1] == [
+        Turn(role="user" if m.role == "user" else "model", text=m.text) for m in recent]
+    assert built.contents[-1] == Turn(role="user", text="ねえ聞いて")
+    assert built.detail["kept_recent"] == 6
+
+
+def test_later_messages_do_not_leak_into_an_earlier_prompt() -> None:
+    store = InMemoryHistoryStore()
+    _exchanges(store, 5)  # seqs 1..10
+    store.append("c", make_message(12, "user", "これは未来のメッセージ"))
+    built = _build(store, "今の質問", 11)
+    texts = [t.text for t in built.contents] + [built.system_instruction]
+    assert not any("未来" in text for text in texts)
+    assert built.contents[-2].text == store.before("c", before_seq=11, limit=1)[0].text
+
+
+def test_old_relevant_turn_is_recalled_and_labelled_in_the_system_instruction() -> None:
+    store = InMemoryHistoryStore()
+    store.append("c", make_message(1, "user", FACT))
+    store.append("c", make_message(2, "assistant", "覚えておくね！"))
+    next_seq = _exchanges(store, 300, first_seq=3)
+    built = _build(store, QUERY, next_seq)
+    # Other people's birthdays in the filler may come back too (topically close); the fact
+    # is the oldest message, so it opens the recalled block.
+    assert built.detail["recalled_seqs"][0] == 1  # type: ignore[index]
+    assert RECALL_HEADER + "ユーザー: " + FACT in built.system_instruction
+    assert built.system_instruction.startswith(PERSONA)
+
+
+def test_prompt_order_persona_summary_recalled_recent_new() -> None:
+    store = InMemoryHistoryStore()
+    store.append("c", make_message(1, "user", FACT))
+    next_seq = _exchanges(store, 20, first_seq=2)
+    summary_text = "お兄ちゃんは京都旅行の計画を立てている。"
+    store.set_summary("c", Summary(text=summary_text, covers_up_to_seq=30,
+                                   tokens=count_tokens(summary_text)))
+    built = _build(store, QUERY, next_seq)
+    system = built.system_instruction
+    assert system.index(PERSONA) < system.index(SUMMARY_HEADER) < system.index(RECALL_HEADER)
+    assert built.detail["summary_used"] is True and built.detail["recalled"] == 1
+    assert built.contents[-1].text == QUERY
+    assert "summary yes" in built.describe()
+
+
+def test_summary_written_after_the_message_is_not_used() -> None:
+    store = InMemoryHistoryStore()
+    next_seq = _exchanges(store, 5)
+    store.set_summary("c", Summary(text="未来の要約", covers_up_to_seq=next_seq, tokens=5))
+    assert _build(store, "やあ", next_seq).detail["summary_used"] is False
+
+
+def test_irrelevant_old_turns_are_left_out() -> None:
+    store = InMemoryHistoryStore()
+    store.append("c", make_message(1, "user", "昨日は量子力学の本を読んだ"))
+    next_seq = _exchanges(store, 10, first_seq=2)
+    built = _build(store, QUERY, next_seq)
+    assert built.detail["recalled"] == 0
+    assert RECALL_HEADER not in built.system_instruction
+
+
+def test_threshold_parameter_is_honoured() -> None:
+    store = InMemoryHistoryStore()
+    store.append("c", make_message(1, "user", "京都でラーメンを食べた"))
+    next_seq = _exchanges(store, 4, first_seq=2)
+    query = "京都のラーメン屋さんの名前"
+    assert _build(store, query, next_seq, relevance_threshold=0.3).detail["recalled"] == 1
+    assert _build(store, query, next_seq, relevance_threshold=0.9).detail["recalled"] == 0
+
+
+def test_recall_is_best_first_until_the_budget_is_spent() -> None:
+    store = InMemoryHistoryStore()
+    best = make_message(1, "user", "枡元さんの誕生日は3月12日で、好きな花はチューリップ")
+    weaker = make_message(2, "user", "枡元さんの誕生日会の場所は未定" + "。" * 200)
+    store.append("c", best)
+    store.append("c", weaker)
+    next_seq = _exchanges(store, 3, first_seq=3)
+    query = "枡元さんの誕生日の花は？"
+    roomy = _build(store, query, next_seq)
+    assert roomy.detail["recalled_seqs"] == [1, 2]
+    # Room for the best one only: the weaker, longer one is skipped.
+    tight_budget = roomy.total_tokens - weaker.tokens
+    tight = _build(store, query, next_seq, max_tokens=tight_budget)
+    assert tight.detail["recalled_seqs"] == [1]
+    assert tight.total_tokens <= tight_budget
+
+
+def test_history_of_only_long_messages_stays_within_budget() -> None:
+    store = InMemoryHistoryStore()
+    long_text = "とても長い話なんだけど、" * 300
+    for seq in range(1, 21):
+        store.append("c", make_message(seq, "user" if seq % 2 else "assistant", long_text))
+    built = _build(store, "それで？", 21, max_tokens=4000)
+    assert built.total_tokens <= 4000
+    assert built.contents[-1].text == "それで？"
+    assert built.detail["dropped_recent"] == 6 - built.detail["kept_recent"]  # type: ignore[operator]
+
+
+def test_budget_too_small_for_preserved_turns_drops_oldest_exchanges_first() -> None:
+    store = InMemoryHistoryStore()
+    texts = ["一つ目の質問", "一つ目の答え", "二つ目の質問", "二つ目の答え",
+             "三つ目の質問", "三つ目の答え"]
+    for seq, text in enumerate(texts, start=1):
+        store.append("c", make_message(seq, "user" if seq % 2 else "assistant", text))
+    full = _build(store, "四つ目", 7)
+    assert full.detail["kept_recent"] == 6
+    oldest_exchange = sum(count_tokens(t) + TURN_OVERHEAD_TOKENS for t in texts[:2])
+    tight = _build(store, "四つ目", 7, max_tokens=full.total_tokens - 1)
+    assert [t.text for t in tight.contents] == [*texts[2:], "四つ目"]
+    assert tight.total_tokens == full.total_tokens - oldest_exchange
+    # Only room for persona + the new message: every preserved turn goes, the message stays.
+    bare = _build(store, "四つ目", 7, max_tokens=persona_tokens(PERSONA) + 20)
+    assert bare.contents == [Turn(role="user", text="四つ目")]
+    assert bare.detail["dropped_recent"] == 6
+
+
+def test_message_too_large_for_the_budget_is_refused() -> None:
+    persona_count = persona_tokens(PERSONA)
+    limit = max_message_tokens(persona_tokens=persona_count, max_tokens=100)
+    assert limit == 100 - persona_count - 2 * TURN_OVERHEAD_TOKENS
+    assert message_fits(message_tokens=limit, persona_tokens=persona_count, max_tokens=100)
+    assert not message_fits(message_tokens=limit + 1, persona_tokens=persona_count,
+                            max_tokens=100)
+    huge = make_message(1, "user", "あ" * 10, tokens=limit + 1)
+    with pytest.raises(MessageTooLargeError) as raised:
+        build_context(store=InMemoryHistoryStore(), conversation_id="c", new_message=huge,
+                      persona=PERSONA, max_tokens=100)
+    assert raised.value.limit == limit
+
+
+def test_missing_reply_keeps_user_turns_in_order() -> None:
+    store = InMemoryHistoryStore()
+    store.append("c", make_message(1, "user", "最初"))
+    store.append("c", make_message(2, "assistant", "うん"))
+    store.append("c", make_message(3, "user", "返事がなかった質問"))  # reply 4 never stored
+    built = _build(store, "もう一回聞くね", 5)
+    assert [t.role for t in built.contents] == ["user", "model", "user", "user"]

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from context.memory_store import InMemoryHistoryStore
+from context.relevance import SearchConfig
+from tests.context.chatgen import ChatGenerator, make_message
+
+QUERY = "枡元さんの誕生日いつだっけ？"
+FACT = "枡元さんの誕生日は3月12日だよ"
+
+
+def _store_with_fact(filler: int, *, fact_at: int = 1) -> InMemoryHistoryStore:
+    store = InMemoryHistoryStore()
+    store.append("c", make_message(fact_at, "user", FACT))
+    for message in ChatGenerator().messages(filler, first_seq=fact_at + 1):
+        store.append("c", message)
+    return store
+
+
+def test_japanese_fact_is_found_among_filler() -> None:
+    store = _store_with_fact(2000)
+    hits = store.search("c", query=QUERY, before_seq=10**9, limit=5, threshold=0.4)
+    assert hits and hits[0].message.text == FACT
+    assert 0.4 <= hits[0].score <= 1.0
+
+
+def test_scores_are_best_first_and_within_0_1() -> None:
+    store = _store_with_fact(500)
+    hits = store.search("c", query="田中さんの誕生日", before_seq=10**9, limit=20, threshold=0.0)
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0.0 <= s <= 1.0 for s in scores)
+
+
+def test_threshold_filters_out_weak_matches() -> None:
+    store = InMemoryHistoryStore()
+    store.append("c", make_message(1, "user", "京都でラーメンを食べた"))
+    store.append("c", make_message(2, "user", "京都に行きたい"))
+    query = "京都のラーメン屋さん"
+    loose = store.search("c", query=query, before_seq=100, limit=5, threshold=0.0)
+    assert [h.message.seq for h in loose] == [1, 2]
+    # 1 covers 京都 + ラーメン (about half the query's weight), 2 only 京都 (a common term).
+    score_1, score_2 = (h.score for h in loose)
+    assert score_2 < 0.4 <= score_1 < 0.7
+    default = store.search("c", query=query, before_seq=100, limit=5, threshold=0.4)
+    assert [h.message.seq for h in default] == [1]
+    assert store.search("c", query=query, before_seq=100, limit=5, threshold=0.7) == []
+    exact = store.search("c", query="京都でラーメンを食べた", before_seq=100, limit=5,
+                         threshold=1.0)
+    assert [h.message.seq for h in exact] == [1]
+
+
+def test_mixed_latin_and_japanese_query() -> None:
+    store = InMemoryHistoryStore()
+    store.append("c", make_message(1, "user", "GitHub Actionsの設定で詰まった"))
+    store.append("c", make_message(2, "user", "今日は雨だった"))
+    hits = store.search("c", query="github actions どうなった？", before_seq=100, limit=5,
+                        threshold=0.4)
+    assert [h.message.seq for h in hits] == [1]
+
+
+def test_search_only_sees_messages_before_before_seq() -> None:
+    store = _store_with_fact(10, fact_at=50)
+    assert store.search("c", query=QUERY, before_seq=50, limit=5, threshold=0.4) == []
+    assert store.search("c", query=QUERY, before_seq=51, limit=5, threshold=0.4)
+
+
+def test_empty_history_and_empty_query() -> None:
+    store = InMemoryHistoryStore()
+    assert store.search("c", query=QUERY, before_seq=10, limit=5, threshold=0.4) == []
+    store.append("c", make_message(1, "user", FACT))
+    assert store.search("c", query="！？", before_seq=10, limit=5, threshold=0.0) == []
+
+
+def test_capped_postings_still_find_a_rare_term() -> None:
+    # Every filler mentions 誕生日; only the fact has the rare name.  With a tiny postings
+    # cap the common terms are truncated, yet the rare term brings the fact back.
+    store = InMemoryHistoryStore()
+    store.append("c", make_message(1, "user", FACT))
+    for seq in range(2, 600):
+        store.append("c", make_message(seq, "user", f"佐藤さんの誕生日は{seq % 12 + 1}月だよ"))
+    config = SearchConfig(postings_cap=16, max_candidates=8)
+    hits = store.search("c", query=QUERY, before_seq=10**6, limit=1, threshold=0.4,
+                        config=config)
+    assert [h.message.seq for h in hits] == [1]
