@@ -27,6 +27,9 @@ TURN_OVERHEAD_TOKENS = 4
 # The recent window is fetched with slack for exchanges whose reply is split or missing.
 _RECENT_FETCH_FACTOR = 4
 RECALL_LIMIT = 32
+# Text glued to a label can tokenise one token longer than the two counted apart (BPE
+# merges across the seam); one token per seam keeps the stored-count sum an upper bound.
+JOIN_SLACK_TOKENS = 1
 
 SUMMARY_HEADER = "\n\n## これまでの会話の要約\n"
 RECALL_HEADER = "\n\n## 関連する過去の会話（抜粋・古い順）\n"
@@ -91,7 +94,8 @@ def _turn_cost(message: Message) -> int:
 
 
 def _line_cost(message: Message) -> int:
-    return message.tokens + count_fixed_tokens(ROLE_LABELS[message.role] + LINE_SEPARATOR)
+    return (message.tokens + count_fixed_tokens(ROLE_LABELS[message.role])
+            + count_fixed_tokens(LINE_SEPARATOR) + 2 * JOIN_SLACK_TOKENS)
 
 
 def _exchanges(window: list[Message]) -> list[list[Message]]:
@@ -141,13 +145,14 @@ def _fit_summary(summary: Summary | None, new_seq: int, budget: _Budget) -> Summ
     # A summary written after this message (a rebuild of an old prompt) would leak the future.
     if summary is None or not summary.text or summary.covers_up_to_seq >= new_seq:
         return None
-    return summary if budget.take(count_fixed_tokens(SUMMARY_HEADER) + summary.tokens) else None
+    cost = count_fixed_tokens(SUMMARY_HEADER) + summary.tokens + 2 * JOIN_SLACK_TOKENS
+    return summary if budget.take(cost) else None
 
 
 def _fit_recalled(candidates: list[ScoredMessage], budget: _Budget) -> list[Message]:
     """Best first; one that does not fit is skipped, a shorter one after it may still fit."""
     kept: list[Message] = []
-    header = count_fixed_tokens(RECALL_HEADER)
+    header = count_fixed_tokens(RECALL_HEADER) + JOIN_SLACK_TOKENS
     for candidate in candidates:
         cost = _line_cost(candidate.message) + (0 if kept else header)
         if budget.take(cost):
