@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from context.memory_store import InMemoryHistoryStore
+from context.summary import finalize_summary, pending_messages, plan_summary, summary_prompt
+from context.tokens import count_tokens
+from context.types import Summary
+from tests.context.chatgen import ChatGenerator, make_message
+
+
+def _store(messages: int) -> InMemoryHistoryStore:
+    store = InMemoryHistoryStore()
+    for message in ChatGenerator().messages(messages):
+        store.append("c", message)
+    return store
+
+
+def test_nothing_to_summarise_while_history_fits_the_recent_window() -> None:
+    assert plan_summary(store=InMemoryHistoryStore(), conversation_id="c") is None
+    assert plan_summary(store=_store(6), conversation_id="c") is None
+
+
+def test_batch_is_the_oldest_messages_outside_the_recent_window() -> None:
+    store = _store(10)  # seqs 1..10, recent window = 5..10
+    batch = plan_summary(store=store, conversation_id="c")
+    assert batch is not None
+    assert [m.seq for m in batch.messages] == [1, 2, 3, 4]
+    assert batch.previous is None and "（まだありません）" in batch.prompt
+    assert all(m.text in batch.prompt for m in batch.messages)
+
+
+def test_batch_is_bounded_by_count_and_tokens() -> None:
+    store = _store(200)
+    batch = plan_summary(store=store, conversation_id="c", max_messages=40)
+    assert batch is not None and len(batch.messages) == 40
+    small = pending_messages(store=store, conversation_id="c", after_seq=0, max_tokens=100)
+    assert sum(m.tokens for m in small) <= 100 and small[0].seq == 1
+
+
+def test_folding_continues_after_the_stored_summary() -> None:
+    store = _store(100)
+    first = plan_summary(store=store, conversation_id="c", max_messages=10)
+    assert first is not None
+    assert store.set_summary("c", first.finish("要約その1"))
+    second = plan_summary(store=store, conversation_id="c", max_messages=10)
+    assert second is not None and second.messages[0].seq == 11
+    assert second.previous is not None and "要約その1" in second.prompt
+
+
+def test_a_single_huge_message_is_cut_to_fit_the_batch() -> None:
+    store = InMemoryHistoryStore()
+    store.append("c", make_message(1, "user", "長い話。" * 2000))
+    for message in ChatGenerator().messages(6, first_seq=2):
+        store.append("c", message)
+    batch = plan_summary(store=store, conversation_id="c", max_batch_tokens=300)
+    assert batch is not None and len(batch.messages) == 1
+    assert batch.messages[0].tokens <= 300
+
+
+def test_finalize_caps_the_model_output() -> None:
+    summary = finalize_summary(text="  長すぎる要約。" * 500, covers_up_to_seq=9, max_tokens=50)
+    assert summary.tokens == count_tokens(summary.text) <= 50
+    assert summary.covers_up_to_seq == 9
+
+
+def test_prompt_names_the_cap_and_labels_roles() -> None:
+    previous = Summary(text="前の要約", covers_up_to_seq=2, tokens=4)
+    prompt = summary_prompt(previous=previous, max_summary_tokens=300,
+                            messages=[make_message(3, "user", "やあ"),
+                                      make_message(4, "assistant", "おかえり")])
+    assert "300トークン以内" in prompt and "前の要約" in prompt
+    assert "ユーザー: やあ\nあなた: おかえり" in prompt
+
+
+def test_summary_never_goes_backwards() -> None:
+    store = InMemoryHistoryStore()
+    assert store.set_summary("c", Summary(text="新", covers_up_to_seq=20, tokens=1))
+    assert not store.set_summary("c", Summary(text="古", covers_up_to_seq=10, tokens=1))
+    assert store.get_summary("c") == Summary(text="新", covers_up_to_seq=20, tokens=1)
