@@ -1,13 +1,35 @@
-"""Shared fixtures: a real redis-server (the same binary `make run` uses) for the session."""
+"""Shared fixtures: a real redis-server (the same binary `make run` uses), and a real stack:
+the Gemini simulator, a Celery worker (prefork) and the API, as subprocesses.
+
+Limits are short so that failure paths finish in seconds:
+hard 6 s, soft 4 s, Gemini request timeout 1.5 s, one retry.
+"""
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
-from mysisterdb.redis_server import RedisServer, start_redis
+from mysisterdb.redis_server import RedisServer, free_port, start_redis
+from tests.procs import Stack, http_ok, mysisterdb, start, wait_for
+
+STACK_DB = 1  # unit tests flush db 0; the running stack lives in db 1
+
+TEST_LIMITS = {
+    "MYSISTERDB_TASK_TIME_LIMIT": "6",
+    "MYSISTERDB_TASK_SOFT_TIME_LIMIT": "4",
+    "MYSISTERDB_GEMINI_TIMEOUT": "1.5",
+    "MYSISTERDB_GEMINI_RETRIES": "1",
+    "MYSISTERDB_GEMINI_BACKOFF_S": "0.1",
+    "MYSISTERDB_WORKER_CONCURRENCY": "2",
+    "MYSISTERDB_DEBUG_DIRECTIVES": "1",
+    "MYSISTERDB_LOG_LEVEL": "INFO",
+}
 
 
 @pytest.fixture(scope="session")
@@ -19,8 +41,75 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture
 def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    """A client on a flushed database: each test starts from empty storage."""
+    """A client on a flushed database 0: each test starts from empty storage."""
     client = redis.Redis.from_url(redis_server.url, socket_timeout=5, decode_responses=False)
     client.flushdb()
+    yield client
+    client.close()
+
+
+def stack_env(*, redis_url: str, api_port: int, sim_port: int, log_dir: Path,
+              extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MYSISTERDB_") and k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
+    env.update(TEST_LIMITS)
+    env.update({
+        "MYSISTERDB_REDIS_URL": redis_url,
+        "MYSISTERDB_PORT": str(api_port),
+        "MYSISTERDB_SIM_PORT": str(sim_port),
+        "MYSISTERDB_GEMINI_ENDPOINT": f"http://127.0.0.1:{sim_port}",
+        "MYSISTERDB_LOG_DIR": str(log_dir),
+        "MYSISTERDB_DATA_DIR": str(log_dir / "data"),
+    })
+    env.update(extra or {})
+    return env
+
+
+def start_stack(*, redis_url: str, log_dir: Path, extra: dict[str, str] | None = None) -> Stack:
+    api_port, sim_port = free_port(), free_port()
+    env = stack_env(redis_url=redis_url, api_port=api_port, sim_port=sim_port, log_dir=log_dir,
+                    extra=extra)
+    stack = Stack(api_url=f"http://127.0.0.1:{api_port}", sim_url=f"http://127.0.0.1:{sim_port}",
+                  redis_url=redis_url, env=env)
+    try:
+        stack.procs["simulator"] = start("simulator", mysisterdb("simulator"), env=env,
+                                         log_dir=log_dir)
+        stack.procs["worker"] = start("worker", mysisterdb("worker"), env=env, log_dir=log_dir)
+        stack.procs["api"] = start("api", mysisterdb("api"), env=env, log_dir=log_dir)
+        wait_for(http_ok(f"{stack.sim_url}/_sim/health"), timeout_s=20, what="simulator")
+        wait_for(http_ok(f"{stack.api_url}/api/current-time"), timeout_s=20, what="api")
+        wait_for(lambda: _healthy(stack), timeout_s=30, what="worker")
+    except BaseException:
+        for proc in stack.procs.values():
+            print(f"--- {proc.name} ---\n{proc.log()[-3000:]}")
+        stack.stop()
+        raise
+    return stack
+
+
+def _healthy(stack: Stack) -> bool:
+    import httpx
+
+    return httpx.get(f"{stack.api_url}/api/health", timeout=2.0).status_code == 200
+
+
+@pytest.fixture(scope="session")
+def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    log_dir = tmp_path_factory.mktemp("stack")
+    url = f"redis://{redis_server.host}:{redis_server.port}/{STACK_DB}"
+    running = start_stack(redis_url=url, log_dir=log_dir)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def conversation_id() -> str:
+    """A fresh conversation per test: tests share the stack, never their history."""
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def stack_redis(stack: Stack) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(stack.redis_url, socket_timeout=5)
     yield client
     client.close()

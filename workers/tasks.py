@@ -19,6 +19,7 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.worker.request import Request
 
 from mysisterdb.errors import LLMError
+from mysisterdb.logs import job_context
 from mysisterdb.models import ErrorCode, Job, JobStatus, utcnow
 from mysisterdb.ordering import blocking_predecessor
 from mysisterdb.settings import get_settings
@@ -86,7 +87,8 @@ def chat(self: ChatTask, job_id: str) -> str:
     if rt.jobs.update(job_id, mark_started) is None:
         return "skipped"
     deadline = started + rt.settings.task_soft_time_limit - 0.5
-    return run_guarded(rt, job_id, deadline=deadline)
+    with job_context(job_id=job_id, conversation_id=job.conversation_id):
+        return run_guarded(rt, job_id, deadline=deadline)
 
 
 def mark_started(job: Job) -> None:

@@ -1,0 +1,54 @@
+"""GET /api/jobs/{id}, cancel, and the plain endpoints."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from tests.procs import Stack
+
+
+def test_unknown_job_is_404_with_error_body(stack: Stack) -> None:
+    r = httpx.get(f"{stack.api_url}/api/jobs/doesnotexist", timeout=5)
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "not_found"
+
+
+def test_cancel_running_job(stack: Stack, conversation_id: str) -> None:
+    job = stack.submit("長い話 #sim:sleep=5", conversation_id=conversation_id)
+    stack.wait_job(job["id"], until=lambda j: j["status"] == "in_progress")
+    r = httpx.post(f"{stack.api_url}/api/jobs/{job['id']}/cancel", timeout=5)
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "cancelled"
+    again = httpx.post(f"{stack.api_url}/api/jobs/{job['id']}/cancel", timeout=5)
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "conflict"
+    # The next prompt of the conversation is not held up by the cancelled one.
+    nxt = stack.submit("次の話", conversation_id=conversation_id)
+    assert stack.wait_job(nxt["id"], timeout_s=10)["status"] == "completed"
+    assert stack.job(job["id"])["status"] == "cancelled"
+    assert stack.job(job["id"])["reply"] is None
+
+
+def test_cancel_queued_job_never_runs_it(stack: Stack, conversation_id: str) -> None:
+    first = stack.submit("先の話 #sim:sleep=1", conversation_id=conversation_id)
+    second = stack.submit(f"取り消す話 {conversation_id}", conversation_id=conversation_id)
+    r = httpx.post(f"{stack.api_url}/api/jobs/{second['id']}/cancel", timeout=5)
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert stack.wait_job(first["id"])["status"] == "completed"
+    time.sleep(1.0)  # the cancelled job would have started right after the first
+    assert stack.sim_requests_containing(f"取り消す話 {conversation_id}") == []
+
+
+def test_current_time_is_iso_utc(stack: Stack) -> None:
+    body = httpx.get(f"{stack.api_url}/api/current-time", timeout=5).json()
+    assert body["time"].endswith("Z")
+
+
+def test_health_reports_redis_workers_and_simulator(stack: Stack) -> None:
+    r = httpx.get(f"{stack.api_url}/api/health", timeout=5)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["redis"]["ok"] and body["workers"]["ok"]
+    assert body["llm"]["mode"] == "simulator"

@@ -1,0 +1,119 @@
+"""Start and stop the real processes the tests talk to (simulator, worker, API)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def mysisterdb(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mysisterdb", *args]
+
+
+@dataclass
+class Proc:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        # The worker's pool children live in its process group: take them too.
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.wait(timeout=5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def start(name: str, argv: list[str], *, env: dict[str, str], log_dir: Path) -> Proc:
+    log_path = log_dir / f"{name}.out"
+    with log_path.open("wb") as out:
+        process = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    return Proc(name=name, process=process, log_path=log_path)
+
+
+def wait_for(check: Callable[[], bool], *, timeout_s: float, what: str,
+             interval_s: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(interval_s)
+    raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def http_ok(url: str) -> Callable[[], bool]:
+    return lambda: httpx.get(url, timeout=1.0).status_code < 500
+
+
+@dataclass
+class Stack:
+    """A running API + worker + simulator against one Redis database."""
+
+    api_url: str
+    sim_url: str
+    redis_url: str
+    env: dict[str, str]
+    procs: dict[str, Proc] = field(default_factory=dict)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.api_url, timeout=5.0)
+
+    def submit(self, message: str, *, conversation_id: str = "default",
+               headers: dict[str, str] | None = None) -> dict[str, Any]:
+        response = httpx.post(f"{self.api_url}/api/chat", timeout=5.0, headers=headers,
+                              json={"message": message, "conversation_id": conversation_id})
+        assert response.status_code == 202, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = httpx.get(f"{self.api_url}/api/jobs/{job_id}", timeout=5.0)
+        assert response.status_code == 200, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    def wait_job(self, job_id: str, *, timeout_s: float = 20.0,
+                 until: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+        until = until or (lambda j: j["status"] not in ("queued", "in_progress"))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self.job(job_id)
+            if until(job):
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']}: {job}")
+            time.sleep(0.05)
+
+    def sim_requests(self) -> list[Any]:
+        return httpx.get(f"{self.sim_url}/_sim/requests", timeout=5.0).json()  # type: ignore[no-any-return]
+
+    def sim_requests_containing(self, marker: str) -> list[Any]:
+        return [r for r in self.sim_requests() if marker in str(r)]
+
+    def stop(self) -> None:
+        for name in ("api", "worker", "simulator"):
+            if name in self.procs:
+                self.procs[name].stop()
