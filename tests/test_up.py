@@ -1,0 +1,62 @@
+"""`mysisterdb up` as a user runs it: private redis-server, simulator, worker, API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from mysisterdb.redis_server import free_port
+from tests.procs import ROOT, mysisterdb, wait_for
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MYSISTERDB_") and k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
+    port = free_port()
+    env.update({"MYSISTERDB_PORT": str(port), "MYSISTERDB_SIM_PORT": str(free_port()),
+                "MYSISTERDB_DATA_DIR": str(tmp_path / "data"),
+                "MYSISTERDB_LOG_DIR": str(tmp_path / "logs"),
+                "MYSISTERDB_WORKER_CONCURRENCY": "1"})
+    out = (tmp_path / "up.out").open("wb")
+    proc = subprocess.Popen(mysisterdb("up"), env=env, cwd=ROOT, stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        yield proc, url, tmp_path
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        out.close()
+
+
+def healthy(url: str) -> bool:
+    return httpx.get(f"{url}/api/health", timeout=2).status_code == 200
+
+
+def test_up_serves_a_round_trip_then_stops_everything_on_ctrl_c(up: tuple) -> None:  # type: ignore[type-arg]
+    proc, url, tmp_path = up
+    wait_for(lambda: healthy(url), timeout_s=40, what="mysisterdb up")
+    health = httpx.get(f"{url}/api/health", timeout=2).json()
+    assert health["llm"]["mode"] == "simulator"
+    job = httpx.post(f"{url}/api/chat", json={"message": "枡元といえば？ｗ"}, timeout=5).json()
+    wait_for(lambda: httpx.get(f"{url}/api/jobs/{job['id']}", timeout=2).json()["status"]
+             == "completed", timeout_s=20, what="round trip")
+    assert any(tmp_path.joinpath("data").glob("appendonly*")), "private redis writes its AOF"
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert {"redis-server"} <= {c.name() for c in children}
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=40) == 0
+    time.sleep(0.5)
+    assert [c.pid for c in children if c.is_running() and c.status() != "zombie"] == []
+    printed = (tmp_path / "up.out").read_text()
+    assert url in printed and "simulator" in printed
