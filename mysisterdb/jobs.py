@@ -13,10 +13,13 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import redis
+from redis.client import Pipeline
 
 from mysisterdb import keys
 from mysisterdb.errors import NotFound
+from mysisterdb.incidents import IncidentLog, is_incident
 from mysisterdb.models import (
+    ErrorCode,
     Job,
     JobError,
     JobStatus,
@@ -33,10 +36,30 @@ class JobStore:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
 
-    def create(self, job: Job, *, pipe: redis.client.Pipeline | None = None) -> None:
+    @property
+    def redis(self) -> redis.Redis:
+        return self._redis
+
+    def create(self, job: Job, *, pipe: Pipeline | None = None) -> None:
         target = pipe if pipe is not None else self._redis
         target.set(keys.job(job.id), job.model_dump_json(), ex=keys.job_ttl_s)
         target.hset(keys.conv_jobs(job.conversation_id), str(job.turn), job.id)
+        target.sadd(keys.active_jobs(), job.id)
+
+    def active_ids(self) -> list[str]:
+        return sorted(v.decode() if isinstance(v, bytes) else v
+                      for v in self._redis.smembers(keys.active_jobs()))
+
+    def active(self) -> list[Job]:
+        """Queued and running jobs (ids whose record expired are dropped from the set)."""
+        found: list[Job] = []
+        for job_id in self.active_ids():
+            job = self.find(job_id)
+            if job is None or job.status.is_final:
+                self._redis.srem(keys.active_jobs(), job_id)
+            else:
+                found.append(job)
+        return found
 
     def job_id_for_turn(self, conversation_id: str, turn: int) -> str | None:
         raw = self._redis.hget(keys.conv_jobs(conversation_id), str(turn))
@@ -68,6 +91,8 @@ class JobStore:
                     mutate(job)
                     pipe.multi()
                     pipe.set(key, job.model_dump_json(), keepttl=True)
+                    if job.status.is_final:
+                        pipe.srem(keys.active_jobs(), job_id)
                     pipe.execute()
                     return job
                 except redis.WatchError:
@@ -110,3 +135,19 @@ def close_job(job: Job, *, status: JobStatus, error: JobError | None, reply: str
             step.completed_at = now
         elif step.status is StepStatus.PENDING:
             step.status = StepStatus.SKIPPED
+
+
+def fail_job(jobs: JobStore, job_id: str, *, code: ErrorCode, message: str, exception: str,
+             action: str, partial_ok: bool = True) -> Job | None:
+    """End a job that stopped: `incomplete` if text was generated, else `failed`.
+
+    Time limits, lost workers and LLM failures also go into the incident table.
+    """
+    current = jobs.find(job_id)
+    status = JobStatus.FAILED
+    if partial_ok and current is not None and current.partial_reply:
+        status = JobStatus.INCOMPLETE
+    ended = jobs.finalize(job_id, status=status, error=JobError(code=code.value, message=message))
+    if ended is not None and is_incident(ended):
+        IncidentLog(jobs.redis).record_job(ended, exception=exception, action=action)
+    return ended

@@ -12,6 +12,7 @@ Layout::
     msdb:conv:{cid}:messages     zset   score = seq, member = message JSON    kept
     msdb:conv:{cid}:summary      hash   running summary + seq it covers       kept
     msdb:conv:{cid}:ctx:*        the context library's relevance index       kept
+    msdb:jobs:active             set    ids of queued or running jobs         kept
     msdb:conversations           set    every conversation id                 kept
     msdb:incidents               list   incident JSON, newest first          incidents_max
     msdb:worker:heartbeat:{host} string a worker's last consume heartbeat    worker_heartbeat_ttl_s
@@ -35,6 +36,11 @@ def job(job_id: str) -> str:
 
 def job_pattern() -> str:
     return f"{PREFIX}:job:*"
+
+
+def active_jobs() -> str:
+    """Queued and running jobs: what queue depth, the reaper and `check` look at."""
+    return f"{PREFIX}:jobs:active"
 
 
 def idempotency(key: str) -> str:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 
-from mysisterdb.jobs import JobStore
-from mysisterdb.models import ErrorCode, Job, JobError, JobStatus
+from mysisterdb.jobs import JobStore, fail_job
+from mysisterdb.models import ErrorCode, Job
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +30,9 @@ def reap_if_stale(jobs: JobStore, job: Job, *, hard_limit_s: float) -> Job:
     if not jobs.stale_deadline_passed(job, hard_limit_s=hard_limit_s, grace_s=STALE_GRACE_S):
         return job
     logger.error("job %s outlived the hard limit: its worker is gone", job.id)
-    ended = jobs.finalize(job.id, status=JobStatus.FAILED,
-                          error=JobError(code=ErrorCode.WORKER_LOST.value, message=LOST_MESSAGE))
+    ended = fail_job(jobs, job.id, code=ErrorCode.WORKER_LOST, message=LOST_MESSAGE,
+                     exception=f"no end recorded {hard_limit_s:g} s after start (worker died)",
+                     action="marked failed by the reaper; the conversation moves on")
     return ended or jobs.get(job.id)
 
 

@@ -17,10 +17,10 @@ from contextlib import contextmanager
 from context.builder import BuiltContext, build_context
 from context.types import Message
 from mysisterdb.errors import LLMError
+from mysisterdb.jobs import fail_job
 from mysisterdb.models import (
     ErrorCode,
     Job,
-    JobError,
     JobStatus,
     StepName,
     StepStatus,
@@ -141,14 +141,10 @@ def iso_now() -> str:
     return iso(utcnow()) or ""
 
 
-def fail(rt: Runtime, job_id: str, *, code: ErrorCode, message: str,
-         partial_ok: bool = True) -> None:
-    """Finalize a job that stopped: `incomplete` if text was generated, else `failed`."""
-    job = rt.jobs.find(job_id)
-    status = JobStatus.FAILED
-    if partial_ok and job is not None and job.partial_reply:
-        status = JobStatus.INCOMPLETE
-    rt.jobs.finalize(job_id, status=status, error=JobError(code=code.value, message=message))
+def fail(rt: Runtime, job_id: str, *, code: ErrorCode, message: str, exception: str,
+         action: str, partial_ok: bool = True) -> None:
+    fail_job(rt.jobs, job_id, code=code, message=message, exception=exception, action=action,
+             partial_ok=partial_ok)
 
 
 def fail_llm(rt: Runtime, job_id: str, error: LLMError) -> None:
@@ -159,7 +155,10 @@ def fail_llm(rt: Runtime, job_id: str, error: LLMError) -> None:
 
         rt.jobs.update(job_id, keep)
     code = ErrorCode.LLM_TIMEOUT if error.code == "llm_timeout" else ErrorCode.LLM_ERROR
-    fail(rt, job_id, code=code, message=error.message)
+    cause = error.__cause__ or getattr(error, "cause", None) or error
+    fail(rt, job_id, code=code, message=error.message,
+         exception=f"{type(cause).__name__}: {cause}"[:500],
+         action=f"request failed after up to {rt.settings.gemini_retries} retries")
 
 
 def stuck_in_c() -> None:

@@ -22,7 +22,6 @@ from mysisterdb.errors import LLMError
 from mysisterdb.logs import job_context
 from mysisterdb.models import ErrorCode, Job, JobStatus, utcnow
 from mysisterdb.ordering import blocking_predecessor
-from mysisterdb.settings import get_settings
 from workers import pipeline
 from workers.celery_app import CHAT_TASK, celery_app
 from workers.runtime import Runtime, get_runtime
@@ -41,7 +40,8 @@ class JobRequest(Request):  # type: ignore[misc]
         if not soft:
             finalize_from_parent(self.id, code=ErrorCode.TIMEOUT,
                                  message=pipeline.TIMEOUT_MESSAGE,
-                                 action=f"killed at the hard limit ({timeout:g} s); "
+                                 exception=f"TimeLimitExceeded({timeout:g} s)",
+                                 action=f"process killed at the hard limit ({timeout:g} s); "
                                         "worker process replaced")
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True,
@@ -52,16 +52,19 @@ class JobRequest(Request):  # type: ignore[misc]
         if isinstance(exc, (WorkerLostError, SystemExit, KeyboardInterrupt)):
             finalize_from_parent(self.id, code=ErrorCode.WORKER_LOST,
                                  message=WORKER_LOST_MESSAGE,
-                                 action=f"child lost ({exc}); worker process replaced")
+                                 exception=f"{type(exc).__name__}: {exc}",
+                                 action="worker process replaced; prompt not run again")
         elif isinstance(exc, TimeLimitExceeded):
             finalize_from_parent(self.id, code=ErrorCode.TIMEOUT,
-                                 message=pipeline.TIMEOUT_MESSAGE, action="killed at hard limit")
+                                 message=pipeline.TIMEOUT_MESSAGE, exception=repr(exc),
+                                 action="process killed at the hard limit; worker process replaced")
 
 
-def finalize_from_parent(job_id: str, *, code: ErrorCode, message: str, action: str) -> None:
+def finalize_from_parent(job_id: str, *, code: ErrorCode, message: str, exception: str,
+                         action: str) -> None:
     try:
         rt = get_runtime()
-        pipeline.fail(rt, job_id, code=code, message=message)
+        pipeline.fail(rt, job_id, code=code, message=message, exception=exception, action=action)
         logger.error("job %s ended by the worker parent: %s (%s)", job_id, code.value, action)
     except Exception:  # the parent must survive a Redis hiccup; the reaper catches up
         logger.exception("could not finalize job %s from the worker parent", job_id)
@@ -102,7 +105,9 @@ def mark_started(job: Job) -> None:
 
 def refuse_rerun(rt: Runtime, job: Job) -> str:
     """A redelivered prompt that already started once: its worker died. Never run it twice."""
-    pipeline.fail(rt, job.id, code=ErrorCode.WORKER_LOST, message=WORKER_LOST_MESSAGE)
+    pipeline.fail(rt, job.id, code=ErrorCode.WORKER_LOST, message=WORKER_LOST_MESSAGE,
+                  exception="message redelivered after its worker died",
+                  action="not run a second time (no poison loop)")
     logger.error("job %s redelivered after its worker died; not run again", job.id)
     return "worker_lost"
 
@@ -115,19 +120,17 @@ def run_guarded(rt: Runtime, job_id: str, *, deadline: float) -> str:
     except pipeline.JobGone:
         return "gone"
     except SoftTimeLimitExceeded:
-        pipeline.fail(rt, job_id, code=ErrorCode.TIMEOUT, message=pipeline.TIMEOUT_MESSAGE)
+        pipeline.fail(rt, job_id, code=ErrorCode.TIMEOUT, message=pipeline.TIMEOUT_MESSAGE,
+                      exception="SoftTimeLimitExceeded",
+                      action=f"task stopped at the soft limit ({rt.settings.task_soft_time_limit:g} s)")
         return "timeout"
     except LLMError as error:
         pipeline.fail_llm(rt, job_id, error)
         return error.code
-    except Exception:
+    except Exception as exc:
         logger.exception("job %s failed", job_id)
         pipeline.fail(rt, job_id, code=ErrorCode.INTERNAL,
                       message="内部エラーが発生しました。もう一度試してください。",
+                      exception=f"{type(exc).__name__}: {exc}", action="job failed",
                       partial_ok=False)
         return "internal"
-
-
-def settings_summary() -> dict[str, float]:
-    s = get_settings()
-    return {"hard_s": s.task_time_limit, "soft_s": s.task_soft_time_limit}
