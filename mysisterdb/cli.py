@@ -1,4 +1,4 @@
-"""The `mysisterdb` command: up, api, worker, simulator."""
+"""The `mysisterdb` command: up, api, worker, simulator, incidents, check, watchdog."""
 
 from __future__ import annotations
 
@@ -54,6 +54,65 @@ def cmd_simulator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_incidents(args: argparse.Namespace) -> int:
+    from mysisterdb.incidents import IncidentLog, to_markdown
+    from mysisterdb.redis_client import connect
+
+    settings = get_settings()
+    incidents = IncidentLog(connect(settings.redis_url, timeout_s=5)).newest(limit=args.limit)
+    if args.markdown:
+        print(to_markdown(incidents))
+        return 0
+    for i in incidents:
+        print(f"{i.at}  {i.kind:<12} job={i.job_id or '-'} conv={i.conversation_id or '-'} "
+              f"step={i.step or '-'}\n    input:  {i.input!r}\n    cause:  {i.cause}\n"
+              f"    action: {i.action}")
+    if not incidents:
+        print("no incidents recorded")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from mysisterdb.check import run_check
+    from mysisterdb.redis_client import connect
+
+    settings = get_settings()
+    client = connect(settings.redis_url, timeout_s=10)
+    return run_check(redis=client, repair=args.repair, hard_limit_s=settings.task_time_limit,
+                     out=sys.stdout)
+
+
+def cmd_watchdog(args: argparse.Namespace) -> int:
+    from mysisterdb.watchdog import Watchdog
+
+    settings = get_settings()
+    configure_logging(settings, process="watchdog")
+    url = args.url or f"http://{settings.host}:{settings.port}/api/health"
+    Watchdog(url=url, restart_command=args.restart_command, failures=args.failures,
+             interval_s=args.interval, timeout_s=args.timeout).run(max_checks=args.max_checks)
+    return 0
+
+
+def add_ops_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    incidents = sub.add_parser("incidents", help="print recorded incidents, newest first")
+    incidents.add_argument("--markdown", action="store_true",
+                           help="print the runbook's table (発生日時 | 発生状況 | …)")
+    incidents.add_argument("--limit", type=int, default=50)
+    incidents.set_defaults(func=cmd_incidents)
+    check = sub.add_parser("check", help="verify stored data; exit 1 on a problem")
+    check.add_argument("--repair", action="store_true",
+                       help="fix what can be fixed safely (never deletes a user's message)")
+    check.set_defaults(func=cmd_check)
+    dog = sub.add_parser("watchdog", help="poll health; run a restart command after N failures")
+    dog.add_argument("--url", default=None, help="health URL (default: this API's)")
+    dog.add_argument("--restart-command", default=None, help="shell command to run")
+    dog.add_argument("--failures", type=int, default=3, help="consecutive failures to act on")
+    dog.add_argument("--interval", type=float, default=10.0, help="seconds between checks")
+    dog.add_argument("--timeout", type=float, default=5.0, help="seconds per health request")
+    dog.add_argument("--max-checks", type=int, default=None, help=argparse.SUPPRESS)
+    dog.set_defaults(func=cmd_watchdog)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mysisterdb", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulator", help="run the offline Gemini simulator")
     sim.add_argument("--port", type=int, default=None)
     sim.set_defaults(func=cmd_simulator)
+    add_ops_commands(sub)
     return parser
 
 
