@@ -49,8 +49,8 @@ def cmd_simulator(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     port = args.port or settings.sim_port
-    print(f"Gemini simulator on http://127.0.0.1:{port}", flush=True)
-    uvicorn.run(create_app(), host="127.0.0.1", port=port, log_level="warning")
+    print(f"Gemini simulator on http://{args.host}:{port}", flush=True)
+    uvicorn.run(create_app(), host=args.host, port=port, log_level="warning")
     return 0
 
 
@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=cmd_worker)
     sim = sub.add_parser("simulator", help="run the offline Gemini simulator")
     sim.add_argument("--port", type=int, default=None)
+    sim.add_argument("--host", default="127.0.0.1",
+                     help="interface to bind (0.0.0.0 only inside a container network)")
     sim.set_defaults(func=cmd_simulator)
     add_ops_commands(sub)
     return parser

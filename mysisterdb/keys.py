@@ -11,6 +11,7 @@ Layout::
     msdb:conv:{cid}:jobs         hash   turn -> job id                        kept
     msdb:conv:{cid}:messages     zset   score = seq, member = message JSON    kept
     msdb:conv:{cid}:summary      hash   running summary + seq it covers       kept
+    msdb:conv:{cid}:summarizing  string a summary task is queued or running   summary_pending_ttl_s
     msdb:conv:{cid}:ctx:*        the context library's relevance index       kept
     msdb:jobs:active             set    ids of queued or running jobs         kept
     msdb:conversations           set    every conversation id                 kept
@@ -28,6 +29,7 @@ job_ttl_s = 7 * 24 * 3600
 idempotency_ttl_s = 24 * 3600
 worker_heartbeat_ttl_s = 30
 incidents_max = 1000
+summary_pending_ttl_s = 300
 
 
 def job(job_id: str) -> str:
@@ -70,6 +72,10 @@ def conv_messages(conversation_id: str) -> str:
 
 def conv_summary(conversation_id: str) -> str:
     return conv_prefix(conversation_id) + "summary"
+
+
+def conv_summarizing(conversation_id: str) -> str:
+    return conv_prefix(conversation_id) + "summarizing"
 
 
 def conv_context(conversation_id: str, name: str) -> str:

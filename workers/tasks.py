@@ -18,17 +18,20 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.worker.request import Request
 
+from mysisterdb import keys
 from mysisterdb.errors import LLMError
 from mysisterdb.logs import job_context
 from mysisterdb.models import ErrorCode, Job, JobStatus, utcnow
 from mysisterdb.ordering import blocking_predecessor
-from workers import pipeline
-from workers.celery_app import CHAT_TASK, celery_app
+from mysisterdb.settings import get_settings
+from workers import pipeline, summary
+from workers.celery_app import CHAT_TASK, SUMMARY_TASK, celery_app
 from workers.runtime import Runtime, get_runtime
 
 logger = logging.getLogger(__name__)
 
 WAIT_FOR_TURN_S = 0.25
+SUMMARY_RETRY_S = 30
 WORKER_LOST_MESSAGE = "応答を生成していたプロセスが停止しました。もう一度試してください。"
 
 
@@ -116,6 +119,7 @@ def run_guarded(rt: Runtime, job_id: str, *, deadline: float) -> str:
     job = rt.jobs.get(job_id)
     try:
         pipeline.run_chat(rt, job, deadline=deadline)
+        queue_summary(rt, job.conversation_id)
         return "completed"
     except pipeline.JobGone:
         return "gone"
@@ -134,3 +138,40 @@ def run_guarded(rt: Runtime, job_id: str, *, deadline: float) -> str:
                       exception=f"{type(exc).__name__}: {exc}", action="job failed",
                       partial_ok=False)
         return "internal"
+
+
+def queue_summary(rt: Runtime, conversation_id: str) -> None:
+    try:
+        summary.request_summary(rt, celery_app, conversation_id)
+    except Exception:  # a summary is an optimisation: never fail a finished chat job
+        logger.exception("could not queue the summary of %s", conversation_id)
+
+
+SUMMARY_HARD_S = get_settings().summary_time_limit
+
+
+@celery_app.task(bind=True, name=SUMMARY_TASK, time_limit=SUMMARY_HARD_S,
+                 soft_time_limit=summary.soft_limit(SUMMARY_HARD_S), max_retries=3,
+                 acks_late=True)
+def summarize(self: Task, conversation_id: str) -> str:
+    started = summary.now()
+    rt = get_runtime()
+    flag = keys.conv_summarizing(conversation_id)
+    try:
+        more = summary.summarize_once(rt, conversation_id,
+                                      deadline=summary.summary_deadline(rt, started))
+    except (LLMError, SoftTimeLimitExceeded) as exc:
+        if self.request.retries < (self.max_retries or 0):
+            logger.warning("summary of %s failed (%s); retrying later", conversation_id, exc)
+            raise self.retry(countdown=SUMMARY_RETRY_S * (self.request.retries + 1)) from exc
+        logger.error("summary of %s failed (%s); the next chat job queues it again",
+                     conversation_id, exc)
+        rt.redis.delete(flag)
+        return "failed"
+    except BaseException:
+        rt.redis.delete(flag)
+        raise
+    rt.redis.delete(flag)
+    if more:
+        queue_summary(rt, conversation_id)
+    return "more" if more else "done"
