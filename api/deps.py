@@ -48,7 +48,8 @@ def get_chat_service(request: Request, client: RedisDep, jobs: JobsDep,
     return ChatService(redis=client, jobs=jobs, history=history,
                        enqueue=request.app.state.enqueue,
                        max_message_chars=settings.max_message_chars,
-                       max_message_tokens=request.app.state.max_message_tokens)
+                       max_message_tokens=request.app.state.max_message_tokens,
+                       max_queue_depth=settings.max_queue_depth)
 
 
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]

@@ -6,15 +6,22 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, ProcessCollector
+from redis import Redis
 
 from api.errors import install_error_handlers
-from api.routes import chat, conversations, health, jobs
+from api.middleware import RequestTimeoutMiddleware
+from api.routes import chat, conversations, health, jobs, ops
 from context.builder import max_message_tokens
 from context.tokens import count_tokens
 from mysisterdb.logs import configure_logging
+from mysisterdb.metrics import RedisCollector
 from mysisterdb.redis_client import connect
+from mysisterdb.resources import ResourceMonitor
 from mysisterdb.settings import Settings, get_settings
 from workers.celery_app import CHAT_TASK, create_celery
+
+HEALTH_REDIS_TIMEOUT_S = 0.3
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -23,12 +30,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        monitor = ResourceMonitor(label="api", interval_s=settings.resource_log_interval,
+                                  warn_mb=settings.memory_warn_mb)
+        monitor.start()
         yield
+        monitor.stop()
         app.state.redis.close()
 
     app = FastAPI(title="MySisterDB", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.redis = connect(settings.redis_url, timeout_s=settings.redis_timeout_s)
+    app.state.health_redis = connect(settings.redis_url, timeout_s=HEALTH_REDIS_TIMEOUT_S)
+    app.state.metrics_registry = metrics_registry(app.state.redis)
     celery = create_celery(settings)
     app.state.celery = celery
     app.state.enqueue = lambda job_id: celery.send_task(CHAT_TASK, args=[job_id],
@@ -37,6 +50,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         persona_tokens=count_tokens(settings.persona_text()),
         max_tokens=settings.max_context_tokens)
     install_error_handlers(app)
-    for router in (chat.router, jobs.router, conversations.router, health.router):
+    for router in (chat.router, jobs.router, conversations.router, health.router, ops.router):
         app.include_router(router)
+    app.add_middleware(RequestTimeoutMiddleware, timeout_s=settings.request_timeout)
     return app
+
+
+def metrics_registry(client: Redis) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(RedisCollector(client))
+    ProcessCollector(registry=registry)  # process_resident_memory_bytes of the API
+    return registry

@@ -18,15 +18,17 @@ from context.redis_store import RedisHistoryStore
 from context.tokens import count_tokens
 from context.types import Message
 from mysisterdb import keys
-from mysisterdb.errors import InvalidInput, MessageTooLarge, StoreUnavailable
+from mysisterdb.errors import InvalidInput, MessageTooLarge, QueueFull, StoreUnavailable
 from mysisterdb.jobs import JobStore
 from mysisterdb.models import ErrorCode, Job, JobError, JobStatus, iso
+from mysisterdb.monitoring import CHAT_QUEUE, waiting_counts
 
 logger = logging.getLogger(__name__)
 
 CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
 PREVIEW_CHARS = 200
+RETRY_AFTER_S = 5  # a prompt takes seconds; a client retrying sooner would only add load
 
 Enqueue = Callable[[str], None]
 
@@ -45,6 +47,7 @@ class ChatService:
     enqueue: Enqueue
     max_message_chars: int
     max_message_tokens: int
+    max_queue_depth: int
 
     def validate(self, *, conversation_id: str, text: str) -> tuple[str, int]:
         """The trimmed text and its token count, or InvalidInput."""
@@ -67,6 +70,11 @@ class ChatService:
         text, tokens = self.validate(conversation_id=conversation_id, text=text)
         job_id = uuid.uuid4().hex
         if idempotency_key is not None:
+            known = self._known_job(idempotency_key)
+            if known is not None:
+                return known, False
+        self._check_backpressure()
+        if idempotency_key is not None:
             existing = self._claim_idempotency(idempotency_key, job_id)
             if existing is not None:
                 return existing, False
@@ -75,9 +83,19 @@ class ChatService:
         self._enqueue(job)
         return job, True
 
-    def _claim_idempotency(self, key: str, job_id: str) -> Job | None:
+    def _known_job(self, key: str) -> Job | None:
         if not IDEMPOTENCY_KEY.fullmatch(key):
             raise InvalidInput("Idempotency-Key は表示可能な ASCII 1〜128 文字にしてください。")
+        raw = self.redis.get(keys.idempotency(key))
+        return self.jobs.find(raw.decode() if isinstance(raw, bytes) else str(raw)) if raw else None
+
+    def _check_backpressure(self) -> None:
+        waiting = waiting_counts(self.redis)[CHAT_QUEUE]
+        if waiting >= self.max_queue_depth:
+            logger.warning("queue full (%d waiting): refusing a prompt with 429", waiting)
+            raise QueueFull(retry_after_s=RETRY_AFTER_S)
+
+    def _claim_idempotency(self, key: str, job_id: str) -> Job | None:
         if self.redis.set(keys.idempotency(key), job_id, nx=True, ex=keys.idempotency_ttl_s):
             return None
         raw = self.redis.get(keys.idempotency(key))

@@ -18,6 +18,7 @@ from redis.client import Pipeline
 from mysisterdb import keys
 from mysisterdb.errors import NotFound
 from mysisterdb.incidents import IncidentLog, is_incident
+from mysisterdb.metrics import MetricsRecorder
 from mysisterdb.models import (
     ErrorCode,
     Job,
@@ -113,6 +114,7 @@ class JobStore:
         if job:
             logger.info("job %s %s%s", job_id, status.value,
                         f" ({error.code})" if error else "")
+            record_final(MetricsRecorder(self._redis), job)
         return job
 
     def stale_deadline_passed(self, job: Job, *, hard_limit_s: float, grace_s: float) -> bool:
@@ -151,3 +153,13 @@ def fail_job(jobs: JobStore, job_id: str, *, code: ErrorCode, message: str, exce
     if ended is not None and is_incident(ended):
         IncidentLog(jobs.redis).record_job(ended, exception=exception, action=action)
     return ended
+
+
+def record_final(metrics: MetricsRecorder, job: Job) -> None:
+    metrics.count("jobs", job.status.value, job.error.code if job.error else "")
+    if job.completed_at is None:
+        return
+    metrics.observe("job_duration", (job.completed_at - job.created_at).total_seconds())
+    if job.started_at is not None:
+        metrics.observe("celery_task_runtime",
+                        (job.completed_at - job.started_at).total_seconds(), "mysisterdb.chat")

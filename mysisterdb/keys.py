@@ -16,7 +16,14 @@ Layout::
     msdb:jobs:active             set    ids of queued or running jobs         kept
     msdb:conversations           set    every conversation id                 kept
     msdb:incidents               list   incident JSON, newest first          incidents_max
-    msdb:worker:heartbeat:{host} string a worker's last consume heartbeat    worker_heartbeat_ttl_s
+    msdb:worker:heartbeat:{host} string a worker's heartbeat JSON            worker_heartbeat_ttl_s
+    msdb:metrics:counters        hash   counter name|labels -> value          kept
+    msdb:metrics:hist:{name}     hash   histogram buckets, sum, count         kept
+    msdb:jobs:last_started_at    string epoch of the last job start           kept
+
+Broker keys (kombu's Redis transport, read by the queue monitor): the queue lists
+`chat`, `summary` and their priority sub-lists `chat\x06\x16{3,6,9}`, and the
+`unacked` hash of messages reserved by a worker but not yet acknowledged.
 
 Conversation data has no TTL: it is what the user asked us to remember.
 """
@@ -27,7 +34,7 @@ PREFIX = "msdb"
 
 job_ttl_s = 7 * 24 * 3600
 idempotency_ttl_s = 24 * 3600
-worker_heartbeat_ttl_s = 30
+worker_heartbeat_ttl_s = 10
 incidents_max = 1000
 summary_pending_ttl_s = 300
 
@@ -93,3 +100,25 @@ def worker_heartbeat(hostname: str) -> str:
 
 def worker_heartbeat_pattern() -> str:
     return f"{PREFIX}:worker:heartbeat:*"
+
+
+def metrics_counters() -> str:
+    return f"{PREFIX}:metrics:counters"
+
+
+def metrics_histogram(name: str) -> str:
+    return f"{PREFIX}:metrics:hist:{name}"
+
+
+def last_job_started_at() -> str:
+    return f"{PREFIX}:jobs:last_started_at"
+
+
+BROKER_PRIORITY_SEP = "\x06\x16"
+BROKER_PRIORITY_STEPS = (0, 3, 6, 9)
+BROKER_UNACKED = "unacked"
+
+
+def broker_queue_lists(queue: str) -> list[str]:
+    """The Redis lists holding one Celery queue: the base key and its priority sub-lists."""
+    return [queue if p == 0 else f"{queue}{BROKER_PRIORITY_SEP}{p}" for p in BROKER_PRIORITY_STEPS]

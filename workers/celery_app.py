@@ -29,7 +29,7 @@ def broker_url(settings: Settings) -> str:
 
 
 def create_celery(settings: Settings) -> Celery:
-    app = Celery("mysisterdb", broker=broker_url(settings), include=["workers.tasks"])
+    app = Celery("mysisterdb", broker=broker_url(settings), include=["workers.tasks", "workers.signals"])
     app.conf.update(
         task_ignore_result=True,
         result_backend=None,

@@ -21,7 +21,19 @@ from mysisterdb.errors import LLMError, LLMTimeout
 logger = logging.getLogger(__name__)
 
 TextCallback = Callable[[str], None]
+Observer = Callable[[str, float], None]  # (outcome, seconds) of one request
 RETRYABLE_HTTP = {408, 429, 500, 502, 503, 504}
+
+
+def transport_errors() -> tuple[type[BaseException], ...]:
+    import requests
+    from google.api_core.exceptions import GoogleAPIError
+
+    # ValueError/TypeError: the SDK's parser on a malformed body.
+    return (GoogleAPIError, requests.RequestException, OSError, ValueError, TypeError, LLMError)
+
+
+TRANSPORT_ERRORS = transport_errors()
 
 
 class PartialReplyError(LLMError):
@@ -51,7 +63,7 @@ class GeminiClient:
     """google-generativeai over REST (so it can be pointed at the simulator)."""
 
     def __init__(self, *, api_key: str, model: str, endpoint: str | None,
-                 policy: RetryPolicy) -> None:
+                 policy: RetryPolicy, observe: Observer | None = None) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             import google.generativeai as genai
@@ -60,6 +72,7 @@ class GeminiClient:
         self._genai = genai
         self._model = model
         self._policy = policy
+        self._observe = observe
 
     def stream(self, *, system_instruction: str, contents: list[Turn], deadline: float,
                on_text: TextCallback) -> str:
@@ -77,17 +90,26 @@ class GeminiClient:
         # retry=None: the SDK's own default retry would wait up to 600 s; we retry ourselves.
         options = RequestOptions(timeout=timeout_s, retry=None)
         pieces: list[str] = []
+        started = time.monotonic()
         try:
             response = model.generate_content(payload, stream=True, request_options=options)
             for text in chunk_texts(response):
                 pieces.append(text)
                 on_text(text)
-        except Exception as exc:
+        except TRANSPORT_ERRORS as exc:
+            # Only failures of the call itself; the task's own signals (soft time limit,
+            # job cancelled) pass through untouched.
             error = classify(exc)
+            self._record(error.code, started)
             if pieces:
                 raise PartialReplyError(error, "".join(pieces)) from exc
             raise error from exc
+        self._record("ok", started)
         return "".join(pieces)
+
+    def _record(self, outcome: str, started: float) -> None:
+        if self._observe:
+            self._observe(outcome, time.monotonic() - started)
 
 
 def chunk_texts(response: Iterable[object]) -> Iterable[str]:

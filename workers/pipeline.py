@@ -67,8 +67,13 @@ def step(rt: Runtime, job_id: str, name: StepName) -> Iterator[dict[str, str]]:
         s.detail = detail.get("text")
         job.heartbeat_at = s.completed_at
 
-    if rt.jobs.update(job_id, finish) is None:
+    finished = rt.jobs.update(job_id, finish)
+    if finished is None:
         raise JobGone(job_id)
+    s = finished.step(name)
+    if s.started_at and s.completed_at:
+        rt.metrics.observe("step_duration", (s.completed_at - s.started_at).total_seconds(),
+                           name.value)
 
 
 def load_message(rt: Runtime, job: Job) -> Message:

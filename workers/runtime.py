@@ -9,6 +9,7 @@ import redis
 
 from context.redis_store import RedisHistoryStore
 from mysisterdb.jobs import JobStore
+from mysisterdb.metrics import MetricsRecorder
 from mysisterdb.redis_client import connect
 from mysisterdb.settings import Settings, get_settings
 from workers.llm import GeminiClient, LLMClient, RetryPolicy
@@ -24,6 +25,7 @@ class Runtime:
     history: RedisHistoryStore
     llm: LLMClient
     persona: str
+    metrics: MetricsRecorder
 
 
 _runtime: tuple[int, Runtime] | None = None
@@ -37,7 +39,7 @@ def get_runtime() -> Runtime:
     return _runtime[1]
 
 
-def build_llm(settings: Settings) -> LLMClient:
+def build_llm(settings: Settings, metrics: MetricsRecorder) -> LLMClient:
     key = settings.gemini_api_key.get_secret_value() if settings.gemini_api_key else SIMULATOR_KEY
     endpoint = settings.gemini_endpoint
     if settings.uses_simulator and not endpoint:
@@ -45,11 +47,13 @@ def build_llm(settings: Settings) -> LLMClient:
     policy = RetryPolicy(timeout_s=settings.gemini_timeout, retries=settings.gemini_retries,
                          backoff_s=settings.gemini_backoff_s)
     return GeminiClient(api_key=key, model=settings.gemini_model, endpoint=endpoint,
-                        policy=policy)
+                        policy=policy,
+                        observe=lambda outcome, s: metrics.observe("llm_latency", s, outcome))
 
 
 def build_runtime(settings: Settings) -> Runtime:
     client = connect(settings.redis_url, timeout_s=5.0, retries=3)
+    metrics = MetricsRecorder(client)
     return Runtime(settings=settings, redis=client, jobs=JobStore(client),
-                   history=RedisHistoryStore(client), llm=build_llm(settings),
-                   persona=settings.persona_text())
+                   history=RedisHistoryStore(client), llm=build_llm(settings, metrics),
+                   persona=settings.persona_text(), metrics=metrics)

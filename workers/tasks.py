@@ -10,6 +10,7 @@ Finalization happens in three places, so every job reaches a final state:
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -41,6 +42,7 @@ class JobRequest(Request):  # type: ignore[misc]
     def on_timeout(self, soft: bool, timeout: float) -> None:
         super().on_timeout(soft, timeout)
         if not soft:
+            get_runtime().metrics.count("time_limits", "hard")
             finalize_from_parent(self.id, code=ErrorCode.TIMEOUT,
                                  message=pipeline.TIMEOUT_MESSAGE,
                                  exception=f"TimeLimitExceeded({timeout:g} s)",
@@ -92,14 +94,13 @@ def chat(self: ChatTask, job_id: str) -> str:
         raise self.retry(countdown=WAIT_FOR_TURN_S)
     if rt.jobs.update(job_id, mark_started) is None:
         return "skipped"
+    rt.redis.set(keys.last_job_started_at(), str(time.time()))
     deadline = started + rt.settings.task_soft_time_limit - 0.5
     with job_context(job_id=job_id, conversation_id=job.conversation_id):
         return run_guarded(rt, job_id, deadline=deadline)
 
 
 def mark_started(job: Job) -> None:
-    import os
-
     job.status = JobStatus.IN_PROGRESS
     job.attempts += 1
     job.started_at = job.heartbeat_at = utcnow()
@@ -124,6 +125,7 @@ def run_guarded(rt: Runtime, job_id: str, *, deadline: float) -> str:
     except pipeline.JobGone:
         return "gone"
     except SoftTimeLimitExceeded:
+        rt.metrics.count("time_limits", "soft")
         pipeline.fail(rt, job_id, code=ErrorCode.TIMEOUT, message=pipeline.TIMEOUT_MESSAGE,
                       exception="SoftTimeLimitExceeded",
                       action=f"task stopped at the soft limit ({rt.settings.task_soft_time_limit:g} s)")

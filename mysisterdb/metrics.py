@@ -1,0 +1,135 @@
+"""Metrics that survive process boundaries: workers add to counters and histograms kept in
+Redis; the API's collector turns them, plus live queue and worker figures, into Prometheus
+text with the `prometheus-client` library.
+
+Names follow celery-exporter where one exists (celery_queue_length, celery_task_runtime,
+celery_worker_up), the rest are mysisterdb_*.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from mysisterdb import keys
+from mysisterdb.monitoring import queue_stats
+
+logger = logging.getLogger(__name__)
+
+DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+HISTOGRAMS = {
+    # name in Redis: (prometheus name, help, label name or "")
+    "celery_task_runtime": ("celery_task_runtime", "Run time of chat tasks (s).", "name"),
+    "job_duration": ("mysisterdb_job_duration_seconds", "Submit to final state (s).", ""),
+    "llm_latency": ("mysisterdb_llm_latency_seconds", "One Gemini request, start to end (s).",
+                    "outcome"),
+    "step_duration": ("mysisterdb_step_duration_seconds", "Duration of a job step (s).", "step"),
+}
+COUNTERS = {
+    "jobs": ("mysisterdb_jobs", "Jobs by final status and error code.", ("status", "error_code")),
+    "time_limits": ("mysisterdb_time_limits_hit", "Task time limits hit.", ("kind",)),
+}
+
+
+def counter_field(name: str, labels: tuple[str, ...]) -> str:
+    return "|".join((name, *labels))
+
+
+class MetricsRecorder:
+    """Cheap writes from any process: one pipeline of HINCRBY(FLOAT)s per observation."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    def count(self, name: str, *labels: str) -> None:
+        try:
+            self._redis.hincrby(keys.metrics_counters(), counter_field(name, labels), 1)
+        except redis.RedisError as exc:  # a lost sample must never fail a job
+            logger.warning("metric %s not recorded: %s", name, exc)
+
+    def observe(self, name: str, seconds: float, label: str = "") -> None:
+        key = keys.metrics_histogram(f"{name}|{label}")
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for bound in DURATION_BUCKETS:
+                    if seconds <= bound:
+                        pipe.hincrby(key, f"le:{bound}", 1)
+                pipe.hincrby(key, "count", 1)
+                pipe.hincrbyfloat(key, "sum", seconds)
+                pipe.execute()
+        except redis.RedisError as exc:
+            logger.warning("metric %s not recorded: %s", name, exc)
+
+
+def text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+class RedisCollector(Collector):
+    """Collects on scrape: nothing is cached in the API process."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            yield from self._counters()
+            yield from self._histograms()
+            yield from self._live()
+        except redis.RedisError as exc:
+            logger.warning("metrics unavailable: %s", exc)
+
+    def _counters(self) -> Iterator[Metric]:
+        raw = {text(k): int(v) for k, v in self._redis.hgetall(keys.metrics_counters()).items()}
+        for name, (prom, doc, label_names) in COUNTERS.items():
+            family = CounterMetricFamily(prom, doc, labels=list(label_names))
+            for field, value in raw.items():
+                parts = field.split("|")
+                if parts[0] == name and len(parts) == len(label_names) + 1:
+                    family.add_metric(parts[1:], value)
+            yield family
+
+    def _histograms(self) -> Iterator[Metric]:
+        for name, (prom, doc, label) in HISTOGRAMS.items():
+            family = HistogramMetricFamily(prom, doc, labels=[label] if label else None)
+            for key in self._redis.scan_iter(match=keys.metrics_histogram(f"{name}|*")):
+                label_value = text(key).split("|", 1)[1]
+                data = {text(k): float(v) for k, v in self._redis.hgetall(key).items()}
+                buckets = [(str(b), data.get(f"le:{b}", 0.0)) for b in DURATION_BUCKETS]
+                buckets.append(("+Inf", data.get("count", 0.0)))
+                family.add_metric([label_value] if label else [], buckets,
+                                  sum_value=data.get("sum", 0.0))
+            yield family
+
+    def _live(self) -> Iterator[Metric]:
+        stats = queue_stats(self._redis)
+        length = GaugeMetricFamily("celery_queue_length", "Messages waiting in a queue.",
+                                   labels=["queue_name"])
+        for queue, n in stats.waiting_by_queue.items():
+            length.add_metric([queue], n)
+        yield length
+        yield GaugeMetricFamily("mysisterdb_queue_reserved", "Taken by a worker, not started.",
+                                value=stats.reserved)
+        yield GaugeMetricFamily("mysisterdb_jobs_running", "Jobs in progress.",
+                                value=stats.running)
+        yield GaugeMetricFamily("mysisterdb_workers_online", "Workers with a fresh heartbeat.",
+                                value=stats.workers_online)
+        up = GaugeMetricFamily("celery_worker_up", "A worker's heartbeat is fresh.",
+                               labels=["hostname"])
+        memory = GaugeMetricFamily("mysisterdb_worker_memory_bytes",
+                                   "RSS of a worker with its pool processes.", labels=["hostname"])
+        for w in stats.workers:
+            up.add_metric([w["hostname"]], 1)
+            memory.add_metric([w["hostname"]], w["rss_mb"] * 1024 * 1024)
+        yield up
+        yield memory
