@@ -1,0 +1,338 @@
+"""Static checks of docker-compose.yml, the Dockerfile and .dockerignore.
+
+No Docker engine is needed (nor, usually, available): the files are parsed and checked
+against the code they start (the `mysisterdb` parser, the Settings fields, the Celery app).
+`docker compose config` runs too when the compose plugin is installed; it needs no engine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import AliasChoices
+
+from mysisterdb.cli import build_parser
+from mysisterdb.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+REQUIRED_SERVICES = ("redis", "api", "worker", "flower")
+APP_SERVICES = ("api", "worker")
+SECRET_VARS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+GOOGLE_KEY_RE = re.compile(r"AIza[0-9A-Za-z_\-]{20,}")
+INTERPOLATION_RE = re.compile(r"^\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?+])?(?P<arg>[^}]*)\}$")
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def load_compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    assert isinstance(data, dict), "docker-compose.yml is not a mapping"
+    return data
+
+
+COMPOSE = load_compose()
+SERVICES: dict[str, dict[str, Any]] = COMPOSE.get("services") or {}
+
+
+def environment(service: dict[str, Any]) -> dict[str, Any]:
+    """A service's environment as a dict; list entries "K=V" or "K" (pass-through: None)."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        out: dict[str, Any] = {}
+        for item in env:
+            key, sep, value = str(item).partition("=")
+            out[key] = value if sep else None
+        return out
+    assert isinstance(env, dict)
+    return env
+
+
+def command(service: dict[str, Any]) -> list[str]:
+    cmd = service.get("command")
+    if cmd is None:
+        return []
+    return [str(c) for c in cmd] if isinstance(cmd, list) else shlex.split(str(cmd))
+
+
+def env_names_read_by_settings() -> set[str]:
+    """MYSISTERDB_<FIELD> for every field without an alias (pydantic-settings' env_prefix)."""
+    names = set()
+    prefix = Settings.model_config.get("env_prefix", "")
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        if alias is None and field.alias is None:
+            names.add(f"{prefix}{name}".upper())
+        elif isinstance(alias, AliasChoices):
+            names.update(str(choice).upper() for choice in alias.choices)
+        elif isinstance(alias, str):
+            names.add(alias.upper())
+    return names
+
+
+def interpolation_default(value: Any) -> str | None:
+    """The default of "${VAR:-default}" / "${VAR-default}", else None."""
+    match = INTERPOLATION_RE.match(str(value)) if isinstance(value, str) else None
+    if match and match.group("op") in ("-", ":-"):
+        return match.group("arg")
+    return None
+
+
+def duration_s(value: Any) -> float:
+    """A compose duration ("90s", "1m30s", "1h", "500ms") in seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", str(value))
+    assert parts and "".join(n + u for n, u in parts) == str(value), f"bad duration {value!r}"
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 0.000001}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def healthcheck_text(service: dict[str, Any]) -> str:
+    test = (service.get("healthcheck") or {}).get("test")
+    if isinstance(test, list):
+        return " ".join(str(t) for t in test)
+    return str(test or "")
+
+
+def depends_on_redis_healthy(service: dict[str, Any]) -> bool:
+    deps = service.get("depends_on") or {}
+    return isinstance(deps, dict) and (deps.get("redis") or {}).get("condition") == "service_healthy"
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text(encoding="utf-8"))
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def assert_parses(argv: list[str], where: str) -> None:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        raise AssertionError(f"{where}: `mysisterdb {' '.join(argv)}` does not parse") from exc
+    assert callable(getattr(args, "func", None)), where
+
+
+# -- services ------------------------------------------------------------------------------
+
+
+def test_required_services_exist() -> None:
+    for name in REQUIRED_SERVICES:
+        assert name in SERVICES, f"service {name} missing"
+
+
+def test_redis_is_durable_and_checked() -> None:
+    redis = SERVICES["redis"]
+    assert str(redis["image"]).startswith("redis:7"), "official redis 7.x image"
+    cmd = command(redis)
+    joined = " ".join(cmd)
+    assert re.search(r"--appendonly\s+yes", joined), cmd
+    assert re.search(r"--maxmemory-policy\s+noeviction", joined), cmd
+    assert "redis-cli ping" in healthcheck_text(redis)
+    assert redis.get("restart") == "unless-stopped"
+    assert any(str(v).endswith(":/data") for v in redis.get("volumes") or []), "redis /data volume"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_services_are_supervised(name: str) -> None:
+    service = SERVICES[name]
+    assert healthcheck_text(service), f"{name} has no healthcheck"
+    assert service.get("restart") == "unless-stopped"
+    assert depends_on_redis_healthy(service), f"{name} must wait for a healthy redis"
+    env = environment(service)
+    assert env.get("MYSISTERDB_REDIS_URL") == "redis://redis:6379/0"
+
+
+def test_api_is_reachable_and_checks_its_own_liveness() -> None:
+    from api.routes.health import router
+
+    api = SERVICES["api"]
+    assert command(api) == ["mysisterdb", "api"]
+    assert environment(api).get("MYSISTERDB_HOST") == "0.0.0.0"
+    assert any(str(p).endswith("8000:8000") for p in api.get("ports") or [])
+    check = healthcheck_text(api)
+    match = re.search(r"http://127\.0\.0\.1:8000(/[^'\" ]*)", check)
+    assert match, check
+    routes = {getattr(r, "path", None) for r in router.routes}
+    assert match.group(1) in routes, f"healthcheck path {match.group(1)} is not an API route"
+    # /api/health is 503 while workers start: a liveness check must not use it.
+    assert match.group(1) == "/api/current-time"
+
+
+def test_worker_pings_itself_and_outlives_the_hard_limit() -> None:
+    worker = SERVICES["worker"]
+    assert command(worker)[:2] == ["mysisterdb", "worker"]
+    check = healthcheck_text(worker)
+    match = re.search(r"celery -A ([\w.]+) inspect ping", check)
+    assert match, check
+    assert importlib.util.find_spec(match.group(1)) is not None, match.group(1)
+    assert "$$HOSTNAME" in check, "ping this container's node, not any worker"
+    grace = duration_s(worker.get("stop_grace_period", "10s"))
+    hard_limits = [float(Settings.model_fields["task_time_limit"].default)]
+    for name in ("api", "worker"):
+        default = interpolation_default(environment(SERVICES[name]).get("MYSISTERDB_TASK_TIME_LIMIT"))
+        if default:
+            hard_limits.append(float(default))
+    assert grace > max(hard_limits), (
+        f"stop_grace_period {grace:g} s must exceed the task hard limit {max(hard_limits):g} s "
+        "so a warm shutdown finishes the running prompt")
+
+
+def test_flower_watches_the_same_broker() -> None:
+    flower = SERVICES["flower"]
+    assert any(str(p).endswith("5555:5555") for p in flower.get("ports") or [])
+    assert depends_on_redis_healthy(flower)
+    text = " ".join(command(flower)) + " " + json.dumps(environment(flower))
+    assert "redis://redis:6379/0" in text
+
+
+def test_offline_simulator_is_optional_and_reachable() -> None:
+    simulator = SERVICES.get("simulator")
+    if simulator is None:
+        pytest.skip("no simulator service")
+    assert "offline" in (simulator.get("profiles") or [])
+    cmd = command(simulator)
+    assert cmd[:2] == ["mysisterdb", "simulator"]
+    assert "0.0.0.0" in cmd, "inside compose the simulator must listen on all interfaces"
+    for name in REQUIRED_SERVICES:
+        assert "simulator" not in (SERVICES[name].get("depends_on") or {}), (
+            f"{name} must not need the optional simulator")
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_mysisterdb_commands_exist(name: str) -> None:
+    cmd = command(SERVICES[name])
+    if cmd[:1] != ["mysisterdb"]:
+        pytest.skip(f"{name} does not run mysisterdb")
+    assert_parses(cmd[1:], f"service {name}")
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_environment_names_are_settings(name: str) -> None:
+    known = env_names_read_by_settings()
+    for key in environment(SERVICES[name]):
+        if key.startswith("MYSISTERDB_"):
+            assert key in known, f"{name}: {key} is not read by mysisterdb.settings.Settings"
+
+
+def test_env_defaults_are_valid_settings() -> None:
+    """A "${MYSISTERDB_X:-default}" default must be a value Settings accepts."""
+    for service in SERVICES.values():
+        for key, value in environment(service).items():
+            default = interpolation_default(value)
+            if key.startswith("MYSISTERDB_") and default is not None:
+                field = key.removeprefix("MYSISTERDB_").lower()
+                Settings.model_validate({field: default})
+
+
+def test_no_literal_secret_in_compose() -> None:
+    for name, service in SERVICES.items():
+        env = environment(service)
+        for var in SECRET_VARS:
+            if var not in env or env[var] is None:  # absent, or passed through from the caller
+                continue
+            # Only "${VAR}", "${VAR:?message}" or "${VAR:-}": never a value written here.
+            match = INTERPOLATION_RE.match(str(env[var]))
+            assert match is not None and match.group("name") == var and (
+                match.group("op") in (None, "?", ":?") or not match.group("arg")), (
+                f"{name}: {var} must come from the environment, not be written here")
+    assert not GOOGLE_KEY_RE.search(COMPOSE_FILE.read_text(encoding="utf-8"))
+
+
+def test_app_services_receive_the_key_from_the_environment() -> None:
+    for name in APP_SERVICES:
+        assert "GEMINI_API_KEY" in environment(SERVICES[name]), f"{name} never gets the key"
+
+
+def test_named_volumes_are_declared() -> None:
+    declared = set(COMPOSE.get("volumes") or {})
+    for name, service in SERVICES.items():
+        for volume in service.get("volumes") or []:
+            source = str(volume).split(":", 1)[0]
+            if not source.startswith((".", "/", "~")):
+                assert source in declared, f"{name}: volume {source} not declared"
+
+
+# -- Dockerfile and .dockerignore ----------------------------------------------------------
+
+
+def test_dockerfile_base_user_and_cmd() -> None:
+    instructions = dockerfile_instructions()
+    froms = [args for word, args in instructions if word == "FROM"]
+    assert froms and froms[-1].split()[0] == "python:3.11-slim"
+    users = [args for word, args in instructions if word == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), "must run as non-root"
+    assert any(word == "RUN" and "pip install" in args and " ." in args
+               for word, args in instructions), "installs the project from pyproject.toml"
+    cmds = [args for word, args in instructions if word == "CMD"]
+    assert cmds, "no CMD"
+    cmd = json.loads(cmds[-1])  # exec form: signals reach the process directly
+    assert cmd[0] == "mysisterdb"
+    assert_parses(cmd[1:], "Dockerfile CMD")
+    env_text = " ".join(args for word, args in instructions if word == "ENV")
+    assert "MYSISTERDB_HOST=0.0.0.0" in env_text
+
+
+def test_dockerfile_bakes_no_secret() -> None:
+    for word, args in dockerfile_instructions():
+        if word in ("ENV", "ARG", "LABEL"):
+            for var in SECRET_VARS:
+                assert var not in args, f"{word} {args}: secrets come from the environment"
+        if word in ("COPY", "ADD"):
+            assert ".env" not in args.split(), args
+    assert not GOOGLE_KEY_RE.search(DOCKERFILE.read_text(encoding="utf-8"))
+
+
+def test_dockerignore_keeps_secrets_and_state_out() -> None:
+    patterns = {line.strip() for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+                if line.strip() and not line.startswith("#")}
+    for pattern in (".env", ".venv", ".git", "data", "logs"):
+        assert pattern in patterns, f".dockerignore lacks {pattern}"
+    assert "README.md" not in patterns, "pyproject.toml's readme is needed by `pip install .`"
+
+
+# -- docker compose config (only when the compose plugin is installed) ---------------------
+
+
+def compose_cli() -> list[str] | None:
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=20,
+                               check=False)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
+@pytest.mark.parametrize("profile_args", [[], ["--profile", "offline"]], ids=["default", "offline"])
+def test_docker_compose_config_accepts_the_file(profile_args: list[str]) -> None:
+    cli = compose_cli()
+    if cli is None:
+        pytest.skip("docker compose is not installed")
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}  # works without a key
+    done = subprocess.run([*cli, "-f", str(COMPOSE_FILE), *profile_args, "config", "--quiet"],
+                          capture_output=True, text=True, timeout=60, env=env, cwd=ROOT,
+                          check=False)
+    assert done.returncode == 0, done.stderr
