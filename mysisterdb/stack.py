@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 15.0
 BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 60.0
-Notify = Callable[[str, str], None]
+Notify = Callable[[str, str, str], None]  # (child name, cause, action)
 
 
 @dataclass
@@ -129,7 +129,8 @@ class Supervisor:
             child.next_start_at = now + delay
             logger.error("%s exited with %s; restarting in %.0f s", child.name, code, delay)
             if self.notify:
-                self.notify(child.name, f"exit code {code}; restarted after {delay:.0f} s")
+                self.notify(child.name, f"exit code {code}",
+                            f"restarted by mysisterdb up after {delay:.0f} s")
             return
         if now >= child.next_start_at:
             child.restarts += 1
@@ -142,10 +143,26 @@ class Supervisor:
             child.stop()
 
 
-def run_stack(settings: Settings, *, notify: Notify | None = None) -> None:
+def incident_notifier(redis_url: str | None) -> Notify:
+    """Record each restart in the incident table (best effort: Redis may be what died)."""
+
+    def notify(name: str, cause: str, action: str) -> None:
+        from mysisterdb.incidents import IncidentLog
+        from mysisterdb.redis_client import connect
+
+        try:
+            IncidentLog(connect(redis_url, timeout_s=1.0)).record_process_exit(
+                name=name, cause=cause, action=action)
+        except Exception as exc:
+            logger.warning("could not record the restart of %s: %s", name, exc)
+
+    return notify
+
+
+def run_stack(settings: Settings) -> None:
     env = dict(os.environ)
     children = plan_children(settings, env)
-    supervisor = Supervisor(children, notify=notify)
+    supervisor = Supervisor(children, notify=incident_notifier(env.get("MYSISTERDB_REDIS_URL")))
     signal.signal(signal.SIGINT, supervisor.request_stop)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     url = f"http://{settings.host}:{settings.port}"

@@ -52,6 +52,7 @@ def test_up_serves_a_round_trip_then_stops_everything_on_ctrl_c(up: tuple) -> No
     wait_for(lambda: httpx.get(f"{url}/api/jobs/{job['id']}", timeout=2).json()["status"]
              == "completed", timeout_s=20, what="round trip")
     assert any(tmp_path.joinpath("data").glob("appendonly*")), "private redis writes its AOF"
+    restart_dead_worker(proc, url)
     children = psutil.Process(proc.pid).children(recursive=True)
     assert {"redis-server"} <= {c.name() for c in children}
     proc.send_signal(signal.SIGINT)
@@ -60,3 +61,31 @@ def test_up_serves_a_round_trip_then_stops_everything_on_ctrl_c(up: tuple) -> No
     assert [c.pid for c in children if c.is_running() and c.status() != "zombie"] == []
     printed = (tmp_path / "up.out").read_text()
     assert url in printed and "simulator" in printed
+
+
+def worker_child(up_proc: subprocess.Popen[bytes]) -> psutil.Process:
+    for child in psutil.Process(up_proc.pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "worker" in child.cmdline():
+                return child
+        except psutil.Error:
+            continue
+    raise LookupError("no live worker child")
+
+
+def restart_dead_worker(proc: subprocess.Popen[bytes], url: str) -> None:
+    """kill -9 of the whole worker: `up` starts a new one and records an incident."""
+    old = worker_child(proc)
+    for p in [old, *old.children(recursive=True)]:
+        p.kill()
+    wait_for(lambda: new_worker(proc, old.pid), timeout_s=15, what="worker restart")
+    wait_for(lambda: healthy(url), timeout_s=40, what="health after the restart")
+    incidents = httpx.get(f"{url}/api/incidents", timeout=2).json()["incidents"]
+    assert any(i["kind"] == "process_exit" and i["step"] == "worker" for i in incidents)
+
+
+def new_worker(proc: subprocess.Popen[bytes], old_pid: int) -> bool:
+    try:
+        return worker_child(proc).pid != old_pid
+    except LookupError:
+        return False

@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S = 2.0
 _stop = threading.Event()
+_hostname: list[str] = []
 
 
 def beat_once(client: Any, hostname: str, concurrency: int) -> None:
@@ -41,8 +42,6 @@ def heartbeat_loop(hostname: str, concurrency: int) -> None:
         except Exception as exc:  # Redis away: keep trying, health shows the worker missing
             logger.warning("heartbeat failed: %s", exc)
         _stop.wait(HEARTBEAT_INTERVAL_S)
-    with contextlib.suppress(Exception):
-        client.delete(keys.worker_heartbeat(hostname))
 
 
 @worker_ready.connect
@@ -51,6 +50,7 @@ def on_worker_ready(sender: Any = None, **_: Any) -> None:
     hostname = getattr(sender, "hostname", None) or f"worker@{os.getpid()}"
     concurrency = int(getattr(getattr(sender, "controller", None), "concurrency", 0)
                       or settings.worker_concurrency)
+    _hostname.append(hostname)
     threading.Thread(target=heartbeat_loop, args=(hostname, concurrency), daemon=True,
                      name="heartbeat").start()
     ResourceMonitor(label=f"worker {hostname}", interval_s=settings.resource_log_interval,
@@ -59,7 +59,11 @@ def on_worker_ready(sender: Any = None, **_: Any) -> None:
 
 @worker_shutdown.connect
 def on_worker_shutdown(**_: Any) -> None:
+    """Leave at once: health must not count a worker that is going away."""
     _stop.set()
+    for hostname in _hostname:
+        with contextlib.suppress(Exception):
+            connect(get_settings().redis_url, timeout_s=1.0).delete(keys.worker_heartbeat(hostname))
 
 
 @worker_process_init.connect

@@ -1,0 +1,206 @@
+"""Operations against a stack of its own (its Redis can be stopped, its worker paused):
+health, queue depth, backpressure, consumption check, request watchdog, logs, secrets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mysisterdb.redis_server import RedisServer, start_redis
+from tests.conftest import start_stack
+from tests.procs import ROOT, Stack, mysisterdb, start, wait_for
+
+SECRET = "AIzaTEST-secret-key-never-logged-0123456789"
+MAX_QUEUE_DEPTH = 3
+
+
+@dataclass
+class Ops:
+    stack: Stack
+    redis: RedisServer
+    data_dir: Path
+    log_dir: Path
+
+    def restart_redis(self) -> None:
+        self.redis = start_redis(port=self.redis.port, data_dir=self.data_dir)
+
+    def start_worker(self) -> None:
+        self.stack.procs["worker"] = start("worker", mysisterdb("worker"), env=self.stack.env,
+                                           log_dir=self.log_dir)
+        wait_for(lambda: health(self.stack).status_code == 200, timeout_s=30, what="worker")
+
+
+@pytest.fixture(scope="module")
+def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
+    log_dir = tmp_path_factory.mktemp("ops")
+    data_dir = log_dir / "redis"
+    server = start_redis(data_dir=data_dir)
+    stack = start_stack(redis_url=server.url, log_dir=log_dir, extra={
+        "GEMINI_API_KEY": SECRET,  # a real-looking key, pointed at the simulator
+        "MYSISTERDB_LOG_LEVEL": "DEBUG",
+        "MYSISTERDB_MAX_QUEUE_DEPTH": str(MAX_QUEUE_DEPTH),
+        "MYSISTERDB_CONSUME_STALL_S": "2",
+        "MYSISTERDB_REQUEST_TIMEOUT": "1",
+        "MYSISTERDB_REDIS_TIMEOUT_S": "3",
+        "MYSISTERDB_RESOURCE_LOG_INTERVAL": "1",
+        "MYSISTERDB_MEMORY_WARN_MB": "1",
+    })
+    running = Ops(stack=stack, redis=server, data_dir=data_dir, log_dir=log_dir)
+    yield running
+    stack.stop()
+    running.redis.stop()
+
+
+def health(stack: Stack) -> httpx.Response:
+    return httpx.get(f"{stack.api_url}/api/health", timeout=5)
+
+
+def timed_health(stack: Stack) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    r = health(stack)
+    return r, time.monotonic() - started
+
+
+def queue(stack: Stack) -> dict[str, object]:
+    return httpx.get(f"{stack.api_url}/api/queue", timeout=5).json()  # type: ignore[no-any-return]
+
+
+def test_health_reports_gemini_mode_with_a_key(ops: Ops) -> None:
+    body = health(ops.stack).json()
+    assert body["status"] == "ok" and body["llm"]["mode"] == "gemini"
+
+
+def test_health_503_when_redis_stops_and_200_when_it_returns(ops: Ops) -> None:
+    ops.redis.stop()
+    r, elapsed = timed_health(ops.stack)
+    assert r.status_code == 503 and elapsed < 1.0
+    assert r.json()["redis"]["ok"] is False
+    ops.restart_redis()
+    wait_for(lambda: health(ops.stack).status_code == 200, timeout_s=30, what="recovery")
+    job = ops.stack.submit("戻った？")
+    assert ops.stack.wait_job(job["id"])["status"] == "completed"
+
+
+def test_health_answers_within_1_s_when_redis_hangs(ops: Ops) -> None:
+    os.kill(ops.redis.process.pid, signal.SIGSTOP)
+    try:
+        r, elapsed = timed_health(ops.stack)
+        assert r.status_code == 503 and elapsed < 1.0
+        started = time.monotonic()
+        slow = httpx.get(f"{ops.stack.api_url}/api/jobs/whatever", timeout=10)
+        assert slow.status_code == 504  # the request watchdog, not a hang
+        assert slow.json()["error"]["code"] == "request_timeout"
+        assert time.monotonic() - started < 2.5
+        assert httpx.get(f"{ops.stack.api_url}/api/current-time", timeout=5).status_code == 200
+    finally:
+        os.kill(ops.redis.process.pid, signal.SIGCONT)
+    wait_for(lambda: health(ops.stack).status_code == 200, timeout_s=20, what="recovery")
+
+
+def test_queue_depth_with_a_stopped_worker_and_429_at_the_cap(ops: Ops) -> None:
+    ops.stack.procs["worker"].stop()
+    try:
+        jobs = [ops.stack.submit(f"待ってて {i}", conversation_id=f"q{i}")
+                for i in range(MAX_QUEUE_DEPTH)]
+        time.sleep(0.2)
+        q = queue(ops.stack)
+        assert q["waiting_by_queue"]["chat"] == MAX_QUEUE_DEPTH  # type: ignore[index]
+        assert q["workers_online"] == 0 and q["running"] == 0
+        assert isinstance(q["oldest_waiting_age_s"], float) and q["oldest_waiting_age_s"] > 0
+        before = httpx.get(f"{ops.stack.api_url}/api/conversations/full/messages",
+                           timeout=5).json()["messages"]
+        r = httpx.post(f"{ops.stack.api_url}/api/chat", timeout=5,
+                       json={"message": "もう一つ", "conversation_id": "full"})
+        assert r.status_code == 429
+        assert r.json()["error"]["code"] == "queue_full" and int(r.headers["Retry-After"]) > 0
+        after = httpx.get(f"{ops.stack.api_url}/api/conversations/full/messages",
+                          timeout=5).json()["messages"]
+        assert before == after == []
+        r, elapsed = timed_health(ops.stack)
+        assert r.status_code == 503 and elapsed < 1.0 and r.json()["workers"]["ok"] is False
+    finally:
+        ops.start_worker()
+    assert all(ops.stack.wait_job(j["id"])["status"] == "completed" for j in jobs)
+    assert queue(ops.stack)["waiting"] == 0
+
+
+def test_queue_counts_priority_sub_lists(ops: Ops) -> None:
+    from mysisterdb.settings import Settings
+    from workers.celery_app import CHAT_TASK, create_celery
+
+    ops.stack.procs["worker"].stop()
+    try:
+        app = create_celery(Settings(_env_file=None, redis_url=ops.redis.url))
+        app.send_task(CHAT_TASK, args=["no-such-job"], priority=6)
+        app.send_task(CHAT_TASK, args=["no-such-job-2"])
+        time.sleep(0.2)
+        assert queue(ops.stack)["waiting_by_queue"]["chat"] == 2  # type: ignore[index]
+    finally:
+        ops.start_worker()
+    wait_for(lambda: queue(ops.stack)["waiting"] == 0, timeout_s=10, what="drain")
+
+
+def test_health_detects_a_worker_that_stopped_consuming(ops: Ops) -> None:
+    from mysisterdb.settings import Settings
+    from workers.celery_app import create_celery
+
+    app = create_celery(Settings(_env_file=None, redis_url=ops.redis.url))
+    app.control.cancel_consumer("chat", reply=True, timeout=2)
+    try:
+        job = ops.stack.submit("だれか聞いてる？")
+        wait_for(lambda: health(ops.stack).status_code == 503, timeout_s=10,
+                 what="health noticing the stall")
+        body = health(ops.stack).json()
+        assert body["workers"]["ok"] is True and body["consuming"]["ok"] is False
+    finally:
+        app.control.add_consumer("chat", reply=True, timeout=2)
+    assert ops.stack.wait_job(job["id"])["status"] == "completed"
+    wait_for(lambda: health(ops.stack).status_code == 200, timeout_s=10, what="recovery")
+
+
+def test_logs_carry_job_ids_resources_and_never_the_key(ops: Ops) -> None:
+    job = ops.stack.submit("ログを見てね")
+    failing = ops.stack.submit("#sim:error=500")
+    ops.stack.wait_job(job["id"])
+    ops.stack.wait_job(failing["id"])
+    time.sleep(1.5)  # one more resource sample
+    log = (ops.log_dir / "mysisterdb.log").read_text()
+    assert f"job={job['id']}" in log
+    assert "resources api" in log and "resources worker" in log
+    assert "memory high" in log
+    everything = [log, *(p.read_text(errors="replace") for p in ops.log_dir.glob("*.out"))]
+    everything.append(httpx.get(f"{ops.stack.api_url}/api/jobs/{failing['id']}", timeout=5).text)
+    everything.append(httpx.get(f"{ops.stack.api_url}/api/incidents", timeout=5).text)
+    everything.append(health(ops.stack).text)
+    everything.append(httpx.get(f"{ops.stack.sim_url}/_sim/requests", timeout=5).text)
+    assert all(SECRET not in text for text in everything)
+
+
+def test_watchdog_runs_the_restart_command_after_failures(tmp_path: Path, ops: Ops) -> None:
+    marker = tmp_path / "restarted"
+    dead = "http://127.0.0.1:9/api/health"  # discard port: nothing answers
+    env = {**os.environ, "MYSISTERDB_LOG_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-m", "mysisterdb", "watchdog", "--url", dead,
+                    "--restart-command", f"touch {marker}", "--failures", "2",
+                    "--interval", "0.1", "--timeout", "0.5", "--max-checks", "3"],
+                   cwd=ROOT, env=env, timeout=30, check=True)
+    assert marker.exists()
+
+
+def test_watchdog_leaves_a_healthy_service_alone(tmp_path: Path, ops: Ops) -> None:
+    marker = tmp_path / "restarted"
+    env = {**os.environ, "MYSISTERDB_LOG_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-m", "mysisterdb", "watchdog", "--url",
+                    f"{ops.stack.api_url}/api/health", "--restart-command", f"touch {marker}",
+                    "--failures", "1", "--interval", "0.1", "--max-checks", "3"],
+                   cwd=ROOT, env=env, timeout=30, check=True)
+    assert not marker.exists()
