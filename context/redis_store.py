@@ -92,6 +92,16 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[i:i + size]
 
 
+def readable(raws: Iterable[Any], *, conversation_id: str) -> Iterator[Message]:
+    """The messages that parse; an unreadable one is skipped (and left for `check`)."""
+    for raw in raws:
+        try:
+            yield Message.from_json(raw)
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("conversation %s: unreadable message skipped: %s", conversation_id,
+                           exc)
+
+
 @dataclass
 class IndexCheck:
     """What `check_index` found; dangling = postings pointing at no stored message."""
@@ -246,7 +256,7 @@ class RedisHistoryStore:
         start = 0
         while True:
             raws = self._redis.zrange(key, start, start + _BATCH * 4 - 1)
-            yield from self._parse(raws)
+            yield from readable(raws, conversation_id=cid)
             if len(raws) < _BATCH * 4:
                 return
             start += len(raws)

@@ -59,7 +59,7 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     from mysisterdb.redis_client import connect
 
     settings = get_settings()
-    incidents = IncidentLog(connect(settings.redis_url, timeout_s=5)).newest(limit=args.limit)
+    incidents = IncidentLog(connect(settings.resolved_redis_url(), timeout_s=5)).newest(limit=args.limit)
     if args.markdown:
         print(to_markdown(incidents))
         return 0
@@ -77,7 +77,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from mysisterdb.redis_client import connect
 
     settings = get_settings()
-    client = connect(settings.redis_url, timeout_s=10)
+    client = connect(settings.resolved_redis_url(), timeout_s=10)
     return run_check(redis=client, repair=args.repair, hard_limit_s=settings.task_time_limit,
                      out=sys.stdout)
 

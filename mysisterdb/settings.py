@@ -13,7 +13,9 @@ DEFAULT_PERSONA = PACKAGE_DIR / "persona" / "default.md"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MYSISTERDB_", extra="ignore")
+    # env_ignore_empty: `GEMINI_API_KEY=` (empty) means "no key", i.e. the simulator.
+    model_config = SettingsConfigDict(env_prefix="MYSISTERDB_", extra="ignore",
+                                      env_ignore_empty=True)
 
     # Where things run
     redis_url: str | None = None  # unset: `mysisterdb up` starts a private redis-server
@@ -75,6 +77,19 @@ class Settings(BaseSettings):
     @property
     def llm_mode(self) -> str:
         return "simulator" if self.uses_simulator else "gemini"
+
+    @property
+    def redis_url_file(self) -> Path:
+        """Where `mysisterdb up` writes its private Redis's URL for the operator commands."""
+        return self.data_dir / "redis.url"
+
+    def resolved_redis_url(self) -> str | None:
+        """MYSISTERDB_REDIS_URL, else the URL of the private Redis a running `up` started."""
+        if self.redis_url:
+            return self.redis_url
+        if self.redis_url_file.exists():
+            return self.redis_url_file.read_text().strip() or None
+        return None
 
     def persona_text(self) -> str:
         return self.persona_file.read_text(encoding="utf-8").strip()

@@ -163,11 +163,19 @@ def run_stack(settings: Settings) -> None:
     env = dict(os.environ)
     children = plan_children(settings, env)
     supervisor = Supervisor(children, notify=incident_notifier(env.get("MYSISTERDB_REDIS_URL")))
+    url_file = settings.redis_url_file if not settings.redis_url else None
+    if url_file is not None:
+        url_file.parent.mkdir(parents=True, exist_ok=True)
+        url_file.write_text(env["MYSISTERDB_REDIS_URL"] + "\n")
     signal.signal(signal.SIGINT, supervisor.request_stop)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     url = f"http://{settings.host}:{settings.port}"
     mode = "offline Gemini simulator" if settings.uses_simulator else "Google Gemini"
     print(f"MySisterDB is starting at {url}  (replies from: {mode}; Ctrl+C to stop)",
           flush=True)
-    supervisor.run()
+    try:
+        supervisor.run()
+    finally:
+        if url_file is not None:
+            url_file.unlink(missing_ok=True)
     print("MySisterDB stopped.", flush=True)

@@ -53,6 +53,7 @@ def test_up_serves_a_round_trip_then_stops_everything_on_ctrl_c(up: tuple) -> No
              == "completed", timeout_s=20, what="round trip")
     assert any(tmp_path.joinpath("data").glob("appendonly*")), "private redis writes its AOF"
     restart_dead_worker(proc, url)
+    assert "process_exit" in operator_command(tmp_path, "incidents")
     children = psutil.Process(proc.pid).children(recursive=True)
     assert {"redis-server"} <= {c.name() for c in children}
     proc.send_signal(signal.SIGINT)
@@ -89,3 +90,12 @@ def new_worker(proc: subprocess.Popen[bytes], old_pid: int) -> bool:
         return worker_child(proc).pid != old_pid
     except LookupError:
         return False
+
+
+def operator_command(tmp_path: Path, *args: str) -> str:
+    """An operator's shell knows no Redis URL: the command finds up's private Redis itself."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MYSISTERDB_")}
+    env["MYSISTERDB_DATA_DIR"] = str(tmp_path / "data")
+    done = subprocess.run(mysisterdb(*args), cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=30, check=True)
+    return done.stdout
