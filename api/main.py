@@ -11,7 +11,7 @@ from redis import Redis
 
 from api.errors import install_error_handlers
 from api.middleware import RequestTimeoutMiddleware
-from api.routes import chat, conversations, health, jobs, ops
+from api.routes import chat, conversations, health, jobs, ops, ui
 from context.builder import max_message_tokens
 from context.tokens import count_tokens
 from mysisterdb.logs import configure_logging
@@ -50,7 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         persona_tokens=count_tokens(settings.persona_text()),
         max_tokens=settings.max_context_tokens)
     install_error_handlers(app)
-    for router in (chat.router, jobs.router, conversations.router, health.router, ops.router):
+    for router in (chat.router, jobs.router, conversations.router, health.router, ops.router,
+                   ui.router):
         app.include_router(router)
     app.add_middleware(RequestTimeoutMiddleware, timeout_s=settings.request_timeout)
     return app

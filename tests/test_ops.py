@@ -204,3 +204,8 @@ def test_watchdog_leaves_a_healthy_service_alone(tmp_path: Path, ops: Ops) -> No
                     "--failures", "1", "--interval", "0.1", "--max-checks", "3"],
                    cwd=ROOT, env=env, timeout=30, check=True)
     assert not marker.exists()
+
+
+def test_chat_page_says_gemini_when_a_key_is_set(ops: Ops) -> None:
+    page = httpx.get(f"{ops.stack.api_url}/", timeout=5).text
+    assert 'class="gemini"' in page and "Google Gemini" in page and SECRET not in page

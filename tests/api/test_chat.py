@@ -155,3 +155,23 @@ def test_messages_rejects_bad_conversation_id(stack: Stack) -> None:
     r = httpx.get(f"{stack.api_url}/api/conversations/bad.id/messages", timeout=5)
     assert r.status_code == 422
     assert r.json()["error"]["code"] == "invalid_input"
+
+
+def test_submit_rejects_a_message_over_the_token_budget(stack: Stack, stack_redis: redis.Redis,
+                                                        conversation_id: str) -> None:
+    # Under the character cap (8000) but far over the 4000-token context budget.
+    kanji = "山川田中村木林森本上下石井原松竹梅花鳥風月光明春夏秋冬海空雲雪星野鬱麒麟薔薇"
+    text = "".join(kanji[(i * 7) % len(kanji)] for i in range(7000))
+    r = httpx.post(f"{stack.api_url}/api/chat", timeout=5,
+                   json={"message": text, "conversation_id": conversation_id})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "message_too_large"
+    assert "トークン" in r.json()["error"]["message"]
+    assert stack_redis.get(keys.conv_turn(conversation_id)) is None
+
+
+def test_chat_page_says_replies_come_from_the_simulator(stack: Stack) -> None:
+    r = httpx.get(f"{stack.api_url}/", timeout=5)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "シミュレーター" in r.text and 'class="simulator"' in r.text
+    assert "/api/chat" in r.text
