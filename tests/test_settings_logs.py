@@ -1,0 +1,79 @@
+"""Settings, logging and the Celery configuration: pure unit tests."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from pydantic import ValidationError
+
+from mysisterdb.logs import ContextFilter, job_context
+from mysisterdb.settings import Settings
+
+
+def test_limits_must_be_ordered() -> None:
+    with pytest.raises(ValidationError):
+        Settings(task_time_limit=10, task_soft_time_limit=10)
+    with pytest.raises(ValidationError):
+        Settings(task_time_limit=10, task_soft_time_limit=5, gemini_timeout=5)
+
+
+def test_no_key_or_empty_key_means_simulator(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    monkeypatch.setenv("GEMINI_API_KEY", "")
+    assert Settings().uses_simulator and Settings().llm_mode == "simulator"
+    monkeypatch.setenv("GEMINI_API_KEY", "k-123")
+    assert Settings().llm_mode == "gemini"
+    assert "k-123" not in repr(Settings()) and "k-123" not in str(Settings().model_dump())
+
+
+def test_google_api_key_is_read_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.setenv("GOOGLE_API_KEY", "g-456")
+    key = Settings().gemini_api_key
+    assert key is not None and key.get_secret_value() == "g-456"
+
+
+def record(message: str, *args: object, exc: BaseException | None = None) -> logging.LogRecord:
+    exc_info = (type(exc), exc, exc.__traceback__) if exc else None
+    return logging.LogRecord("x", logging.ERROR, __file__, 1, message, args, exc_info)
+
+
+def test_log_filter_scrubs_the_key_from_messages_and_tracebacks() -> None:
+    secret = "AIza-secret"
+    flt = ContextFilter(process_name="t", secrets=[secret])
+    rec = record("calling with key=%s", secret)
+    flt.filter(rec)
+    assert secret not in rec.getMessage() and "***" in rec.getMessage()
+    try:
+        raise RuntimeError(f"failed with {secret}")
+    except RuntimeError as exc:
+        rec = record("boom", exc=exc)
+    flt.filter(rec)
+    assert rec.exc_text and secret not in rec.exc_text
+
+
+def test_log_lines_carry_the_job_and_conversation() -> None:
+    flt = ContextFilter(process_name="t", secrets=[])
+    with job_context(job_id="j1", conversation_id="c1"):
+        rec = record("step")
+        flt.filter(rec)
+    assert (rec.job_id, rec.conversation_id) == ("j1", "c1")  # type: ignore[attr-defined]
+    outside = record("idle")
+    flt.filter(outside)
+    assert outside.job_id == "-"  # type: ignore[attr-defined]
+
+
+def test_celery_is_configured_against_freezes_and_leaks() -> None:
+    from workers.celery_app import create_celery
+
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", task_time_limit=60,
+                        task_soft_time_limit=50, worker_max_tasks_per_child=7,
+                        worker_max_memory_per_child_mb=300)
+    conf = create_celery(settings).conf
+    assert (conf.task_time_limit, conf.task_soft_time_limit) == (60, 50)
+    assert conf.task_acks_late and not conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.broker_transport_options["visibility_timeout"] > 60
+    assert conf.worker_max_tasks_per_child == 7
+    assert conf.worker_max_memory_per_child == 300 * 1024
