@@ -61,9 +61,13 @@ class RedisServer:
                 self.process.wait(timeout=timeout_s)
 
 
-def redis_args(*, port: int, host: str, data_dir: Path | None) -> list[str]:
+def redis_args(*, port: int, host: str, data_dir: Path | None,
+               logfile: Path | None = None) -> list[str]:
     args = [redis_server_binary(), "--port", str(port), "--bind", host,
             "--protected-mode", "no", "--maxmemory-policy", "noeviction"]
+    if logfile is not None:
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        args += ["--logfile", str(logfile.resolve())]
     if data_dir is None:
         return [*args, "--save", "", "--appendonly", "no"]
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 from mysisterdb.redis_server import RedisServer, free_port, redis_args, wait_until_ready
 from mysisterdb.settings import Settings
 
@@ -80,9 +82,9 @@ def plan_children(settings: Settings, env: dict[str, str]) -> list[Child]:
     if not settings.redis_url:
         port = free_port()
         env["MYSISTERDB_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
-        children.append(Child("redis", redis_args(port=port, host="127.0.0.1",
-                                                  data_dir=Path(settings.data_dir)), env,
-                              ready=wait_for_redis(port)))
+        args = redis_args(port=port, host="127.0.0.1", data_dir=Path(settings.data_dir),
+                          logfile=Path(settings.log_dir) / "redis.log")
+        children.append(Child("redis", args, env, ready=wait_for_redis(port)))
     if settings.uses_simulator and not settings.gemini_endpoint:
         env["MYSISTERDB_GEMINI_ENDPOINT"] = f"http://127.0.0.1:{settings.sim_port}"
         children.append(Child("simulator", self_command("simulator"), env))
@@ -100,10 +102,24 @@ def wait_for_redis(port: int) -> Callable[[Child], None]:
 
 
 class Supervisor:
-    def __init__(self, children: list[Child], *, notify: Notify | None = None) -> None:
+    def __init__(self, children: list[Child], *, notify: Notify | None = None,
+                 ready_url: str | None = None) -> None:
         self.children = children
         self.stopping = False
         self.notify = notify
+        self.ready_url = ready_url  # announced once it answers
+
+    def announce_when_ready(self) -> None:
+        if self.ready_url is None:
+            return
+        try:
+            answered = httpx.get(f"{self.ready_url}/api/current-time", timeout=0.5).is_success
+        except httpx.HTTPError:
+            return
+        if answered:
+            print(f"MySisterDB is ready: {self.ready_url}  (chat page: {self.ready_url}/)",
+                  flush=True)
+            self.ready_url = None
 
     def request_stop(self, *_: object) -> None:
         self.stopping = True
@@ -115,6 +131,7 @@ class Supervisor:
             time.sleep(0.5)
             for child in self.children:
                 self.tend(child)
+            self.announce_when_ready()
         self.stop_all()
 
     def tend(self, child: Child) -> None:
@@ -162,14 +179,15 @@ def incident_notifier(redis_url: str | None) -> Notify:
 def run_stack(settings: Settings) -> None:
     env = dict(os.environ)
     children = plan_children(settings, env)
-    supervisor = Supervisor(children, notify=incident_notifier(env.get("MYSISTERDB_REDIS_URL")))
+    url = f"http://{settings.host}:{settings.port}"
+    supervisor = Supervisor(children, notify=incident_notifier(env.get("MYSISTERDB_REDIS_URL")),
+                            ready_url=url)
     url_file = settings.redis_url_file if not settings.redis_url else None
     if url_file is not None:
         url_file.parent.mkdir(parents=True, exist_ok=True)
         url_file.write_text(env["MYSISTERDB_REDIS_URL"] + "\n")
     signal.signal(signal.SIGINT, supervisor.request_stop)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
-    url = f"http://{settings.host}:{settings.port}"
     mode = "offline Gemini simulator" if settings.uses_simulator else "Google Gemini"
     print(f"MySisterDB is starting at {url}  (replies from: {mode}; Ctrl+C to stop)",
           flush=True)

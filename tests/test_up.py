@@ -61,7 +61,7 @@ def test_up_serves_a_round_trip_then_stops_everything_on_ctrl_c(up: tuple) -> No
     time.sleep(0.5)
     assert [c.pid for c in children if c.is_running() and c.status() != "zombie"] == []
     printed = (tmp_path / "up.out").read_text()
-    assert url in printed and "simulator" in printed
+    assert url in printed and "simulator" in printed and "ready" in printed
 
 
 def worker_child(up_proc: subprocess.Popen[bytes]) -> psutil.Process:
