@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.redis = connect(settings.redis_url, timeout_s=settings.redis_timeout_s)
     app.state.health_redis = connect(settings.redis_url, timeout_s=HEALTH_REDIS_TIMEOUT_S)
     app.state.metrics_registry = metrics_registry(app.state.redis)
-    celery = create_celery(settings)
+    celery = create_celery(settings, broker_socket_timeout_s=settings.redis_timeout_s)
     app.state.celery = celery
     app.state.enqueue = lambda job_id: celery.send_task(CHAT_TASK, args=[job_id],
                                                         task_id=job_id)

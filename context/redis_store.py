@@ -167,8 +167,14 @@ class RedisHistoryStore:
         args: list[Any] = [message.seq, message.to_json(), pack_seq(message.seq), *message_terms]
         return script_keys, args
 
-    def append(self, conversation_id: str, message: Message) -> None:
+    def append(self, conversation_id: str, message: Message, *,
+               pipe: redis.client.Pipeline | None = None) -> None:
+        """Store a message with its index entries. With `pipe` (a MULTI the caller executes),
+        the append joins the caller's transaction, e.g. with the job's completion."""
         script_keys, args = self._append_args(conversation_id, message)
+        if pipe is not None:
+            self._append(keys=script_keys, args=args, client=pipe)
+            return
         stored = self._append(keys=script_keys, args=args)
         if not stored:
             logger.info("conversation %s: seq %s already stored, append ignored",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +19,13 @@ from context.redis_store import RedisHistoryStore
 from context.tokens import count_tokens
 from context.types import Message
 from mysisterdb import keys
-from mysisterdb.errors import InvalidInput, MessageTooLarge, QueueFull, StoreUnavailable
+from mysisterdb.errors import (
+    Conflict,
+    InvalidInput,
+    MessageTooLarge,
+    QueueFull,
+    StoreUnavailable,
+)
 from mysisterdb.jobs import JobStore
 from mysisterdb.models import ErrorCode, Job, JobError, JobStatus, iso
 from mysisterdb.monitoring import CHAT_QUEUE, waiting_counts
@@ -29,6 +36,12 @@ CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
 PREVIEW_CHARS = 200
 RETRY_AFTER_S = 5  # a prompt takes seconds; a client retrying sooner would only add load
+IDEMPOTENCY_WAIT_S = 0.05
+IDEMPOTENCY_WAIT_STEPS = 20
+RELEASE_IF_OURS = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 Enqueue = Callable[[str], None]
 
@@ -78,8 +91,12 @@ class ChatService:
             existing = self._claim_idempotency(idempotency_key, job_id)
             if existing is not None:
                 return existing, False
-        job = self._store(conversation_id=conversation_id, job_id=job_id, text=text,
-                          tokens=tokens)
+        try:
+            job = self._store(conversation_id=conversation_id, job_id=job_id, text=text,
+                              tokens=tokens)
+        except Exception:
+            self._release_idempotency(idempotency_key, job_id)
+            raise
         self._enqueue(job)
         return job, True
 
@@ -96,14 +113,31 @@ class ChatService:
             raise QueueFull(retry_after_s=RETRY_AFTER_S)
 
     def _claim_idempotency(self, key: str, job_id: str) -> Job | None:
-        if self.redis.set(keys.idempotency(key), job_id, nx=True, ex=keys.idempotency_ttl_s):
-            return None
-        raw = self.redis.get(keys.idempotency(key))
-        existing_id = raw.decode() if isinstance(raw, bytes) else str(raw)
-        # The first request may still be between claiming the key and storing its job.
-        return self.jobs.find(existing_id) or self.jobs.get(existing_id)
+        """None when the key is now ours; the job of another request that holds it."""
+        name = keys.idempotency(key)
+        for _ in range(IDEMPOTENCY_WAIT_STEPS):
+            if self.redis.set(name, job_id, nx=True, ex=keys.idempotency_ttl_s):
+                return None
+            raw = self.redis.get(name)
+            job = self.jobs.find(raw.decode() if isinstance(raw, bytes) else str(raw)) \
+                if raw else None
+            if job is not None:
+                return job
+            # The holder may still be storing its job (or just released the key): wait.
+            time.sleep(IDEMPOTENCY_WAIT_S)
+        raise Conflict("同じ Idempotency-Key のリクエストを処理中です。少し待ってから送り直してください。")
+
+    def _release_idempotency(self, key: str | None, job_id: str) -> None:
+        """A request that failed before its job existed must not keep the key."""
+        if key is None:
+            return
+        try:
+            self.redis.eval(RELEASE_IF_OURS, 1, keys.idempotency(key), job_id)
+        except redis.RedisError as exc:
+            logger.warning("idempotency key not released: %s", exc)
 
     def _store(self, *, conversation_id: str, job_id: str, text: str, tokens: int) -> Job:
+        """The message and its job in one transaction: never one without the other."""
         turn = int(self.redis.incr(keys.conv_turn(conversation_id)))
         job = Job(id=job_id, conversation_id=conversation_id, turn=turn,
                   input_preview=text[:PREVIEW_CHARS])
@@ -112,8 +146,8 @@ class ChatService:
         with self.redis.pipeline(transaction=True) as pipe:
             self.jobs.create(job, pipe=pipe)
             pipe.sadd(keys.conversations(), conversation_id)
+            self.history.append(conversation_id, message, pipe=pipe)
             pipe.execute()
-        self.history.append(conversation_id, message)
         return job
 
     def _enqueue(self, job: Job) -> None:
@@ -121,7 +155,14 @@ class ChatService:
             self.enqueue(job.id)
         except Exception as exc:
             logger.error("could not enqueue job %s: %s", job.id, exc)
+            self._fail_unqueued(job)
+            raise StoreUnavailable() from exc
+
+    def _fail_unqueued(self, job: Job) -> None:
+        # Best effort: Redis is likely what failed; if so the queue-timeout reaper ends it.
+        try:
             self.jobs.finalize(job.id, status=JobStatus.FAILED, error=JobError(
                 code=ErrorCode.ENQUEUE_FAILED.value,
                 message="メッセージは保存しましたが、処理を開始できませんでした。"))
-            raise StoreUnavailable() from exc
+        except redis.RedisError as exc:
+            logger.warning("job %s left queued without a message: %s", job.id, exc)

@@ -8,22 +8,25 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import redis
+from redis.client import Pipeline
 
 from mysisterdb import keys
 from mysisterdb.models import Job, iso, utcnow
+from mysisterdb.secrets import scrub
 
 logger = logging.getLogger(__name__)
 
 INPUT_CHARS = 200
-INCIDENT_CODES = {"timeout", "llm_timeout", "llm_error", "worker_lost"}
+INCIDENT_CODES = {"timeout", "llm_timeout", "llm_error", "worker_lost", "expired"}
 SITUATION = {  # 発生状況, as the runbook's table words it
     "timeout": "応答生成が制限時間を超過",
     "llm_timeout": "Gemini 応答待ちがタイムアウト",
     "llm_error": "Gemini がエラー応答",
     "worker_lost": "ワーカープロセスが停止",
+    "expired": "処理が開始されないまま期限切れ",
     "process_exit": "プロセスが停止",
 }
 
@@ -47,21 +50,26 @@ class IncidentLog:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
 
-    def record(self, incident: Incident) -> None:
-        with self._redis.pipeline(transaction=True) as pipe:
-            pipe.lpush(keys.incidents(), incident.to_json())
-            pipe.ltrim(keys.incidents(), 0, keys.incidents_max - 1)
-            pipe.execute()
+    def record(self, incident: Incident, *, pipe: Pipeline | None = None) -> None:
+        """Append an incident; with `pipe`, inside the caller's transaction."""
+        incident = scrubbed(incident)
+        if pipe is None:
+            with self._redis.pipeline(transaction=True) as own:
+                push(own, incident)
+                own.execute()
+        else:
+            push(pipe, incident)
         logger.warning("incident: %s %s at step %s: %s -> %s", incident.kind,
                        incident.job_id or "-", incident.step or "-", incident.cause,
                        incident.action)
 
-    def record_job(self, job: Job, *, exception: str, action: str) -> None:
+    def record_job(self, job: Job, *, exception: str, action: str,
+                   pipe: Pipeline | None = None) -> None:
         code = job.error.code if job.error else "unknown"
         self.record(Incident(at=iso(utcnow()) or "", kind=code, job_id=job.id,
                              conversation_id=job.conversation_id, step=failed_step(job),
                              input=job.input_preview[:INPUT_CHARS],
-                             cause=f"{code}: {exception}", action=action))
+                             cause=f"{code}: {exception}", action=action), pipe=pipe)
 
     def record_process_exit(self, *, name: str, cause: str, action: str) -> None:
         self.record(Incident(at=iso(utcnow()) or "", kind="process_exit", job_id=None,
@@ -71,6 +79,17 @@ class IncidentLog:
     def newest(self, *, limit: int = 50) -> list[Incident]:
         raws = self._redis.lrange(keys.incidents(), 0, max(0, limit - 1))
         return [Incident(**json.loads(raw)) for raw in raws]
+
+
+def push(pipe: Pipeline, incident: Incident) -> None:
+    pipe.lpush(keys.incidents(), incident.to_json())
+    pipe.ltrim(keys.incidents(), 0, keys.incidents_max - 1)
+
+
+def scrubbed(incident: Incident) -> Incident:
+    """Exception texts may quote a request; the key must never be stored with them."""
+    return replace(incident, input=scrub(incident.input), cause=scrub(incident.cause),
+                   action=scrub(incident.action))
 
 
 def failed_step(job: Job) -> str | None:

@@ -14,6 +14,8 @@ Layout::
     msdb:conv:{cid}:summarizing  string a summary task is queued or running   summary_pending_ttl_s
     msdb:conv:{cid}:ctx:*        the context library's relevance index       kept
     msdb:jobs:active             set    ids of queued or running jobs         kept
+    msdb:jobs:running            set    ids of running jobs                   kept
+    msdb:conv:{cid}:active       zset   job id -> turn, jobs not yet final    kept
     msdb:conversations           set    every conversation id                 kept
     msdb:incidents               list   incident JSON, newest first          incidents_max
     msdb:worker:heartbeat:{host} string a worker's heartbeat JSON            worker_heartbeat_ttl_s
@@ -36,7 +38,7 @@ job_ttl_s = 7 * 24 * 3600
 idempotency_ttl_s = 24 * 3600
 worker_heartbeat_ttl_s = 10
 incidents_max = 1000
-summary_pending_ttl_s = 300
+summary_pending_ttl_s = 900  # above the longest retry chain of a summary task
 
 
 def job(job_id: str) -> str:
@@ -50,6 +52,15 @@ def job_pattern() -> str:
 def active_jobs() -> str:
     """Queued and running jobs: what queue depth, the reaper and `check` look at."""
     return f"{PREFIX}:jobs:active"
+
+
+def running_jobs() -> str:
+    return f"{PREFIX}:jobs:running"
+
+
+def conv_active(conversation_id: str) -> str:
+    """A conversation's jobs that have not ended, scored by turn: the lowest runs next."""
+    return conv_prefix(conversation_id) + "active"
 
 
 def idempotency(key: str) -> str:

@@ -12,6 +12,7 @@ import logging.handlers
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from mysisterdb.secrets import register, registered
 from mysisterdb.settings import Settings
 
 LOG_FILE = "mysisterdb.log"
@@ -63,8 +64,9 @@ def configure_logging(settings: Settings, *, process: str) -> None:
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, "_mysisterdb", False)]:
         root.removeHandler(handler)
-    secrets = [settings.gemini_api_key.get_secret_value()] if settings.gemini_api_key else []
-    context = ContextFilter(process_name=process, secrets=secrets)
+    if settings.gemini_api_key:
+        register(settings.gemini_api_key.get_secret_value())
+    context = ContextFilter(process_name=process, secrets=registered())
     formatter = logging.Formatter(FORMAT)
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     settings.log_dir.mkdir(parents=True, exist_ok=True)

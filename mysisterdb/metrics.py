@@ -9,7 +9,7 @@ celery_worker_up), the rest are mysisterdb_*.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -20,6 +20,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from redis.client import Pipeline
 
 from mysisterdb import keys
 from mysisterdb.monitoring import queue_stats
@@ -46,28 +47,39 @@ def counter_field(name: str, labels: tuple[str, ...]) -> str:
 
 
 class MetricsRecorder:
-    """Cheap writes from any process: one pipeline of HINCRBY(FLOAT)s per observation."""
+    """Cheap writes from any process. With `pipe`, the writes join the caller's transaction
+    (so a job's final status and its counters appear together); alone, they are best effort."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
 
-    def count(self, name: str, *labels: str) -> None:
-        try:
-            self._redis.hincrby(keys.metrics_counters(), counter_field(name, labels), 1)
-        except redis.RedisError as exc:  # a lost sample must never fail a job
-            logger.warning("metric %s not recorded: %s", name, exc)
+    def count(self, name: str, *labels: str, pipe: Pipeline | None = None) -> None:
+        self._write(lambda p: p.hincrby(keys.metrics_counters(), counter_field(name, labels), 1),
+                    name, pipe)
 
-    def observe(self, name: str, seconds: float, label: str = "") -> None:
+    def observe(self, name: str, seconds: float, label: str = "", *,
+                pipe: Pipeline | None = None) -> None:
         key = keys.metrics_histogram(f"{name}|{label}")
+
+        def write(p: Pipeline) -> None:
+            for bound in DURATION_BUCKETS:
+                if seconds <= bound:
+                    p.hincrby(key, f"le:{bound}", 1)
+            p.hincrby(key, "count", 1)
+            p.hincrbyfloat(key, "sum", seconds)
+
+        self._write(write, name, pipe)
+
+    def _write(self, write: Callable[[Pipeline], object], name: str,
+               pipe: Pipeline | None) -> None:
+        if pipe is not None:
+            write(pipe)
+            return
         try:
-            with self._redis.pipeline(transaction=False) as pipe:
-                for bound in DURATION_BUCKETS:
-                    if seconds <= bound:
-                        pipe.hincrby(key, f"le:{bound}", 1)
-                pipe.hincrby(key, "count", 1)
-                pipe.hincrbyfloat(key, "sum", seconds)
-                pipe.execute()
-        except redis.RedisError as exc:
+            with self._redis.pipeline(transaction=False) as own:
+                write(own)
+                own.execute()
+        except redis.RedisError as exc:  # a lost sample must never fail a job
             logger.warning("metric %s not recorded: %s", name, exc)
 
 

@@ -61,6 +61,7 @@ class ErrorCode(StrEnum):
     WORKER_LOST = "worker_lost"
     CANCELLED = "cancelled"
     ENQUEUE_FAILED = "enqueue_failed"
+    EXPIRED = "expired"
     INTERNAL = "internal"
 
 
@@ -93,6 +94,8 @@ class Job(BaseModel):
     attempts: int = 0
     input_preview: str = ""
     worker_pid: int | None = None
+    # Set by JobStore.finalize on the returned object only; never stored.
+    previous_status: JobStatus | None = Field(default=None, exclude=True)
 
     def step(self, name: str) -> Step:
         return next(s for s in self.steps if s.name == name)

@@ -14,7 +14,6 @@ from typing import Any
 import redis
 
 from mysisterdb import keys
-from mysisterdb.models import JobStatus
 
 CHAT_QUEUE = "chat"
 QUEUES = ("chat", "summary")
@@ -104,9 +103,7 @@ def created_epoch(job_raw: bytes | str) -> float:
 
 
 def running_jobs(client: redis.Redis) -> int:
-    from mysisterdb.jobs import JobStore
-
-    return sum(1 for j in JobStore(client).active() if j.status is JobStatus.IN_PROGRESS)
+    return int(client.scard(keys.running_jobs()))
 
 
 def last_started_age_s(client: redis.Redis) -> float | None:

@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     # Operations
     redis_timeout_s: float = 1.5
     max_queue_depth: int = 1000
+    queue_timeout_s: float = 600.0  # a prompt not started by then fails as `expired`
     consume_stall_s: float = 30.0  # prompts waiting this long with idle workers: not consuming
     request_timeout: float = 10.0
     resource_log_interval: float = 60.0

@@ -44,7 +44,9 @@ class Child:
 
     def start(self) -> None:
         # Own process group: a forced stop can take the worker's pool children with it.
-        self.process = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+        # Parent-death signal: if `up` itself is killed, its children do not live on.
+        self.process = subprocess.Popen(self.argv, env=self.env, start_new_session=True,
+                                        preexec_fn=die_with_parent)
         self.started_at = time.monotonic()
         logger.info("started %s (pid %s)", self.name, self.process.pid)
         if self.ready:
@@ -65,6 +67,15 @@ class Child:
                            timeout_s)
             kill_group(proc.pid)
             proc.wait(timeout=5)
+
+
+def die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM when the supervisor dies (Linux only)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def kill_group(pid: int) -> None:

@@ -28,7 +28,9 @@ def broker_url(settings: Settings) -> str:
     return settings.redis_url or "redis://127.0.0.1:6379/0"
 
 
-def create_celery(settings: Settings) -> Celery:
+def create_celery(settings: Settings, *, broker_socket_timeout_s: float = 10.0) -> Celery:
+    """The worker keeps the default socket timeout; the API passes a short one so that a
+    publish or a revoke to a hung Redis fails fast instead of holding a request."""
     app = Celery("mysisterdb", broker=broker_url(settings), include=["workers.tasks", "workers.signals"])
     app.conf.update(
         task_ignore_result=True,
@@ -54,8 +56,8 @@ def create_celery(settings: Settings) -> Celery:
                                    "interval_step": 0.2, "interval_max": 0.2},
         broker_transport_options={
             "visibility_timeout": int(settings.task_time_limit * 2 + 60),
-            "socket_timeout": 10,
-            "socket_connect_timeout": 5,
+            "socket_timeout": broker_socket_timeout_s,
+            "socket_connect_timeout": min(5.0, broker_socket_timeout_s),
             "health_check_interval": 10,
         },
         task_serializer="json",

@@ -47,11 +47,7 @@ def reply_seq(job: Job) -> int:
     return 2 * job.turn
 
 
-@contextmanager
-def step(rt: Runtime, job_id: str, name: StepName) -> Iterator[dict[str, str]]:
-    """Record a step's start and end; the body may set detail['text']."""
-    detail: dict[str, str] = {}
-
+def start_step(rt: Runtime, job_id: str, name: StepName) -> None:
     def start(job: Job) -> None:
         s = job.step(name)
         s.status, s.started_at = StepStatus.IN_PROGRESS, utcnow()
@@ -59,6 +55,13 @@ def step(rt: Runtime, job_id: str, name: StepName) -> Iterator[dict[str, str]]:
 
     if rt.jobs.update(job_id, start) is None:
         raise JobGone(job_id)
+
+
+@contextmanager
+def step(rt: Runtime, job_id: str, name: StepName) -> Iterator[dict[str, str]]:
+    """Record a step's start and end; the body may set detail['text']."""
+    detail: dict[str, str] = {}
+    start_step(rt, job_id, name)
     yield detail
 
     def finish(job: Job) -> None:
@@ -94,10 +97,8 @@ def run_chat(rt: Runtime, job: Job, *, deadline: float) -> None:
     with step(rt, job.id, StepName.GENERATE) as detail:
         reply = generate(rt, job, built, deadline=deadline)
         detail["text"] = f"{len(reply)} characters"
-    with step(rt, job.id, StepName.SAVE) as detail:
-        saved = save_reply(rt, job, reply)
-        detail["text"] = f"reply seq {saved.seq}"
-    rt.jobs.finalize(job.id, status=JobStatus.COMPLETED, reply=reply)
+    start_step(rt, job.id, StepName.SAVE)
+    commit_reply(rt, job, reply)
 
 
 def build(rt: Runtime, job: Job, message: Message) -> BuiltContext:
@@ -128,15 +129,26 @@ def partial_writer(rt: Runtime, job_id: str) -> Callable[[str], None]:
     return on_text
 
 
-def save_reply(rt: Runtime, job: Job, reply: str) -> Message:
+def commit_reply(rt: Runtime, job: Job, reply: str) -> Message:
+    """Store the reply and complete the job in one transaction: a job cancelled or timed out
+    a moment before never leaves a reply in the history, and a completed job always has one."""
     from context.tokens import count_tokens
 
-    current = rt.jobs.find(job.id)
-    if current is None or current.status is not JobStatus.IN_PROGRESS:
-        raise JobGone(job.id)
     message = Message(seq=reply_seq(job), role="assistant", text=reply,
                       tokens=count_tokens(reply), created_at=iso_now(), job_id=job.id)
-    rt.history.append(job.conversation_id, message)
+
+    def detail(current: Job) -> None:
+        current.step(StepName.SAVE).detail = f"reply seq {message.seq}"
+
+    ended = rt.jobs.finalize(job.id, status=JobStatus.COMPLETED, reply=reply, extra=detail,
+                             after=lambda pipe, _job: rt.history.append(
+                                 job.conversation_id, message, pipe=pipe))
+    if ended is None:
+        raise JobGone(job.id)
+    save = ended.step(StepName.SAVE)
+    if save.started_at and save.completed_at:
+        rt.metrics.observe("step_duration",
+                           (save.completed_at - save.started_at).total_seconds(), "save")
     return message
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 
 from celery import Celery
 
@@ -23,19 +24,42 @@ logger = logging.getLogger(__name__)
 SUMMARY_SYSTEM = "あなたは会話の内容を正確に要約する記録係です。"
 
 
+RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 def request_summary(rt: Runtime, celery: Celery, conversation_id: str) -> bool:
-    """Queue a summary task unless one is already queued or running for the conversation."""
+    """Queue a summary task unless one is already queued or running for the conversation.
+
+    The flag holds the task's token, so only that task releases it (compare-and-delete).
+    """
     from workers.celery_app import SUMMARY_TASK
 
-    flag = keys.conv_summarizing(conversation_id)
-    if not rt.redis.set(flag, "1", nx=True, ex=keys.summary_pending_ttl_s):
+    flag, token = keys.conv_summarizing(conversation_id), uuid.uuid4().hex
+    if not rt.redis.set(flag, token, nx=True, ex=keys.summary_pending_ttl_s):
         return False
     try:
-        celery.send_task(SUMMARY_TASK, args=[conversation_id])
+        celery.send_task(SUMMARY_TASK, args=[conversation_id, token])
     except Exception:
-        rt.redis.delete(flag)
+        release_flag(rt, conversation_id, token)
         raise
     return True
+
+
+def keep_flag(rt: Runtime, conversation_id: str, token: str) -> None:
+    """A retry is queued: the flag stays ours for another full lifetime."""
+    flag = keys.conv_summarizing(conversation_id)
+    if token and rt.redis.get(flag) == token.encode():
+        rt.redis.expire(flag, keys.summary_pending_ttl_s)
+
+
+def release_flag(rt: Runtime, conversation_id: str, token: str) -> None:
+    try:
+        rt.redis.eval(RELEASE_LUA, 1, keys.conv_summarizing(conversation_id), token)
+    except Exception as exc:  # the flag's TTL releases it anyway
+        logger.warning("summary flag of %s not released: %s", conversation_id, exc)
 
 
 def summarize_once(rt: Runtime, conversation_id: str, *, deadline: float) -> bool:

@@ -1,29 +1,35 @@
 """Celery tasks. The chat task runs one prompt's pipeline under the hard time limit.
 
-Finalization happens in three places, so every job reaches a final state:
-- in the child, for everything it can catch (soft limit, LLM errors, bugs);
+Finalization happens in four places, so every job reaches a final state:
+- in the child, for everything it can catch (soft limit, LLM errors, bugs), with a last
+  resort around it for what escapes the handlers themselves;
 - in the parent (`JobRequest`), for what kills the child: the hard limit, a lost child;
-- in the next job of the conversation or the API (`reap_if_stale`), for a worker that died
-  entirely: a job running longer than the hard limit is surely dead.
+- in the reapers (`mysisterdb.ordering`), run by the next job of the conversation and by any
+  reader of the job: a job running past the hard limit, or queued past the queue timeout;
+- in `mysisterdb check --repair`.
+A prompt runs at most once: `JobStore.claim` starts only a queued job that never started,
+so a duplicate or redelivered message finds nothing to do.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
+import redis
 from billiard.exceptions import WorkerLostError
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.worker.request import Request
 
-from mysisterdb import keys
 from mysisterdb.errors import LLMError
+from mysisterdb.jobs import JobStore, fail_job
 from mysisterdb.logs import job_context
-from mysisterdb.models import ErrorCode, Job, JobStatus, utcnow
-from mysisterdb.ordering import blocking_predecessor
+from mysisterdb.metrics import MetricsRecorder
+from mysisterdb.models import ErrorCode, Job, JobStatus
+from mysisterdb.ordering import blocking_job, queued_too_long, reap_if_stale
+from mysisterdb.redis_client import connect
 from mysisterdb.settings import get_settings
 from workers import pipeline, summary
 from workers.celery_app import CHAT_TASK, SUMMARY_TASK, celery_app
@@ -32,8 +38,22 @@ from workers.runtime import Runtime, get_runtime
 logger = logging.getLogger(__name__)
 
 WAIT_FOR_TURN_S = 0.25
+REDIS_RETRY_S = 1.0
 SUMMARY_RETRY_S = 30
+PARENT_REDIS_TIMEOUT_S = 1.0
 WORKER_LOST_MESSAGE = "応答を生成していたプロセスが停止しました。もう一度試してください。"
+INTERNAL_MESSAGE = "内部エラーが発生しました。もう一度試してください。"
+
+_parent_jobs: list[JobStore] = []
+
+
+def parent_jobs() -> JobStore:
+    """The parent's own client: short timeouts, no retries, so that a hung Redis can never
+    stall the loop that enforces the other children's hard limits."""
+    if not _parent_jobs:
+        _parent_jobs.append(JobStore(connect(get_settings().redis_url,
+                                             timeout_s=PARENT_REDIS_TIMEOUT_S)))
+    return _parent_jobs[0]
 
 
 class JobRequest(Request):  # type: ignore[misc]
@@ -42,12 +62,10 @@ class JobRequest(Request):  # type: ignore[misc]
     def on_timeout(self, soft: bool, timeout: float) -> None:
         super().on_timeout(soft, timeout)
         if not soft:
-            get_runtime().metrics.count("time_limits", "hard")
-            finalize_from_parent(self.id, code=ErrorCode.TIMEOUT,
-                                 message=pipeline.TIMEOUT_MESSAGE,
-                                 exception=f"TimeLimitExceeded({timeout:g} s)",
-                                 action=f"process killed at the hard limit ({timeout:g} s); "
-                                        "worker process replaced")
+            end_from_parent(self.id, code=ErrorCode.TIMEOUT, message=pipeline.TIMEOUT_MESSAGE,
+                            exception=f"TimeLimitExceeded({timeout:g} s)",
+                            action=f"process killed at the hard limit ({timeout:g} s); "
+                                   "worker process replaced", hard_limit=True)
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True,
                    return_ok: bool = False) -> None:
@@ -55,91 +73,114 @@ class JobRequest(Request):  # type: ignore[misc]
         exc = getattr(exc_info, "exception", None)
         exc = getattr(exc, "exc", exc)
         if isinstance(exc, (WorkerLostError, SystemExit, KeyboardInterrupt)):
-            finalize_from_parent(self.id, code=ErrorCode.WORKER_LOST,
-                                 message=WORKER_LOST_MESSAGE,
-                                 exception=f"{type(exc).__name__}: {exc}",
-                                 action="worker process replaced; prompt not run again")
+            end_from_parent(self.id, code=ErrorCode.WORKER_LOST, message=WORKER_LOST_MESSAGE,
+                            exception=f"{type(exc).__name__}: {exc}",
+                            action="worker process replaced; prompt not run again")
         elif isinstance(exc, TimeLimitExceeded):
-            finalize_from_parent(self.id, code=ErrorCode.TIMEOUT,
-                                 message=pipeline.TIMEOUT_MESSAGE, exception=repr(exc),
-                                 action="process killed at the hard limit; worker process replaced")
+            end_from_parent(self.id, code=ErrorCode.TIMEOUT, message=pipeline.TIMEOUT_MESSAGE,
+                            exception=repr(exc), action="process killed at the hard limit")
 
 
-def finalize_from_parent(job_id: str, *, code: ErrorCode, message: str, exception: str,
-                         action: str) -> None:
+def end_from_parent(job_id: str, *, code: ErrorCode, message: str, exception: str,
+                    action: str, hard_limit: bool = False) -> None:
     try:
-        rt = get_runtime()
-        pipeline.fail(rt, job_id, code=code, message=message, exception=exception, action=action)
+        jobs = parent_jobs()
+        if hard_limit:
+            MetricsRecorder(jobs.redis).count("time_limits", "hard")
+        fail_job(jobs, job_id, code=code, message=message, exception=exception, action=action)
         logger.error("job %s ended by the worker parent: %s (%s)", job_id, code.value, action)
-    except Exception:  # the parent must survive a Redis hiccup; the reaper catches up
+    except Exception:  # the parent must survive a Redis hiccup; the reapers catch up
         logger.exception("could not finalize job %s from the worker parent", job_id)
 
 
 class ChatTask(Task):  # type: ignore[misc]
     Request = JobRequest
     acks_late = True
-    max_retries = None  # waiting for our turn is bounded by the predecessor's hard limit
+    max_retries = None  # waiting for our turn is bounded by the reapers' limits
+
+
+RUN = "run"
+WAIT = "wait"
 
 
 @celery_app.task(bind=True, base=ChatTask, name=CHAT_TASK)
 def chat(self: ChatTask, job_id: str) -> str:
     started = time.monotonic()
     rt = get_runtime()
+    try:
+        decision = admit(rt, job_id)
+    except redis.RedisError as exc:
+        # Redis blinked before the job started: try again; the queue timeout bounds this.
+        logger.warning("job %s: redis unavailable before start (%s); retrying", job_id, exc)
+        raise self.retry(countdown=REDIS_RETRY_S) from exc
+    if decision == WAIT:
+        raise self.retry(countdown=WAIT_FOR_TURN_S)
+    if decision != RUN:
+        return decision
+    job = rt.jobs.get(job_id)
+    deadline = started + rt.settings.task_soft_time_limit - 0.5
+    with job_context(job_id=job_id, conversation_id=job.conversation_id):
+        try:
+            return run_guarded(rt, job, deadline=deadline)
+        except BaseException as exc:  # escaped every handler (e.g. the soft limit inside one)
+            last_resort(rt, job_id, exc)
+            raise
+
+
+def admit(rt: Runtime, job_id: str) -> str:
+    """RUN (the job is now claimed), WAIT (an earlier turn is unfinished) or why not."""
+    s = rt.settings
     job = rt.jobs.find(job_id)
     if job is None or job.status.is_final:
         return "skipped"
-    if job.attempts > 0:
-        return refuse_rerun(rt, job)
-    if blocking_predecessor(rt.jobs, job, hard_limit_s=rt.settings.task_time_limit) is not None:
-        raise self.retry(countdown=WAIT_FOR_TURN_S)
-    if rt.jobs.update(job_id, mark_started) is None:
-        return "skipped"
-    rt.redis.set(keys.last_job_started_at(), str(time.time()))
-    deadline = started + rt.settings.task_soft_time_limit - 0.5
-    with job_context(job_id=job_id, conversation_id=job.conversation_id):
-        return run_guarded(rt, job_id, deadline=deadline)
+    if job.status is JobStatus.IN_PROGRESS:
+        # A second delivery of a running (or dead) job's message: never run it again.
+        reap_if_stale(rt.jobs, job, hard_limit_s=s.task_time_limit,
+                      queue_timeout_s=s.queue_timeout_s)
+        return "duplicate"
+    if queued_too_long(job, queue_timeout_s=s.queue_timeout_s):
+        reap_if_stale(rt.jobs, job, hard_limit_s=s.task_time_limit,
+                      queue_timeout_s=s.queue_timeout_s)
+        return "expired"
+    if blocking_job(rt.jobs, job, hard_limit_s=s.task_time_limit,
+                    queue_timeout_s=s.queue_timeout_s) is not None:
+        return WAIT
+    return RUN if rt.jobs.claim(job_id) is not None else "skipped"
 
 
-def mark_started(job: Job) -> None:
-    job.status = JobStatus.IN_PROGRESS
-    job.attempts += 1
-    job.started_at = job.heartbeat_at = utcnow()
-    job.worker_pid = os.getpid()
-
-
-def refuse_rerun(rt: Runtime, job: Job) -> str:
-    """A redelivered prompt that already started once: its worker died. Never run it twice."""
-    pipeline.fail(rt, job.id, code=ErrorCode.WORKER_LOST, message=WORKER_LOST_MESSAGE,
-                  exception="message redelivered after its worker died",
-                  action="not run a second time (no poison loop)")
-    logger.error("job %s redelivered after its worker died; not run again", job.id)
-    return "worker_lost"
-
-
-def run_guarded(rt: Runtime, job_id: str, *, deadline: float) -> str:
-    job = rt.jobs.get(job_id)
+def run_guarded(rt: Runtime, job: Job, *, deadline: float) -> str:
     try:
         pipeline.run_chat(rt, job, deadline=deadline)
-        queue_summary(rt, job.conversation_id)
-        return "completed"
     except pipeline.JobGone:
         return "gone"
     except SoftTimeLimitExceeded:
         rt.metrics.count("time_limits", "soft")
-        pipeline.fail(rt, job_id, code=ErrorCode.TIMEOUT, message=pipeline.TIMEOUT_MESSAGE,
+        pipeline.fail(rt, job.id, code=ErrorCode.TIMEOUT, message=pipeline.TIMEOUT_MESSAGE,
                       exception="SoftTimeLimitExceeded",
                       action=f"task stopped at the soft limit ({rt.settings.task_soft_time_limit:g} s)")
         return "timeout"
     except LLMError as error:
-        pipeline.fail_llm(rt, job_id, error)
+        pipeline.fail_llm(rt, job.id, error)
         return error.code
     except Exception as exc:
-        logger.exception("job %s failed", job_id)
-        pipeline.fail(rt, job_id, code=ErrorCode.INTERNAL,
-                      message="内部エラーが発生しました。もう一度試してください。",
+        logger.exception("job %s failed", job.id)
+        pipeline.fail(rt, job.id, code=ErrorCode.INTERNAL, message=INTERNAL_MESSAGE,
                       exception=f"{type(exc).__name__}: {exc}", action="job failed",
                       partial_ok=False)
         return "internal"
+    queue_summary(rt, job.conversation_id)
+    return "completed"
+
+
+def last_resort(rt: Runtime, job_id: str, exc: BaseException) -> None:
+    timed_out = isinstance(exc, SoftTimeLimitExceeded)
+    try:
+        pipeline.fail(rt, job_id, code=ErrorCode.TIMEOUT if timed_out else ErrorCode.INTERNAL,
+                      message=pipeline.TIMEOUT_MESSAGE if timed_out else INTERNAL_MESSAGE,
+                      exception=f"{type(exc).__name__} while ending the job",
+                      action="ended by the task's last-resort handler")
+    except BaseException:  # nothing more to do here; the reapers end the job
+        logger.exception("job %s: last-resort finalize failed", job_id)
 
 
 def queue_summary(rt: Runtime, conversation_id: str) -> None:
@@ -155,25 +196,25 @@ SUMMARY_HARD_S = get_settings().summary_time_limit
 @celery_app.task(bind=True, name=SUMMARY_TASK, time_limit=SUMMARY_HARD_S,
                  soft_time_limit=summary.soft_limit(SUMMARY_HARD_S), max_retries=3,
                  acks_late=True)
-def summarize(self: Task, conversation_id: str) -> str:
+def summarize(self: Task, conversation_id: str, token: str = "") -> str:
     started = summary.now()
     rt = get_runtime()
-    flag = keys.conv_summarizing(conversation_id)
     try:
         more = summary.summarize_once(rt, conversation_id,
                                       deadline=summary.summary_deadline(rt, started))
     except (LLMError, SoftTimeLimitExceeded) as exc:
         if self.request.retries < (self.max_retries or 0):
             logger.warning("summary of %s failed (%s); retrying later", conversation_id, exc)
+            summary.keep_flag(rt, conversation_id, token)
             raise self.retry(countdown=SUMMARY_RETRY_S * (self.request.retries + 1)) from exc
         logger.error("summary of %s failed (%s); the next chat job queues it again",
                      conversation_id, exc)
-        rt.redis.delete(flag)
+        summary.release_flag(rt, conversation_id, token)
         return "failed"
     except BaseException:
-        rt.redis.delete(flag)
+        summary.release_flag(rt, conversation_id, token)
         raise
-    rt.redis.delete(flag)
+    summary.release_flag(rt, conversation_id, token)
     if more:
         queue_summary(rt, conversation_id)
     return "more" if more else "done"

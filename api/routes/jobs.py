@@ -15,19 +15,19 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 @router.get("/{job_id}")
 def get_job(job_id: str, jobs: JobsDep, settings: SettingsDep) -> dict[str, Any]:
     # A reader may be the first to notice that a job's worker died with it.
-    job = reap_if_stale(jobs, jobs.get(job_id), hard_limit_s=settings.task_time_limit)
+    job = reap_if_stale(jobs, jobs.get(job_id), hard_limit_s=settings.task_time_limit,
+                        queue_timeout_s=settings.queue_timeout_s)
     return job.public()
 
 
 @router.post("/{job_id}/cancel")
 def cancel_job(job_id: str, jobs: JobsDep, celery: CeleryDep) -> dict[str, Any]:
     """Cancel a queued or running job (the running task is terminated, best effort)."""
-    current = jobs.get(job_id)
+    jobs.get(job_id)  # 404 for an unknown job
     ended = jobs.finalize(job_id, status=JobStatus.CANCELLED)
     if ended is None:
         raise Conflict(f"ジョブはすでに終了しています（{jobs.get(job_id).status.value}）。")
-    if current.status is JobStatus.IN_PROGRESS:
-        celery.control.revoke(job_id, terminate=True, signal="SIGTERM")
-    else:
-        celery.control.revoke(job_id)
+    # The status it had when *we* ended it decides whether a process must be stopped.
+    running = ended.previous_status is JobStatus.IN_PROGRESS
+    celery.control.revoke(job_id, terminate=running, signal="SIGTERM")
     return ended.public()
