@@ -110,6 +110,12 @@ class Stack:
     def sim_requests_containing(self, marker: str) -> list[Any]:
         return [r for r in self.sim_requests() if marker in str(r)]
 
+    def sim_requests_asking(self, marker: str) -> list[Any]:
+        """Requests whose new message (the last content) contains marker, not its history."""
+        return [r for r in self.sim_requests()
+                if isinstance(r, dict) and r.get("contents")
+                and marker in str(r["contents"][-1])]
+
     def stop(self) -> None:
         for name in ("api", "worker", "simulator"):
             if name in self.procs:

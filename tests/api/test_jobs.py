@@ -52,3 +52,17 @@ def test_health_reports_redis_workers_and_simulator(stack: Stack) -> None:
     body = r.json()
     assert body["redis"]["ok"] and body["workers"]["ok"]
     assert body["llm"]["mode"] == "simulator"
+
+
+def test_cancelling_a_middle_job_keeps_the_order(stack: Stack, conversation_id: str) -> None:
+    first = stack.submit("いち #sim:sleep=1", conversation_id=conversation_id)
+    middle = stack.submit("に", conversation_id=conversation_id)
+    last = stack.submit(f"さん {conversation_id}", conversation_id=conversation_id)
+    r = httpx.post(f"{stack.api_url}/api/jobs/{middle['id']}/cancel", timeout=5)
+    assert r.status_code == 200
+    one, three = stack.wait_job(first["id"]), stack.wait_job(last["id"])
+    assert one["status"] == three["status"] == "completed"
+    assert three["started_at"] >= one["completed_at"]
+    body = stack.sim_requests_containing(f"さん {conversation_id}")[-1]
+    texts = [p["text"] for c in body["contents"] for p in c["parts"]]
+    assert one["reply"] in texts  # the third saw the first's reply
