@@ -137,18 +137,27 @@ class ChatService:
             logger.warning("idempotency key not released: %s", exc)
 
     def _store(self, *, conversation_id: str, job_id: str, text: str, tokens: int) -> Job:
-        """The message and its job in one transaction: never one without the other."""
-        turn = int(self.redis.incr(keys.conv_turn(conversation_id)))
-        job = Job(id=job_id, conversation_id=conversation_id, turn=turn,
-                  input_preview=text[:PREVIEW_CHARS])
-        message = Message(seq=2 * turn - 1, role="user", text=text, tokens=tokens,
-                          created_at=iso(job.created_at) or "", job_id=job_id)
+        """Turn, message and job in one transaction: never one without the others, and a
+        failure leaves no hole in the conversation's turns."""
+        turn_key = keys.conv_turn(conversation_id)
         with self.redis.pipeline(transaction=True) as pipe:
-            self.jobs.create(job, pipe=pipe)
-            pipe.sadd(keys.conversations(), conversation_id)
-            self.history.append(conversation_id, message, pipe=pipe)
-            pipe.execute()
-        return job
+            while True:
+                try:
+                    pipe.watch(turn_key)
+                    turn = int(pipe.get(turn_key) or 0) + 1
+                    job = Job(id=job_id, conversation_id=conversation_id, turn=turn,
+                              input_preview=text[:PREVIEW_CHARS])
+                    message = Message(seq=2 * turn - 1, role="user", text=text, tokens=tokens,
+                                      created_at=iso(job.created_at) or "", job_id=job_id)
+                    pipe.multi()
+                    pipe.set(turn_key, turn)
+                    self.jobs.create(job, pipe=pipe)
+                    pipe.sadd(keys.conversations(), conversation_id)
+                    self.history.append(conversation_id, message, pipe=pipe)
+                    pipe.execute()
+                    return job
+                except redis.WatchError:  # another message of this conversation got in first
+                    continue
 
     def _enqueue(self, job: Job) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -33,9 +34,14 @@ def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
     try:
         yield proc, url, tmp_path
     finally:
+        leftovers = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None \
+            else []
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+        for child in leftovers:  # each child has its own session: kill them by name
+            with contextlib.suppress(psutil.Error):
+                child.kill()
         out.close()
 
 
@@ -99,3 +105,21 @@ def operator_command(tmp_path: Path, *args: str) -> str:
     done = subprocess.run(mysisterdb(*args), cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=30, check=True)
     return done.stdout
+
+
+def test_children_do_not_outlive_a_killed_up(up: tuple) -> None:  # type: ignore[type-arg]
+    proc, url, _tmp = up
+    wait_for(lambda: healthy(url), timeout_s=40, what="mysisterdb up")
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert len(children) >= 4
+    proc.kill()  # no chance to clean up: the children must notice on their own
+    proc.wait(timeout=10)
+    wait_for(lambda: not [c for c in children if alive(c)], timeout_s=30,
+             what="the children to exit")
+
+
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
