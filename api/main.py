@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         monitor.stop()
         app.state.redis.close()
+        app.state.health_redis.close()
 
     app = FastAPI(title="MySisterDB", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings

@@ -41,6 +41,7 @@ class Child:
     started_at: float = 0.0
     next_start_at: float = 0.0
     ready: Callable[[Child], None] | None = field(default=None, repr=False)
+    stop_timeout_s: float = STOP_TIMEOUT_S
 
     def start(self) -> None:
         # Own process group: a forced stop can take the worker's pool children with it.
@@ -55,7 +56,8 @@ class Child:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    def stop(self) -> None:
+        timeout_s = self.stop_timeout_s
         proc = self.process
         if proc is None or proc.poll() is not None:
             return
@@ -99,7 +101,9 @@ def plan_children(settings: Settings, env: dict[str, str]) -> list[Child]:
     if settings.uses_simulator and not settings.gemini_endpoint:
         env["MYSISTERDB_GEMINI_ENDPOINT"] = f"http://127.0.0.1:{settings.sim_port}"
         children.append(Child("simulator", self_command("simulator"), env))
-    children.append(Child("worker", self_command("worker"), env))
+    # Warm shutdown: let a running prompt finish (it cannot outlive its hard limit).
+    children.append(Child("worker", self_command("worker"), env,
+                          stop_timeout_s=settings.task_time_limit + 5))
     children.append(Child("api", self_command("api"), env))
     return children
 

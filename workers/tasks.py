@@ -114,7 +114,8 @@ def chat(self: ChatTask, job_id: str) -> str:
         logger.warning("job %s: redis unavailable before start (%s); retrying", job_id, exc)
         raise self.retry(countdown=REDIS_RETRY_S) from exc
     if decision == WAIT:
-        raise self.retry(countdown=WAIT_FOR_TURN_S)
+        # Quick at first (the predecessor is usually about to finish), then calmer.
+        raise self.retry(countdown=min(1.0, WAIT_FOR_TURN_S * (1 + self.request.retries // 8)))
     if decision != RUN:
         return decision
     job = rt.jobs.get(job_id)
