@@ -7,14 +7,12 @@ repaired in the same run.
 Jobs (every `msdb:job:*` record and every id in `msdb:jobs:active`)
     stale_job     in_progress longer than hard limit + grace since it started (the hard
                   limit would have killed it: its worker is gone), or queued longer than
-                  QUEUED_LIMIT_FACTOR x hard limit.  A queued job may legitimately wait
-                  behind its conversation's previous turn and behind the queue, so that
-                  bound is generous; it still matters, because `reap_if_stale` only reaps
-                  running jobs and a queued job that lost its Celery message would hold
-                  its conversation forever.  With the default 60 s hard limit that is
-                  10 minutes in the queue; failing a job that was merely slow costs the
-                  user a resubmit (its task, if it ever runs, skips a final job).
-                  Repair: failed/worker_lost through `fail_job` (incident recorded).
+                  the queue timeout (MYSISTERDB_QUEUE_TIMEOUT_S; without it,
+                  QUEUED_LIMIT_FACTOR x hard limit).  A queued job may legitimately wait
+                  behind its conversation's earlier turns and behind the queue, so that
+                  bound is generous (the same bound the runtime reapers use).
+                  Repair: failed/worker_lost (started) or failed/expired (never started)
+                  through `fail_job` (incident recorded).
     active_set    the active set lists an ended or expired job, or misses a live one.
                   Repair: SREM / SADD (the set is an index; the job records are the truth).
     bad_job       a job record that does not parse.  Reported only.
@@ -80,7 +78,7 @@ from context.types import Message
 from mysisterdb import keys
 from mysisterdb.jobs import JobStore, Mutation, fail_job
 from mysisterdb.models import ErrorCode, Job, JobStatus, iso, utcnow
-from mysisterdb.ordering import LOST_MESSAGE, STALE_GRACE_S
+from mysisterdb.ordering import EXPIRED_MESSAGE, LOST_MESSAGE, STALE_GRACE_S
 
 logger = logging.getLogger(__name__)
 
@@ -167,13 +165,15 @@ class _Run:
 # -- entry points ---------------------------------------------------------------------------
 
 
-def run_check(*, redis: Redis, repair: bool, hard_limit_s: float, out: TextIO) -> int:
+def run_check(*, redis: Redis, repair: bool, hard_limit_s: float, out: TextIO,
+              queue_timeout_s: float | None = None) -> int:
     """Check (and with `repair`, fix) the stored data; print a report.
 
     Returns 0 when clean or everything found was repaired, 1 when problems remain,
     2 when Redis failed before the check could finish.
     """
-    run = _new_run(redis, CheckConfig(repair=repair, hard_limit_s=hard_limit_s))
+    run = _new_run(redis, CheckConfig(repair=repair, hard_limit_s=hard_limit_s,
+                                      queued_limit_s=queue_timeout_s))
     try:
         check_all(run)
     except RedisError as exc:
@@ -298,13 +298,16 @@ def _stale_job(run: _Run, job: Job, reason: str) -> bool:
             run.config, current) is None:
         finding.detail += "; it moved on before the repair, left alone"
         return False
-    ended = fail_job(run.jobs, job.id, code=ErrorCode.WORKER_LOST, message=LOST_MESSAGE,
+    # Never started: its message was lost (expired); started: its worker died.
+    code, message = ((ErrorCode.EXPIRED, EXPIRED_MESSAGE) if job.status is JobStatus.QUEUED
+                     else (ErrorCode.WORKER_LOST, LOST_MESSAGE))
+    ended = fail_job(run.jobs, job.id, code=code, message=message,
                      exception=f"left {job.status.value} past the limit: {reason}",
                      action=REPAIR_ACTION)
     finding.repaired = True
-    finding.detail += (f"; marked {ended.status.value}/worker_lost" if ended
+    finding.detail += (f"; marked {ended.status.value}/{code.value}" if ended
                        else "; it ended meanwhile")
-    logger.warning("check: job %s marked failed/worker_lost (%s)", job.id, reason)
+    logger.warning("check: job %s marked failed/%s (%s)", job.id, code.value, reason)
     return True
 
 

@@ -79,7 +79,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = get_settings()
     client = connect(settings.resolved_redis_url(), timeout_s=10)
     return run_check(redis=client, repair=args.repair, hard_limit_s=settings.task_time_limit,
-                     out=sys.stdout)
+                     queue_timeout_s=settings.queue_timeout_s, out=sys.stdout)
 
 
 def cmd_watchdog(args: argparse.Namespace) -> int:

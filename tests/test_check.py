@@ -137,7 +137,8 @@ def test_queued_job_gets_ten_hard_limits_before_it_counts_as_lost(
     found = problems(redis_client, repair=True)
     assert [(f.kind, f.job_id, f.repaired) for f in found] == [(Kind.STALE_JOB, lost.id, True)]
     assert JobStore(redis_client).get(waiting.id).status is JobStatus.QUEUED
-    assert JobStore(redis_client).get(lost.id).status is JobStatus.FAILED
+    ended = JobStore(redis_client).get(lost.id)
+    assert ended.status is JobStatus.FAILED and ended.error and ended.error.code == "expired"
 
 
 def test_active_set_out_of_step_with_job_records(redis_client: redis.Redis) -> None:
