@@ -29,6 +29,7 @@ from mysisterdb.errors import (
 from mysisterdb.jobs import JobStore
 from mysisterdb.models import ErrorCode, Job, JobError, JobStatus, iso
 from mysisterdb.monitoring import CHAT_QUEUE, waiting_counts
+from mysisterdb.redis_client import delete_if_value
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +39,6 @@ PREVIEW_CHARS = 200
 RETRY_AFTER_S = 5  # a prompt takes seconds; a client retrying sooner would only add load
 IDEMPOTENCY_WAIT_S = 0.05
 IDEMPOTENCY_WAIT_STEPS = 20
-RELEASE_IF_OURS = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 Enqueue = Callable[[str], None]
 
@@ -132,7 +129,7 @@ class ChatService:
         if key is None:
             return
         try:
-            self.redis.eval(RELEASE_IF_OURS, 1, keys.idempotency(key), job_id)
+            delete_if_value(self.redis, keys.idempotency(key), job_id)
         except redis.RedisError as exc:
             logger.warning("idempotency key not released: %s", exc)
 

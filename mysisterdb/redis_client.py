@@ -24,3 +24,14 @@ def connect(url: str | None, *, timeout_s: float, retries: int = 0) -> redis.Red
         retry=retry,
         health_check_interval=10,
     )
+
+
+COMPARE_AND_DELETE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def delete_if_value(client: redis.Redis, key: str, value: str) -> bool:
+    """Delete a key only while it still holds our value (a lock or claim we own)."""
+    return bool(client.eval(COMPARE_AND_DELETE, 1, key, value))

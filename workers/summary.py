@@ -17,17 +17,12 @@ from celery import Celery
 
 from context.summary import plan_summary
 from mysisterdb import keys
+from mysisterdb.redis_client import delete_if_value
 from workers.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_SYSTEM = "あなたは会話の内容を正確に要約する記録係です。"
-
-
-RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 def request_summary(rt: Runtime, celery: Celery, conversation_id: str) -> bool:
@@ -57,7 +52,7 @@ def keep_flag(rt: Runtime, conversation_id: str, token: str) -> None:
 
 def release_flag(rt: Runtime, conversation_id: str, token: str) -> None:
     try:
-        rt.redis.eval(RELEASE_LUA, 1, keys.conv_summarizing(conversation_id), token)
+        delete_if_value(rt.redis, keys.conv_summarizing(conversation_id), token)
     except Exception as exc:  # the flag's TTL releases it anyway
         logger.warning("summary flag of %s not released: %s", conversation_id, exc)
 
