@@ -173,7 +173,9 @@ class RedisHistoryStore:
         the append joins the caller's transaction, e.g. with the job's completion."""
         script_keys, args = self._append_args(conversation_id, message)
         if pipe is not None:
-            self._append(keys=script_keys, args=args, client=pipe)
+            # EVAL, not EVALSHA: inside MULTI a script missing from the server's cache would
+            # fail alone while the rest of the transaction is applied.
+            pipe.eval(_APPEND_LUA, len(script_keys), *script_keys, *args)
             return
         stored = self._append(keys=script_keys, args=args)
         if not stored:

@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
+from redis.client import Pipeline
 
 from context.redis_store import RedisHistoryStore
 from context.tokens import count_tokens
 from context.types import Message
 from mysisterdb import keys
 from mysisterdb.errors import (
-    Conflict,
     InvalidInput,
     MessageTooLarge,
     QueueFull,
@@ -29,7 +28,7 @@ from mysisterdb.errors import (
 from mysisterdb.jobs import JobStore
 from mysisterdb.models import ErrorCode, Job, JobError, JobStatus, iso
 from mysisterdb.monitoring import CHAT_QUEUE, waiting_counts
-from mysisterdb.redis_client import delete_if_value
+from mysisterdb.redis_client import MAX_TRANSACTION_ATTEMPTS, TransactionFailed, lost_connection
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +36,6 @@ CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
 PREVIEW_CHARS = 200
 RETRY_AFTER_S = 5  # a prompt takes seconds; a client retrying sooner would only add load
-IDEMPOTENCY_WAIT_S = 0.05
-IDEMPOTENCY_WAIT_STEPS = 20
 
 Enqueue = Callable[[str], None]
 
@@ -78,28 +75,20 @@ class ChatService:
                idempotency_key: str | None = None) -> tuple[Job, bool]:
         """Store and enqueue a prompt; (job, created). A known idempotency key returns its job."""
         text, tokens = self.validate(conversation_id=conversation_id, text=text)
-        job_id = uuid.uuid4().hex
         if idempotency_key is not None:
+            if not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+                raise InvalidInput("Idempotency-Key は表示可能な ASCII 1〜128 文字にしてください。")
             known = self._known_job(idempotency_key)
             if known is not None:
                 return known, False
         self._check_backpressure()
-        if idempotency_key is not None:
-            existing = self._claim_idempotency(idempotency_key, job_id)
-            if existing is not None:
-                return existing, False
-        try:
-            job = self._store(conversation_id=conversation_id, job_id=job_id, text=text,
-                              tokens=tokens)
-        except Exception:
-            self._release_idempotency(idempotency_key, job_id)
-            raise
-        self._enqueue(job)
-        return job, True
+        job, created = self._store(conversation_id=conversation_id, job_id=uuid.uuid4().hex,
+                                   text=text, tokens=tokens, idempotency_key=idempotency_key)
+        if created:
+            self._enqueue(job)
+        return job, created
 
     def _known_job(self, key: str) -> Job | None:
-        if not IDEMPOTENCY_KEY.fullmatch(key):
-            raise InvalidInput("Idempotency-Key は表示可能な ASCII 1〜128 文字にしてください。")
         raw = self.redis.get(keys.idempotency(key))
         return self.jobs.find(raw.decode() if isinstance(raw, bytes) else str(raw)) if raw else None
 
@@ -109,52 +98,46 @@ class ChatService:
             logger.warning("queue full (%d waiting): refusing a prompt with 429", waiting)
             raise QueueFull(retry_after_s=RETRY_AFTER_S)
 
-    def _claim_idempotency(self, key: str, job_id: str) -> Job | None:
-        """None when the key is now ours; the job of another request that holds it."""
-        name = keys.idempotency(key)
-        for _ in range(IDEMPOTENCY_WAIT_STEPS):
-            if self.redis.set(name, job_id, nx=True, ex=keys.idempotency_ttl_s):
-                return None
-            raw = self.redis.get(name)
-            job = self.jobs.find(raw.decode() if isinstance(raw, bytes) else str(raw)) \
-                if raw else None
-            if job is not None:
-                return job
-            # The holder may still be storing its job (or just released the key): wait.
-            time.sleep(IDEMPOTENCY_WAIT_S)
-        raise Conflict("同じ Idempotency-Key のリクエストを処理中です。少し待ってから送り直してください。")
-
-    def _release_idempotency(self, key: str | None, job_id: str) -> None:
-        """A request that failed before its job existed must not keep the key."""
-        if key is None:
-            return
-        try:
-            delete_if_value(self.redis, keys.idempotency(key), job_id)
-        except redis.RedisError as exc:
-            logger.warning("idempotency key not released: %s", exc)
-
-    def _store(self, *, conversation_id: str, job_id: str, text: str, tokens: int) -> Job:
-        """Turn, message and job in one transaction: never one without the others, and a
-        failure leaves no hole in the conversation's turns."""
-        turn_key = keys.conv_turn(conversation_id)
+    def _store(self, *, conversation_id: str, job_id: str, text: str, tokens: int,
+               idempotency_key: str | None) -> tuple[Job, bool]:
+        """Turn, message, job and idempotency key in one transaction: never one without the
+        others, no hole in the turns after a failure, and a key never points at nothing."""
+        watched = [keys.conv_turn(conversation_id)]
+        if idempotency_key is not None:
+            watched.append(keys.idempotency(idempotency_key))
         with self.redis.pipeline(transaction=True) as pipe:
-            while True:
+            for _ in range(MAX_TRANSACTION_ATTEMPTS):
                 try:
-                    pipe.watch(turn_key)
-                    turn = int(pipe.get(turn_key) or 0) + 1
-                    job = Job(id=job_id, conversation_id=conversation_id, turn=turn,
-                              input_preview=text[:PREVIEW_CHARS])
-                    message = Message(seq=2 * turn - 1, role="user", text=text, tokens=tokens,
-                                      created_at=iso(job.created_at) or "", job_id=job_id)
-                    pipe.multi()
-                    pipe.set(turn_key, turn)
-                    self.jobs.create(job, pipe=pipe)
-                    pipe.sadd(keys.conversations(), conversation_id)
-                    self.history.append(conversation_id, message, pipe=pipe)
-                    pipe.execute()
-                    return job
-                except redis.WatchError:  # another message of this conversation got in first
-                    continue
+                    pipe.watch(*watched)
+                    other = self._known_job(idempotency_key) if idempotency_key else None
+                    if other is not None:  # a concurrent request with the same key won
+                        return other, False
+                    return self._write(pipe, conversation_id=conversation_id, job_id=job_id,
+                                       text=text, tokens=tokens,
+                                       idempotency_key=idempotency_key), True
+                except redis.WatchError as exc:
+                    stored = self.jobs.find(job_id) if lost_connection(exc) else None
+                    if stored is not None:  # EXEC was applied; only its reply was lost
+                        return stored, True
+        raise TransactionFailed("could not store the message (too much contention)")
+
+    def _write(self, pipe: Pipeline, *, conversation_id: str, job_id: str, text: str,
+               tokens: int, idempotency_key: str | None) -> Job:
+        turn_key = keys.conv_turn(conversation_id)
+        turn = int(pipe.get(turn_key) or 0) + 1
+        job = Job(id=job_id, conversation_id=conversation_id, turn=turn,
+                  input_preview=text[:PREVIEW_CHARS])
+        message = Message(seq=2 * turn - 1, role="user", text=text, tokens=tokens,
+                          created_at=iso(job.created_at) or "", job_id=job_id)
+        pipe.multi()
+        pipe.set(turn_key, turn)
+        self.jobs.create(job, pipe=pipe)
+        pipe.sadd(keys.conversations(), conversation_id)
+        self.history.append(conversation_id, message, pipe=pipe)
+        if idempotency_key is not None:
+            pipe.set(keys.idempotency(idempotency_key), job_id, ex=keys.idempotency_ttl_s)
+        pipe.execute()
+        return job
 
     def _enqueue(self, job: Job) -> None:
         try:

@@ -53,15 +53,14 @@ class IncidentLog:
     def record(self, incident: Incident, *, pipe: Pipeline | None = None) -> None:
         """Append an incident; with `pipe`, inside the caller's transaction."""
         incident = scrubbed(incident)
-        if pipe is None:
-            with self._redis.pipeline(transaction=True) as own:
-                push(own, incident)
-                own.execute()
-        else:
-            push(pipe, incident)
-        logger.warning("incident: %s %s at step %s: %s -> %s", incident.kind,
-                       incident.job_id or "-", incident.step or "-", incident.cause,
-                       incident.action)
+        if pipe is not None:
+            push(pipe, incident)  # the caller logs once its transaction is applied
+            return
+        with self._redis.pipeline(transaction=True) as own:
+            push(own, incident)
+            own.execute()
+        logger.warning("incident: %s at %s: %s -> %s", incident.kind, incident.step or "-",
+                       incident.cause, incident.action)
 
     def record_job(self, job: Job, *, exception: str, action: str,
                    pipe: Pipeline | None = None) -> None:

@@ -13,6 +13,7 @@ so nobody ever sees a final job without them.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -25,6 +26,7 @@ from mysisterdb.errors import NotFound
 from mysisterdb.incidents import IncidentLog, is_incident
 from mysisterdb.metrics import MetricsRecorder
 from mysisterdb.models import ErrorCode, Job, JobError, JobStatus, StepStatus, utcnow
+from mysisterdb.redis_client import MAX_TRANSACTION_ATTEMPTS, TransactionFailed, lost_connection
 
 logger = logging.getLogger(__name__)
 
@@ -94,19 +96,32 @@ class JobStore:
     def update(self, job_id: str, mutate: Mutation, *, only_active: bool = True,
                after: AfterWrite | None = None) -> Job | None:
         """Apply `mutate` atomically; None when the job is gone, already final (only_active),
-        or the mutation raised Skip."""
-        key = keys.job(job_id)
+        or the mutation raised Skip.
+
+        Each write stamps the record with a fresh `write_id`: when the connection fails
+        around EXEC we cannot know whether it was applied, so we look for our stamp rather
+        than apply the change twice.
+        """
+        key, write_id = keys.job(job_id), uuid.uuid4().hex
         with self._redis.pipeline() as pipe:
-            while True:
+            for _ in range(MAX_TRANSACTION_ATTEMPTS):
                 try:
-                    return self._update_once(pipe, key, mutate, only_active, after)
-                except redis.WatchError:
-                    continue
+                    return self._update_once(pipe, key, mutate, only_active, after, write_id)
+                except redis.WatchError as exc:
+                    if lost_connection(exc) and (mine := self._written(key, write_id)):
+                        return mine
                 except Skip:
                     return None
+        raise TransactionFailed(f"job {job_id}: no transaction after "
+                                f"{MAX_TRANSACTION_ATTEMPTS} attempts")
+
+    def _written(self, key: str, write_id: str) -> Job | None:
+        raw = self._redis.get(key)
+        job = Job.model_validate_json(raw) if raw else None
+        return job if job is not None and job.write_id == write_id else None
 
     def _update_once(self, pipe: Pipeline, key: str, mutate: Mutation, only_active: bool,
-                     after: AfterWrite | None) -> Job | None:
+                     after: AfterWrite | None, write_id: str) -> Job | None:
         pipe.watch(key)
         raw = pipe.get(key)
         if not raw:
@@ -115,6 +130,7 @@ class JobStore:
         if only_active and job.status.is_final:
             return None
         mutate(job)
+        job.write_id = write_id
         pipe.multi()
         pipe.set(key, job.model_dump_json(), keepttl=True)
         follow_status(pipe, job)
@@ -139,17 +155,19 @@ class JobStore:
         return self.update(job_id, start, after=lambda pipe, _job: pipe.set(
             keys.last_job_started_at(), str(utcnow().timestamp())))
 
-    def finalize(self, job_id: str, *, status: JobStatus, error: JobError | None = None,
-                 reply: str | None = None, extra: Mutation | None = None,
-                 after: AfterWrite | None = None) -> Job | None:
-        """Move a still-active job to a final status; None if it was already final."""
+    def finalize(self, job_id: str, *, status: JobStatus | Callable[[Job], JobStatus],
+                 error: JobError | None = None, reply: str | None = None,
+                 extra: Mutation | None = None, after: AfterWrite | None = None) -> Job | None:
+        """Move a still-active job to a final status (or one chosen from the job as it is,
+        inside the transaction); None if it was already final."""
         previous: list[JobStatus] = []
 
         def mutate(job: Job) -> None:
             previous.append(job.status)
             if extra is not None:
                 extra(job)
-            close_job(job, status=status, error=error, reply=reply)
+            final = status(job) if callable(status) else status
+            close_job(job, status=final, error=error, reply=reply)
 
         def also(pipe: Pipeline, job: Job) -> None:
             record_final(MetricsRecorder(self._redis), job, pipe=pipe)
@@ -158,7 +176,7 @@ class JobStore:
 
         job = self.update(job_id, mutate, after=also)
         if job:
-            logger.info("job %s %s%s (was %s)", job_id, status.value,
+            logger.info("job %s %s%s (was %s)", job_id, job.status.value,
                         f" ({error.code})" if error else "", previous[-1].value)
             job.previous_status = previous[-1]
         return job
@@ -218,14 +236,15 @@ def fail_job(jobs: JobStore, job_id: str, *, code: ErrorCode, message: str, exce
     Time limits, lost workers and LLM failures also go into the incident table, in the same
     transaction as the status.
     """
-    current = jobs.find(job_id)
-    status = JobStatus.FAILED
-    if partial_ok and current is not None and current.partial_reply:
-        status = JobStatus.INCOMPLETE
+    def final_status(job: Job) -> JobStatus:
+        return JobStatus.INCOMPLETE if partial_ok and job.partial_reply else JobStatus.FAILED
 
     def incident(pipe: Pipeline, job: Job) -> None:
         if is_incident(job):
             IncidentLog(jobs.redis).record_job(job, exception=exception, action=action, pipe=pipe)
 
-    return jobs.finalize(job_id, status=status, after=incident,
-                         error=JobError(code=code.value, message=message))
+    ended = jobs.finalize(job_id, status=final_status, after=incident,
+                          error=JobError(code=code.value, message=message))
+    if ended is not None and is_incident(ended):
+        logger.warning("incident: %s %s: %s -> %s", code.value, job_id, exception, action)
+    return ended

@@ -94,6 +94,7 @@ class Job(BaseModel):
     attempts: int = 0
     input_preview: str = ""
     worker_pid: int | None = None
+    write_id: str = ""  # stamp of the last write, to recognise our own after a lost reply
     # Set by JobStore.finalize on the returned object only; never stored.
     previous_status: JobStatus | None = Field(default=None, exclude=True)
 

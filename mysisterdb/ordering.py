@@ -51,13 +51,13 @@ def reap_if_stale(jobs: JobStore, job: Job, *, hard_limit_s: float,
     return job
 
 
-def blocking_job(jobs: JobStore, job: Job, *, hard_limit_s: float,
-                 queue_timeout_s: float) -> Job | None:
-    """The earliest unfinished job of the conversation before `job`, or None: run now."""
+def must_wait(jobs: JobStore, job: Job, *, hard_limit_s: float,
+              queue_timeout_s: float) -> bool:
+    """True while an earlier job of the conversation is unfinished (after reaping the dead)."""
     for _ in range(MAX_SKIPS):
         first_id = jobs.first_active_before(job.conversation_id, turn=job.turn)
         if first_id is None:
-            return None
+            return False
         first = jobs.find(first_id)
         if first is None or first.status.is_final:
             jobs.forget_active(job.conversation_id, first_id)  # expired record, or a stray
@@ -65,5 +65,5 @@ def blocking_job(jobs: JobStore, job: Job, *, hard_limit_s: float,
         first = reap_if_stale(jobs, first, hard_limit_s=hard_limit_s,
                               queue_timeout_s=queue_timeout_s)
         if not first.status.is_final:
-            return first
-    return None
+            return True
+    return True  # many dead entries cleared this time: look again on the next try

@@ -35,3 +35,16 @@ return 0
 def delete_if_value(client: redis.Redis, key: str, value: str) -> bool:
     """Delete a key only while it still holds our value (a lock or claim we own)."""
     return bool(client.eval(COMPARE_AND_DELETE, 1, key, value))
+
+
+MAX_TRANSACTION_ATTEMPTS = 20
+
+
+class TransactionFailed(redis.ConnectionError):
+    """A WATCH transaction could not be completed (contention, or the connection failed)."""
+
+
+def lost_connection(exc: redis.WatchError) -> bool:
+    """redis-py reports a connection failure while watching as a WatchError too; unlike a
+    real conflict, the EXEC may then have been applied already."""
+    return isinstance(exc.__context__, (redis.ConnectionError, redis.TimeoutError))

@@ -137,6 +137,11 @@ class Supervisor:
             self.ready_url = None
 
     def request_stop(self, *_: object) -> None:
+        if self.stopping:  # a second Ctrl+C: do not wait for running prompts
+            logger.warning("second stop request: killing every child now")
+            for child in self.children:
+                if child.alive() and child.process is not None:
+                    kill_group(child.process.pid)
         self.stopping = True
 
     def run(self) -> None:

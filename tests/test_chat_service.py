@@ -37,7 +37,7 @@ def test_message_and_job_are_stored_together(redis_client: redis.Redis) -> None:
     assert JobStore(redis_client).first_active_before("c", turn=2) == job.id
 
 
-def test_a_failed_store_releases_the_idempotency_key(redis_client: redis.Redis) -> None:
+def test_a_failed_store_leaves_no_idempotency_key_message_or_job(redis_client: redis.Redis) -> None:
     broken, _ = service(redis_client, history=BrokenHistory(redis_client))
     with pytest.raises(redis.ConnectionError):
         broken.submit(conversation_id="c", text="hi", idempotency_key="k1")
@@ -77,3 +77,28 @@ def test_backpressure_refuses_before_storing(redis_client: redis.Redis) -> None:
         chat.submit(conversation_id="c", text="hi", idempotency_key="k3")
     assert sent == [] and redis_client.get(keys.conv_turn("c")) is None
     assert redis_client.get(keys.idempotency("k3")) is None
+
+
+def test_concurrent_requests_with_one_key_make_one_job(redis_client: redis.Redis) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    chat, sent = service(redis_client)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda _: chat.submit(conversation_id="c", text="hi",
+                                                      idempotency_key="same"), range(8)))
+    assert len({job.id for job, _ in results}) == 1
+    assert sum(created for _, created in results) == 1 and len(sent) == 1
+    assert len(RedisHistoryStore(redis_client).last("c", limit=10)) == 1
+
+
+def test_concurrent_messages_of_one_conversation_get_distinct_turns(
+        redis_client: redis.Redis) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    chat, _ = service(redis_client)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        jobs = list(pool.map(lambda i: chat.submit(conversation_id="c", text=f"m{i}")[0],
+                             range(8)))
+    assert sorted(j.turn for j in jobs) == list(range(1, 9))
+    seqs = [m.seq for m in RedisHistoryStore(redis_client).last("c", limit=20)]
+    assert seqs == [2 * t - 1 for t in range(1, 9)]

@@ -118,12 +118,19 @@ def generate(rt: Runtime, job: Job, built: BuiltContext, *, deadline: float) -> 
 
 
 def partial_writer(rt: Runtime, job_id: str) -> Callable[[str], None]:
+    """Writes the whole text so far (not a delta): a write repeated after a lost reply
+    from Redis can never duplicate text."""
+    so_far: list[str] = []
+
     def on_text(text: str) -> None:
-        def append(job: Job) -> None:
-            job.partial_reply += text
+        so_far.append(text)
+        whole = "".join(so_far)
+
+        def show(job: Job) -> None:
+            job.partial_reply = whole
             job.heartbeat_at = utcnow()
 
-        if rt.jobs.update(job_id, append) is None:
+        if rt.jobs.update(job_id, show) is None:
             raise JobGone(job_id)
 
     return on_text

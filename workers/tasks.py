@@ -28,7 +28,7 @@ from mysisterdb.jobs import JobStore, fail_job
 from mysisterdb.logs import job_context
 from mysisterdb.metrics import MetricsRecorder
 from mysisterdb.models import ErrorCode, Job, JobStatus
-from mysisterdb.ordering import blocking_job, queued_too_long, reap_if_stale
+from mysisterdb.ordering import must_wait, queued_too_long, reap_if_stale
 from mysisterdb.redis_client import connect
 from mysisterdb.settings import get_settings
 from workers import pipeline, summary
@@ -99,7 +99,6 @@ class ChatTask(Task):  # type: ignore[misc]
     max_retries = None  # waiting for our turn is bounded by the reapers' limits
 
 
-RUN = "run"
 WAIT = "wait"
 
 
@@ -108,28 +107,27 @@ def chat(self: ChatTask, job_id: str) -> str:
     started = time.monotonic()
     rt = get_runtime()
     try:
-        decision = admit(rt, job_id)
+        admitted = admit(rt, job_id)
     except redis.RedisError as exc:
         # Redis blinked before the job started: try again; the queue timeout bounds this.
         logger.warning("job %s: redis unavailable before start (%s); retrying", job_id, exc)
         raise self.retry(countdown=REDIS_RETRY_S) from exc
-    if decision == WAIT:
+    if admitted == WAIT:
         # Quick at first (the predecessor is usually about to finish), then calmer.
         raise self.retry(countdown=min(1.0, WAIT_FOR_TURN_S * (1 + self.request.retries // 8)))
-    if decision != RUN:
-        return decision
-    job = rt.jobs.get(job_id)
+    if isinstance(admitted, str):
+        return admitted
     deadline = started + rt.settings.task_soft_time_limit - 0.5
-    with job_context(job_id=job_id, conversation_id=job.conversation_id):
-        try:
-            return run_guarded(rt, job, deadline=deadline)
-        except BaseException as exc:  # escaped every handler (e.g. the soft limit inside one)
-            last_resort(rt, job_id, exc)
-            raise
+    try:
+        with job_context(job_id=job_id, conversation_id=admitted.conversation_id):
+            return run_guarded(rt, admitted, deadline=deadline)
+    except BaseException as exc:  # escaped every handler (e.g. the soft limit inside one)
+        last_resort(rt, job_id, exc)
+        raise
 
 
-def admit(rt: Runtime, job_id: str) -> str:
-    """RUN (the job is now claimed), WAIT (an earlier turn is unfinished) or why not."""
+def admit(rt: Runtime, job_id: str) -> Job | str:
+    """The job, now claimed by us; WAIT (an earlier turn is unfinished); or why not."""
     s = rt.settings
     job = rt.jobs.find(job_id)
     if job is None or job.status.is_final:
@@ -143,10 +141,10 @@ def admit(rt: Runtime, job_id: str) -> str:
         reap_if_stale(rt.jobs, job, hard_limit_s=s.task_time_limit,
                       queue_timeout_s=s.queue_timeout_s)
         return "expired"
-    if blocking_job(rt.jobs, job, hard_limit_s=s.task_time_limit,
-                    queue_timeout_s=s.queue_timeout_s) is not None:
+    if must_wait(rt.jobs, job, hard_limit_s=s.task_time_limit,
+                 queue_timeout_s=s.queue_timeout_s):
         return WAIT
-    return RUN if rt.jobs.claim(job_id) is not None else "skipped"
+    return rt.jobs.claim(job_id) or "skipped"
 
 
 def run_guarded(rt: Runtime, job: Job, *, deadline: float) -> str:
