@@ -65,7 +65,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -217,7 +217,8 @@ def _print_report(run: _Run, *, out: TextIO) -> None:
 
 
 def check_jobs(run: _Run) -> None:
-    listed = set(run.jobs.active_ids())
+    listed = set(run.jobs.active_ids()) | {
+        _text(m) for m in run.redis.smembers(keys.running_jobs())}
     seen: set[str] = set()
     for job_id, raw in _job_records(run.redis):
         seen.add(job_id)
@@ -258,12 +259,9 @@ def _parse_job(run: _Run, job_id: str, raw: bytes | None) -> Job | None:
 
 
 def _check_job(run: _Run, job: Job, *, listed: bool) -> None:
+    _check_job_indexes(run, job)
     if job.status.is_final:
-        if listed:
-            _unlist(run, job.id, why=f"it ended ({job.status.value})")
         return
-    if not listed:
-        _relist(run, job)
     reason = stale_reason(run.config, job)
     if reason is not None and _stale_job(run, job, reason):
         return
@@ -312,30 +310,80 @@ def _stale_job(run: _Run, job: Job, reason: str) -> bool:
 
 
 def _unlist(run: _Run, job_id: str, *, why: str) -> None:
-    # The snapshot of the set may be older than the record: ask again before reporting.
-    if not run.redis.sismember(keys.active_jobs(), job_id):
-        return
-    finding = Finding(kind=Kind.ACTIVE_SET, job_id=job_id,
-                      detail=f"listed in {keys.active_jobs()} but {why}")
-    run.findings.append(finding)
-    if run.config.repair:
-        run.redis.srem(keys.active_jobs(), job_id)
-        finding.repaired = True
+    """A job without a live record listed in the global job sets."""
+    for key in (keys.active_jobs(), keys.running_jobs()):
+        # The snapshot may be older than the record: ask again before reporting.
+        if not run.redis.sismember(key, job_id):
+            continue
+        finding = Finding(kind=Kind.ACTIVE_SET, job_id=job_id, detail=f"listed in {key} but {why}")
+        run.findings.append(finding)
+        if run.config.repair:
+            run.redis.srem(key, job_id)
+            finding.repaired = True
 
 
-def _relist(run: _Run, job: Job) -> None:
-    if run.redis.sismember(keys.active_jobs(), job.id):  # created after our snapshot
-        return
-    finding = Finding(kind=Kind.ACTIVE_SET, job_id=job.id, conversation_id=job.conversation_id,
-                      detail=f"{job.status.value} but missing from {keys.active_jobs()}")
-    run.findings.append(finding)
-    if not run.config.repair:
-        return
-    run.redis.sadd(keys.active_jobs(), job.id)
-    current = run.jobs.find(job.id)
-    if current is None or current.status.is_final:  # it ended while we added it
-        run.redis.srem(keys.active_jobs(), job.id)
-    finding.repaired = True
+@dataclass(frozen=True)
+class _Index:
+    """One index that follows a job's status: whether the job belongs in it, and how to
+    add or remove it."""
+
+    key: str
+    member: Callable[[Job], bool]
+    present: Callable[[Redis, Job], bool]
+    add: Callable[[Redis, Job], object]
+    remove: Callable[[Redis, Job], object]
+
+
+def _job_indexes(job: Job) -> list[_Index]:
+    conv = keys.conv_active(job.conversation_id)
+    return [
+        _Index(keys.active_jobs(), lambda j: not j.status.is_final,
+               lambda r, j: bool(r.sismember(keys.active_jobs(), j.id)),
+               lambda r, j: r.sadd(keys.active_jobs(), j.id),
+               lambda r, j: r.srem(keys.active_jobs(), j.id)),
+        _Index(keys.running_jobs(), lambda j: j.status is JobStatus.IN_PROGRESS,
+               lambda r, j: bool(r.sismember(keys.running_jobs(), j.id)),
+               lambda r, j: r.sadd(keys.running_jobs(), j.id),
+               lambda r, j: r.srem(keys.running_jobs(), j.id)),
+        _Index(conv, lambda j: not j.status.is_final,
+               lambda r, j: r.zscore(conv, j.id) is not None,
+               lambda r, j: r.zadd(conv, {j.id: j.turn}),
+               lambda r, j: r.zrem(conv, j.id)),
+    ]
+
+
+def _check_job_indexes(run: _Run, job: Job) -> None:
+    for index in _job_indexes(job):
+        if index.present(run.redis, job) == index.member(job):
+            continue
+        current = run.jobs.find(job.id)  # it may have moved on since our read
+        if current is not None and index.present(run.redis, current) == index.member(current):
+            continue
+        wanted = current is not None and index.member(current)
+        finding = Finding(kind=Kind.ACTIVE_SET, job_id=job.id,
+                          conversation_id=job.conversation_id,
+                          detail=f"{'missing from' if wanted else 'still listed in'} "
+                                 f"{index.key} ({(current or job).status.value})")
+        run.findings.append(finding)
+        if run.config.repair:
+            (index.add if wanted else index.remove)(run.redis, current or job)
+            finding.repaired = True
+
+
+def _check_conversation_order(run: _Run, cid: str) -> None:
+    """Entries of the conversation's order set whose job record is gone."""
+    key = keys.conv_active(cid)
+    members: list[Any] = list(run.redis.zrange(key, 0, -1))
+    for raw in members:
+        job_id = _text(raw)
+        if run.jobs.find(job_id) is not None:
+            continue  # a live or final record: _check_job_indexes judged it
+        finding = Finding(kind=Kind.ACTIVE_SET, job_id=job_id, conversation_id=cid,
+                          detail=f"listed in {key} but its record expired or was deleted")
+        run.findings.append(finding)
+        if run.config.repair:
+            run.redis.zrem(key, job_id)
+            finding.repaired = True
 
 
 # -- one conversation: what is stored ---------------------------------------------------
@@ -441,6 +489,7 @@ def read_member(raw: bytes) -> tuple[Message | None, str]:
 
 
 def check_conversation(run: _Run, cid: str) -> None:
+    _check_conversation_order(run, cid)
     state = load_conversation(run.redis, cid)
     _check_members(run, state)
     if _check_duplicates(run, state):

@@ -34,8 +34,11 @@ def store_turn(client: redis.Redis, cid: str, turn: int, *, reply: bool = True,
               created_at=at, started_at=None if status is JobStatus.QUEUED else at,
               completed_at=at if status.is_final else None, input_preview=f"{cid} 質問{turn}")
     JobStore(client).create(job)
-    if status.is_final:
+    if status.is_final:  # as JobStore.finalize leaves the indexes
         client.srem(keys.active_jobs(), job.id)
+        client.zrem(keys.conv_active(cid), job.id)
+    if status is JobStatus.IN_PROGRESS:  # as JobStore.claim leaves them
+        client.sadd(keys.running_jobs(), job.id)
     history = RedisHistoryStore(client)
     history.append(cid, message(2 * turn - 1, "user", user_text(cid, turn), job.id, at))
     if reply:
@@ -308,3 +311,20 @@ def test_cli_exits_1_on_a_problem_and_0_after_repair(
     assert "check: 1 problems, 1 repaired" in repaired.stdout
     clean = cli()
     assert clean.returncode == 0 and "check: 0 problems" in clean.stdout
+
+
+def test_running_and_order_indexes_out_of_step(redis_client: redis.Redis) -> None:
+    done = store_turn(redis_client, "a", 1)
+    running = store_turn(redis_client, "a", 2, reply=False, status=JobStatus.IN_PROGRESS,
+                         at=utcnow())
+    redis_client.zadd(keys.conv_active("a"), {done.id: 1, "gone-job": 0})  # ended / vanished
+    redis_client.srem(keys.running_jobs(), running.id)
+    redis_client.sadd(keys.running_jobs(), done.id)
+    found = problems(redis_client, repair=True)
+    assert sorted((f.job_id, f.repaired) for f in found) == sorted([
+        (done.id, True), (done.id, True), ("gone-job", True), (running.id, True)])
+    assert all(f.kind is Kind.ACTIVE_SET for f in found)
+    jobs = JobStore(redis_client)
+    assert jobs.first_active_before("a", turn=99) == running.id
+    assert redis_client.smembers(keys.running_jobs()) == {running.id.encode()}
+    assert problems(redis_client) == []
