@@ -13,8 +13,10 @@ Jobs (every `msdb:job:*` record and every id in `msdb:jobs:active`)
                   bound is generous (the same bound the runtime reapers use).
                   Repair: failed/worker_lost (started) or failed/expired (never started)
                   through `fail_job` (incident recorded).
-    active_set    the active set lists an ended or expired job, or misses a live one.
-                  Repair: SREM / SADD (the set is an index; the job records are the truth).
+    active_set    a job index out of step with the job records: the active set, the
+                  running set or a conversation's order set lists an ended or vanished
+                  job, or misses a live one.  Repair: add / remove (the indexes follow
+                  the records, which are the truth).
     bad_job       a job record that does not parse.  Reported only.
 
 Conversations (every id in `msdb:conversations`); turn t = user seq 2t-1, reply seq 2t
