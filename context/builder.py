@@ -10,6 +10,7 @@ persona, summary, recalled (oldest first), recent turns, new message last.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from context.store import HistoryStore
@@ -149,15 +150,38 @@ def _fit_summary(summary: Summary | None, new_seq: int, budget: _Budget) -> Summ
     return summary if budget.take(cost) else None
 
 
-def _fit_recalled(candidates: list[ScoredMessage], budget: _Budget) -> list[Message]:
-    """Best first; one that does not fit is skipped, a shorter one after it may still fit."""
-    kept: list[Message] = []
+PartnerOf = Callable[[Message], Message | None]
+
+
+def _fit_recalled(candidates: list[ScoredMessage], budget: _Budget,
+                  partner_of: PartnerOf) -> list[Message]:
+    """Best first, each with the other half of its exchange when that fits too (a question
+    recalled without its answer, or an answer without its question, says little); one that
+    does not fit is skipped, a shorter one after it may still fit."""
+    kept: dict[int, Message] = {}
     header = count_fixed_tokens(RECALL_HEADER) + JOIN_SLACK_TOKENS
     for candidate in candidates:
-        cost = _line_cost(candidate.message) + (0 if kept else header)
-        if budget.take(cost):
-            kept.append(candidate.message)
-    return sorted(kept, key=lambda m: m.seq)
+        for message in (candidate.message, partner_of(candidate.message)):
+            if message is None or message.seq in kept:
+                continue
+            if budget.take(_line_cost(message) + (0 if kept else header)):
+                kept[message.seq] = message
+            elif message is candidate.message:
+                break  # no room for the candidate: none for its partner either
+    return sorted(kept.values(), key=lambda m: m.seq)
+
+
+def _partner_finder(store: HistoryStore, conversation_id: str, *, before_seq: int) -> PartnerOf:
+    """The other half of a message's exchange (reply seq = question seq + 1), if stored and
+    older than the recent window."""
+    def partner_of(message: Message) -> Message | None:
+        seq = message.seq + 1 if message.role == "user" else message.seq - 1
+        if seq >= before_seq or seq < 1:
+            return None
+        found = store.between(conversation_id, after_seq=seq - 1, before_seq=seq + 1, limit=1)
+        return found[0] if found and found[0].role != message.role else None
+
+    return partner_of
 
 
 def _system_instruction(persona: str, summary: Summary | None, recalled: list[Message]) -> str:
@@ -199,7 +223,8 @@ def build_context(
     older_than = window[0].seq if window else new_message.seq
     candidates = store.search(conversation_id, query=new_message.text, before_seq=older_than,
                               limit=RECALL_LIMIT, threshold=relevance_threshold)
-    recalled = _fit_recalled(candidates, budget)
+    recalled = _fit_recalled(candidates, budget,
+                             _partner_finder(store, conversation_id, before_seq=older_than))
     contents = [Turn(role=GEMINI_ROLES[m.role], text=m.text) for m in recent]
     contents.append(Turn(role="user", text=new_message.text))
     detail: dict[str, object] = {

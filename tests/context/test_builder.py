@@ -192,3 +192,28 @@ def test_missing_reply_keeps_user_turns_in_order() -> None:
     store.append("c", make_message(3, "user", "返事がなかった質問"))  # reply 4 never stored
     built = _build(store, "もう一回聞くね", 5)
     assert [t.role for t in built.contents] == ["user", "model", "user", "user"]
+
+
+def test_a_recalled_question_comes_back_with_its_answer() -> None:
+    store = InMemoryHistoryStore()
+    store.append("c", make_message(1, "user", "枡元さんの誕生日って何月何日だっけ"))
+    store.append("c", make_message(2, "assistant", "3月12日だよ！お祝いしようね"))
+    next_seq = _exchanges(store, 20, first_seq=3)
+    built = _build(store, QUERY, next_seq)
+    assert built.detail["recalled_seqs"][:2] == [1, 2]  # type: ignore[index]
+    assert "3月12日だよ！お祝いしようね" in built.system_instruction
+    assert built.total_tokens <= 4000
+
+
+def test_no_partner_is_added_when_only_the_candidate_fits() -> None:
+    store = InMemoryHistoryStore()
+    store.append("c", make_message(1, "user", FACT))
+    store.append("c", make_message(2, "assistant", "覚えた！" + "とても長い返事。" * 200))
+    next_seq = _exchanges(store, 3, first_seq=3)
+    roomy = _build(store, QUERY, next_seq)
+    assert "とても長い返事" in roomy.system_instruction  # it is the budget that leaves it out
+    tight_limit = roomy.total_tokens - count_tokens("とても長い返事。" * 200) + 10
+    built = _build(store, QUERY, next_seq, max_tokens=tight_limit)
+    assert FACT in built.system_instruction
+    assert "とても長い返事" not in built.system_instruction
+    assert built.total_tokens <= tight_limit
