@@ -66,17 +66,6 @@ class JobStore:
     def active_ids(self) -> list[str]:
         return sorted(text(v) for v in self._redis.smembers(keys.active_jobs()))
 
-    def active(self) -> list[Job]:
-        """Queued and running jobs (ids whose record expired are dropped from the set)."""
-        found: list[Job] = []
-        for job_id in self.active_ids():
-            job = self.find(job_id)
-            if job is None or job.status.is_final:
-                self._redis.srem(keys.active_jobs(), job_id)
-            else:
-                found.append(job)
-        return found
-
     def running_count(self) -> int:
         return int(self._redis.scard(keys.running_jobs()))
 

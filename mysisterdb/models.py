@@ -33,9 +33,6 @@ class JobStatus(StrEnum):
         return self not in (JobStatus.QUEUED, JobStatus.IN_PROGRESS)
 
 
-FINAL_STATUSES = tuple(s.value for s in JobStatus if s.is_final)
-
-
 class StepStatus(StrEnum):
     PENDING = "pending"
     IN_PROGRESS = "in_progress"

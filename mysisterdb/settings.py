@@ -49,7 +49,6 @@ class Settings(BaseSettings):
     preserve_recent: int = 3
     relevance_threshold: float = 0.4
     summary_max_tokens: int = 600
-    history_limit: int = 20  # fallback window when the context library is not used
 
     # Operations
     redis_timeout_s: float = 1.5
