@@ -24,6 +24,7 @@ from mysisterdb.models import (
     JobStatus,
     StepName,
     StepStatus,
+    iso,
     utcnow,
 )
 from workers.llm import PartialReplyError
@@ -160,8 +161,6 @@ def commit_reply(rt: Runtime, job: Job, reply: str) -> Message:
 
 
 def iso_now() -> str:
-    from mysisterdb.models import iso
-
     return iso(utcnow()) or ""
 
 

@@ -10,7 +10,6 @@ job queues it again anyway.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 
 from celery import Celery
@@ -84,7 +83,3 @@ def summary_deadline(rt: Runtime, started: float) -> float:
 
 def soft_limit(hard_s: float) -> float:
     return max(1.0, hard_s * 0.8)
-
-
-def now() -> float:
-    return time.monotonic()

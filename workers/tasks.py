@@ -196,7 +196,7 @@ SUMMARY_HARD_S = get_settings().summary_time_limit
                  soft_time_limit=summary.soft_limit(SUMMARY_HARD_S), max_retries=3,
                  acks_late=True)
 def summarize(self: Task, conversation_id: str, token: str = "") -> str:
-    started = summary.now()
+    started = time.monotonic()
     rt = get_runtime()
     try:
         more = summary.summarize_once(rt, conversation_id,
