@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 
 from context.redis_store import RedisHistoryStore
 from mysisterdb.chat import ChatService
-from mysisterdb.jobs import JobStore
+from mysisterdb.lifecycle import Lifecycle, Limits
 from mysisterdb.settings import Settings
 
 
@@ -31,23 +31,25 @@ RedisDep = Annotated[redis.Redis, Depends(get_redis)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 
 
-def get_jobs(client: RedisDep) -> JobStore:
-    return JobStore(client)
-
-
 def get_history(client: RedisDep) -> RedisHistoryStore:
     return RedisHistoryStore(client)
 
 
-JobsDep = Annotated[JobStore, Depends(get_jobs)]
 HistoryDep = Annotated[RedisHistoryStore, Depends(get_history)]
 
 
-def get_chat_service(request: Request, client: RedisDep, jobs: JobsDep,
-                     history: HistoryDep, settings: SettingsDep) -> ChatService:
-    return ChatService(redis=client, jobs=jobs, history=history,
-                       enqueue=request.app.state.enqueue,
-                       max_message_chars=settings.max_message_chars,
+def get_lifecycle(request: Request, client: RedisDep, history: HistoryDep,
+                  settings: SettingsDep) -> Lifecycle:
+    return Lifecycle(client=client, history=history, limits=Limits.from_settings(settings),
+                     publish=request.app.state.publish)
+
+
+LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
+
+
+def get_chat_service(request: Request, lifecycle: LifecycleDep,
+                     settings: SettingsDep) -> ChatService:
+    return ChatService(lifecycle=lifecycle, max_message_chars=settings.max_message_chars,
                        max_message_tokens=request.app.state.max_message_tokens,
                        max_queue_depth=settings.max_queue_depth)
 

@@ -13,13 +13,16 @@ from api.errors import install_error_handlers
 from api.middleware import RequestTimeoutMiddleware
 from api.routes import chat, conversations, health, jobs, ops, ui
 from context.builder import max_message_tokens
+from context.redis_store import RedisHistoryStore
 from context.tokens import count_tokens
+from mysisterdb.lifecycle import Lifecycle, Limits
 from mysisterdb.logs import configure_logging
 from mysisterdb.metrics import RedisCollector
+from mysisterdb.queueing import Publish, chat_publisher, create_celery
 from mysisterdb.redis_client import connect
 from mysisterdb.resources import ResourceMonitor
 from mysisterdb.settings import Settings, get_settings
-from workers.celery_app import CHAT_TASK, create_celery
+from mysisterdb.sweeper import Sweeper
 
 HEALTH_REDIS_TIMEOUT_S = 0.3
 
@@ -33,7 +36,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         monitor = ResourceMonitor(label="api", interval_s=settings.resource_log_interval,
                                   warn_mb=settings.memory_warn_mb)
         monitor.start()
+        sweeper = api_sweeper(settings, publish=app.state.publish)
+        sweeper.start()
         yield
+        sweeper.stop()
         monitor.stop()
         app.state.redis.close()
         app.state.health_redis.close()
@@ -45,8 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics_registry = metrics_registry(app.state.redis)
     celery = create_celery(settings, broker_socket_timeout_s=settings.redis_timeout_s)
     app.state.celery = celery
-    app.state.enqueue = lambda job_id: celery.send_task(CHAT_TASK, args=[job_id],
-                                                        task_id=job_id)
+    app.state.publish = chat_publisher(celery)
     app.state.max_message_tokens = max_message_tokens(
         persona_tokens=count_tokens(settings.persona_text()),
         max_tokens=settings.max_context_tokens)
@@ -56,6 +61,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.add_middleware(RequestTimeoutMiddleware, timeout_s=settings.request_timeout)
     return app
+
+
+def api_sweeper(settings: Settings, *, publish: Publish) -> Sweeper:
+    """The API sweeps too: with every worker gone, stored prompts still reach the broker
+    and dead jobs still end, so nobody waits on a job that cannot finish."""
+    def make() -> Lifecycle:
+        client = connect(settings.redis_url, timeout_s=settings.redis_timeout_s)
+        return Lifecycle(client=client, history=RedisHistoryStore(client),
+                         limits=Limits.from_settings(settings), publish=publish)
+
+    return Sweeper(make_lifecycle=make, interval_s=settings.sweep_interval_s, name="api-sweep")
 
 
 def metrics_registry(client: Redis) -> CollectorRegistry:

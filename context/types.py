@@ -68,3 +68,24 @@ class ScoredMessage:
 
     message: Message
     score: float
+
+
+# The one rule tying turns to seqs: turn t holds the user's message at seq 2t-1 and its
+# reply at seq 2t, so the history reads user, reply, user, reply even when the user typed
+# ahead, and a failed turn leaves only its reply slot empty.
+
+
+def user_seq(turn: int) -> int:
+    return 2 * turn - 1
+
+
+def reply_seq(turn: int) -> int:
+    return 2 * turn
+
+
+def turn_of(seq: int) -> int:
+    return (seq + 1) // 2
+
+
+def is_user_seq(seq: int) -> bool:
+    return seq % 2 == 1

@@ -12,7 +12,7 @@ Jobs (every `msdb:job:*` record and every id in `msdb:jobs:active`)
                   behind its conversation's earlier turns and behind the queue, so that
                   bound is generous (the same bound the runtime reapers use).
                   Repair: failed/worker_lost (started) or failed/expired (never started)
-                  through `fail_job` (incident recorded).
+                  through the lifecycle's reaper (incident recorded, turn handed over).
     active_set    a job index out of step with the job records: the active set, the
                   running set or a conversation's order set lists an ended or vanished
                   job, or misses a live one.  Repair: add / remove (the indexes follow
@@ -78,9 +78,9 @@ from redis import Redis, RedisError, WatchError
 from context.redis_store import RedisHistoryStore
 from context.types import Message
 from mysisterdb import keys
-from mysisterdb.jobs import JobStore, Mutation, fail_job
-from mysisterdb.models import ErrorCode, Job, JobStatus, iso, utcnow
-from mysisterdb.ordering import EXPIRED_MESSAGE, LOST_MESSAGE, STALE_GRACE_S
+from mysisterdb.jobs import JobStore, Mutation
+from mysisterdb.lifecycle import Lifecycle, Limits
+from mysisterdb.models import Job, JobStatus, iso, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class Finding:
 class CheckConfig:
     repair: bool
     hard_limit_s: float
-    grace_s: float = STALE_GRACE_S
+    grace_s: float = 2.0
     queued_limit_s: float | None = None  # None: QUEUED_LIMIT_FACTOR x hard limit
     quiet_s: float | None = None  # None: hard limit + grace
 
@@ -158,6 +158,7 @@ class _Run:
     config: CheckConfig
     jobs: JobStore
     history: RedisHistoryStore
+    lifecycle: Lifecycle
     findings: list[Finding] = field(default_factory=list)
     live_jobs: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     jobs_checked: int = 0
@@ -194,8 +195,13 @@ def find_problems(*, redis: Redis, config: CheckConfig) -> list[Finding]:
 
 
 def _new_run(client: Redis, config: CheckConfig) -> _Run:
-    return _Run(redis=client, config=config, jobs=JobStore(client),
-                history=RedisHistoryStore(client))
+    history = RedisHistoryStore(client)
+    # The same dead-job rules as the sweep; no publishing: the sweep sends a hand-over.
+    lifecycle = Lifecycle(client=client, history=history, publish=None, limits=Limits(
+        hard_limit_s=config.hard_limit_s, grace_s=config.grace_s,
+        queue_timeout_s=config.queued_limit.total_seconds()))
+    return _Run(redis=client, config=config, jobs=lifecycle.jobs, history=history,
+                lifecycle=lifecycle)
 
 
 def check_all(run: _Run) -> None:
@@ -219,8 +225,7 @@ def _print_report(run: _Run, *, out: TextIO) -> None:
 
 
 def check_jobs(run: _Run) -> None:
-    listed = set(run.jobs.active_ids()) | {
-        _text(m) for m in run.redis.smembers(keys.running_jobs())}
+    listed = set(run.jobs.active_ids()) | set(run.jobs.running_ids())
     seen: set[str] = set()
     for job_id, raw in _job_records(run.redis):
         seen.add(job_id)
@@ -294,20 +299,17 @@ def _stale_job(run: _Run, job: Job, reason: str) -> bool:
     if not run.config.repair:
         return False
     current = run.jobs.find(job.id)
-    if current is not None and not current.status.is_final and stale_reason(
-            run.config, current) is None:
+    if current is None or current.status.is_final:
+        finding.repaired, finding.detail = True, finding.detail + "; it ended meanwhile"
+        return True
+    ended = run.lifecycle.reap(current, by="mysisterdb check --repair")
+    if not ended.status.is_final:
         finding.detail += "; it moved on before the repair, left alone"
         return False
-    # Never started: its message was lost (expired); started: its worker died.
-    code, message = ((ErrorCode.EXPIRED, EXPIRED_MESSAGE) if job.status is JobStatus.QUEUED
-                     else (ErrorCode.WORKER_LOST, LOST_MESSAGE))
-    ended = fail_job(run.jobs, job.id, code=code, message=message,
-                     exception=f"left {job.status.value} past the limit: {reason}",
-                     action=REPAIR_ACTION)
     finding.repaired = True
-    finding.detail += (f"; marked {ended.status.value}/{code.value}" if ended
-                       else "; it ended meanwhile")
-    logger.warning("check: job %s marked failed/%s (%s)", job.id, code.value, reason)
+    code = ended.error.code.value if ended.error else "-"
+    finding.detail += f"; marked {ended.status.value}/{code}"
+    logger.warning("check: job %s marked %s/%s (%s)", job.id, ended.status.value, code, reason)
     return True
 
 
@@ -315,12 +317,12 @@ def _unlist(run: _Run, job_id: str, *, why: str) -> None:
     """A job without a live record listed in the global job sets."""
     for key in (keys.active_jobs(), keys.running_jobs()):
         # The snapshot may be older than the record: ask again before reporting.
-        if not run.redis.sismember(key, job_id):
+        if job_id not in run.jobs.index_members(key):
             continue
         finding = Finding(kind=Kind.ACTIVE_SET, job_id=job_id, detail=f"listed in {key} but {why}")
         run.findings.append(finding)
         if run.config.repair:
-            run.redis.srem(key, job_id)
+            run.jobs.fix_index(key, add={}, remove={job_id})
             finding.repaired = True
 
 
@@ -331,27 +333,27 @@ class _Index:
 
     key: str
     member: Callable[[Job], bool]
-    present: Callable[[Redis, Job], bool]
-    add: Callable[[Redis, Job], object]
-    remove: Callable[[Redis, Job], object]
+    score: Callable[[Job], float]
+
+    def present(self, client: Redis, job: Job) -> bool:
+        return client.zscore(self.key, job.id) is not None
+
+    def repair(self, jobs: JobStore, job: Job) -> None:
+        if self.member(job):
+            jobs.fix_index(self.key, add={job.id: self.score(job)}, remove=set())
+        else:
+            jobs.fix_index(self.key, add={}, remove={job.id})
 
 
 def _job_indexes(job: Job) -> list[_Index]:
-    conv = keys.conv_active(job.conversation_id)
-    return [
-        _Index(keys.active_jobs(), lambda j: not j.status.is_final,
-               lambda r, j: bool(r.sismember(keys.active_jobs(), j.id)),
-               lambda r, j: r.sadd(keys.active_jobs(), j.id),
-               lambda r, j: r.srem(keys.active_jobs(), j.id)),
-        _Index(keys.running_jobs(), lambda j: j.status is JobStatus.IN_PROGRESS,
-               lambda r, j: bool(r.sismember(keys.running_jobs(), j.id)),
-               lambda r, j: r.sadd(keys.running_jobs(), j.id),
-               lambda r, j: r.srem(keys.running_jobs(), j.id)),
-        _Index(conv, lambda j: not j.status.is_final,
-               lambda r, j: r.zscore(conv, j.id) is not None,
-               lambda r, j: r.zadd(conv, {j.id: j.turn}),
-               lambda r, j: r.zrem(conv, j.id)),
-    ]
+    def started(j: Job) -> float:
+        return (j.started_at or j.created_at).timestamp()
+
+    return [_Index(keys.active_jobs(), lambda j: not j.status.is_final,
+                   lambda j: j.created_at.timestamp()),
+            _Index(keys.running_jobs(), lambda j: j.status is JobStatus.IN_PROGRESS, started),
+            _Index(keys.conv_active(job.conversation_id), lambda j: not j.status.is_final,
+                   lambda j: float(j.turn))]
 
 
 def _check_job_indexes(run: _Run, job: Job) -> None:
@@ -368,7 +370,7 @@ def _check_job_indexes(run: _Run, job: Job) -> None:
                                  f"{index.key} ({(current or job).status.value})")
         run.findings.append(finding)
         if run.config.repair:
-            (index.add if wanted else index.remove)(run.redis, current or job)
+            index.repair(run.jobs, current or job)
             finding.repaired = True
 
 
@@ -384,7 +386,7 @@ def _check_conversation_order(run: _Run, cid: str) -> None:
                           detail=f"listed in {key} but its record expired or was deleted")
         run.findings.append(finding)
         if run.config.repair:
-            run.redis.zrem(key, job_id)
+            run.jobs.fix_index(key, add={}, remove={job_id})
             finding.repaired = True
 
 

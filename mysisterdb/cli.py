@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from mysisterdb.logs import configure_logging
@@ -31,15 +32,10 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from workers.celery_app import CHAT_QUEUE, SUMMARY_QUEUE, celery_app
-
-    settings = get_settings()
-    configure_logging(settings, process="worker")
-    argv = ["worker", "--pool=prefork", f"--concurrency={settings.worker_concurrency}",
-            f"--queues={CHAT_QUEUE},{SUMMARY_QUEUE}", f"--loglevel={settings.log_level}",
-            "--without-gossip", "--without-mingle", *args.celery_args]
-    celery_app.worker_main(argv)
-    return 0
+    # exec, not import: the core does not depend on the workers package, and the process
+    # (its PID, its signals) stays the one the supervisor or compose started.
+    os.execv(sys.executable, [sys.executable, "-m", "workers", *args.celery_args])
+    return 0  # not reached
 
 
 def cmd_simulator(args: argparse.Namespace) -> int:

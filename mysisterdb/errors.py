@@ -12,9 +12,39 @@ worker turns LLM errors into a job's ``error.code``. Messages are for the user, 
     ├── StoreUnavailable                 503 store_unavailable
     └── LLMError                         job error code llm_error
         └── LLMTimeout                   job error code llm_timeout
+
+A job that ends badly carries an ``ErrorCode``; the words the user sees for each code live
+here, once, in ``JOB_MESSAGES``.
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Why a job ended without a reply (``error.code`` of a failed or incomplete job)."""
+
+    TIMEOUT = "timeout"
+    LLM_TIMEOUT = "llm_timeout"
+    LLM_ERROR = "llm_error"
+    WORKER_LOST = "worker_lost"
+    EXPIRED = "expired"
+    INTERNAL = "internal"
+
+    @property
+    def message(self) -> str:
+        return JOB_MESSAGES[self]
+
+
+JOB_MESSAGES: dict[ErrorCode, str] = {
+    ErrorCode.TIMEOUT: "応答生成がタイムアウトしました。もう一度試してください。",
+    ErrorCode.LLM_TIMEOUT: "Gemini の応答がタイムアウトしました。もう一度試してください。",
+    ErrorCode.LLM_ERROR: "応答の生成中にエラーが発生しました。もう一度試してください。",
+    ErrorCode.WORKER_LOST: "応答を生成していたプロセスが停止しました。もう一度試してください。",
+    ErrorCode.EXPIRED: "混み合っていたため処理を開始できませんでした。もう一度送ってください。",
+    ErrorCode.INTERNAL: "内部エラーが発生しました。もう一度試してください。",
+}
 
 
 class MySisterDBError(Exception):
@@ -67,14 +97,19 @@ class StoreUnavailable(MySisterDBError):
 
 
 class LLMError(MySisterDBError):
-    code = "llm_error"
-    default_message = "応答の生成中にエラーが発生しました。もう一度試してください。"
+    code = ErrorCode.LLM_ERROR.value
+    default_message = ErrorCode.LLM_ERROR.message
 
     def __init__(self, message: str | None = None, *, retryable: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
 
+    @property
+    def error_code(self) -> ErrorCode:
+        """The job's error code (an instance may carry its cause's code)."""
+        return ErrorCode(self.code)
+
 
 class LLMTimeout(LLMError):
-    code = "llm_timeout"
-    default_message = "応答生成がタイムアウトしました。もう一度試してください。"
+    code = ErrorCode.LLM_TIMEOUT.value
+    default_message = ErrorCode.LLM_TIMEOUT.message

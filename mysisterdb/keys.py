@@ -13,8 +13,9 @@ Layout::
     msdb:conv:{cid}:summary      hash   running summary + seq it covers       kept
     msdb:conv:{cid}:summarizing  string a summary task is queued or running   summary_pending_ttl_s
     msdb:conv:{cid}:ctx:*        the context library's relevance index       kept
-    msdb:jobs:active             set    ids of queued or running jobs         kept
-    msdb:jobs:running            set    ids of running jobs                   kept
+    msdb:jobs:active             zset   queued or running job -> created (epoch) kept
+    msdb:jobs:running            zset   running job -> started (epoch)        kept
+    msdb:jobs:outbox             zset   job to publish -> when (epoch)        kept
     msdb:conv:{cid}:active       zset   job id -> turn, jobs not yet final    kept
     msdb:conversations           set    every conversation id                 kept
     msdb:incidents               list   incident JSON, newest first          incidents_max
@@ -58,8 +59,14 @@ def running_jobs() -> str:
     return f"{PREFIX}:jobs:running"
 
 
+def outbox() -> str:
+    """Jobs handed their turn but not yet known to be in the broker (see lifecycle)."""
+    return f"{PREFIX}:jobs:outbox"
+
+
 def conv_active(conversation_id: str) -> str:
-    """A conversation's jobs that have not ended, scored by turn: the lowest runs next."""
+    """A conversation's line: its jobs that have not ended, scored by turn. The lowest (the
+    head) is the only one with a broker message."""
     return conv_prefix(conversation_id) + "active"
 
 

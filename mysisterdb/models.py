@@ -9,6 +9,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from mysisterdb.errors import ErrorCode
+
+__all__ = ["ErrorCode", "Job", "JobError", "JobStatus", "Step", "StepName", "StepStatus"]
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -39,6 +43,7 @@ class StepStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     SKIPPED = "skipped"
+    CANCELLED = "cancelled"
 
 
 class StepName(StrEnum):
@@ -51,19 +56,8 @@ class StepName(StrEnum):
 STEP_NAMES = tuple(StepName)
 
 
-class ErrorCode(StrEnum):
-    TIMEOUT = "timeout"
-    LLM_TIMEOUT = "llm_timeout"
-    LLM_ERROR = "llm_error"
-    WORKER_LOST = "worker_lost"
-    CANCELLED = "cancelled"
-    ENQUEUE_FAILED = "enqueue_failed"
-    EXPIRED = "expired"
-    INTERNAL = "internal"
-
-
 class JobError(BaseModel):
-    code: str
+    code: ErrorCode
     message: str
 
 
@@ -92,7 +86,8 @@ class Job(BaseModel):
     input_preview: str = ""
     worker_pid: int | None = None
     write_id: str = ""  # stamp of the last write, to recognise our own after a lost reply
-    # Set by JobStore.finalize on the returned object only; never stored.
+    sequence: int = 0  # grows with every write: clients follow a job by it
+    # Set by the lifecycle's end on the returned object only; never stored.
     previous_status: JobStatus | None = Field(default=None, exclude=True)
 
     def step(self, name: str) -> Step:
@@ -111,6 +106,7 @@ class Job(BaseModel):
             "id": self.id,
             "conversation_id": self.conversation_id,
             "status": self.status.value,
+            "sequence": self.sequence,
             "steps": [
                 {"name": s.name, "status": s.status.value, "started_at": iso(s.started_at),
                  "completed_at": iso(s.completed_at), "detail": s.detail}
@@ -118,7 +114,7 @@ class Job(BaseModel):
             ],
             "partial_reply": self.partial_reply,
             "reply": self.reply,
-            "error": self.error.model_dump() if self.error else None,
+            "error": self.error.model_dump(mode="json") if self.error else None,
             "created_at": iso(self.created_at),
             "started_at": iso(self.started_at),
             "completed_at": iso(self.completed_at),

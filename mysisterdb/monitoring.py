@@ -103,7 +103,7 @@ def created_epoch(job_raw: bytes | str) -> float:
 
 
 def running_jobs(client: redis.Redis) -> int:
-    return int(client.scard(keys.running_jobs()))
+    return int(client.zcard(keys.running_jobs()))
 
 
 def last_started_age_s(client: redis.Redis) -> float | None:

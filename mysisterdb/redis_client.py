@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.client import Pipeline
 from redis.retry import Retry
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
+T = TypeVar("T")
 
 
 def connect(url: str | None, *, timeout_s: float, retries: int = 0) -> redis.Redis:
@@ -48,3 +53,29 @@ def lost_connection(exc: redis.WatchError) -> bool:
     """redis-py reports a connection failure while watching as a WatchError too; unlike a
     real conflict, the EXEC may then have been applied already."""
     return isinstance(exc.__context__, (redis.ConnectionError, redis.TimeoutError))
+
+
+def to_str(raw: Any) -> str:
+    """A Redis reply as str (clients here do not decode responses)."""
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def run_transaction(client: redis.Redis, attempt: Callable[[Pipeline], T], *,
+                    recover: Callable[[], T | None] | None = None, what: str) -> T:
+    """Run `attempt` (WATCH, read, MULTI, write, EXEC) until no watched key changed under it.
+
+    When the connection fails around EXEC we cannot know whether the writes were applied;
+    `recover` looks for a stamp the attempt wrote and returns its result if it was.
+    """
+    with client.pipeline(transaction=True) as pipe:
+        for _ in range(MAX_TRANSACTION_ATTEMPTS):
+            try:
+                return attempt(pipe)
+            except redis.WatchError as exc:
+                if lost_connection(exc) and recover is not None:
+                    found = recover()
+                    if found is not None:
+                        return found
+            finally:
+                pipe.reset()
+    raise TransactionFailed(f"{what}: no transaction after {MAX_TRANSACTION_ATTEMPTS} attempts")

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     redis_timeout_s: float = 1.5
     max_queue_depth: int = 1000
     queue_timeout_s: float = 600.0  # a prompt not started by then fails as `expired`
+    outbox_grace_s: float = 2.0  # a publish not confirmed by then is sent again by the sweep
+    sweep_interval_s: float = 1.0  # the sweep: lost publishes, dead and expired jobs
     consume_stall_s: float = 30.0  # prompts waiting this long with idle workers: not consuming
     request_timeout: float = 10.0
     resource_log_interval: float = 60.0

@@ -134,8 +134,8 @@ def test_queue_depth_with_a_stopped_worker_and_429_at_the_cap(ops: Ops) -> None:
 
 
 def test_queue_counts_priority_sub_lists(ops: Ops) -> None:
+    from mysisterdb.queueing import CHAT_TASK, create_celery
     from mysisterdb.settings import Settings
-    from workers.celery_app import CHAT_TASK, create_celery
 
     ops.stack.procs["worker"].stop()
     try:
@@ -150,8 +150,8 @@ def test_queue_counts_priority_sub_lists(ops: Ops) -> None:
 
 
 def test_health_detects_a_worker_that_stopped_consuming(ops: Ops) -> None:
+    from mysisterdb.queueing import create_celery
     from mysisterdb.settings import Settings
-    from workers.celery_app import create_celery
 
     app = create_celery(Settings(_env_file=None, redis_url=ops.redis.url))
     app.control.cancel_consumer("chat", reply=True, timeout=2)

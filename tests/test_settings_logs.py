@@ -65,7 +65,7 @@ def test_log_lines_carry_the_job_and_conversation() -> None:
 
 
 def test_celery_is_configured_against_freezes_and_leaks() -> None:
-    from workers.celery_app import create_celery
+    from mysisterdb.queueing import create_celery
 
     settings = Settings(redis_url="redis://127.0.0.1:1/0", task_time_limit=60,
                         task_soft_time_limit=50, worker_max_tasks_per_child=7,

@@ -73,7 +73,7 @@ def test_up_serves_a_round_trip_then_stops_everything_on_ctrl_c(up: tuple) -> No
 def worker_child(up_proc: subprocess.Popen[bytes]) -> psutil.Process:
     for child in psutil.Process(up_proc.pid).children():
         try:
-            if child.status() != psutil.STATUS_ZOMBIE and "worker" in child.cmdline():
+            if child.status() != psutil.STATUS_ZOMBIE and "workers" in child.cmdline():
                 return child
         except psutil.Error:
             continue
@@ -81,7 +81,8 @@ def worker_child(up_proc: subprocess.Popen[bytes]) -> psutil.Process:
 
 
 def restart_dead_worker(proc: subprocess.Popen[bytes], url: str) -> None:
-    """kill -9 of the whole worker: `up` starts a new one and records an incident."""
+    """kill -9 of the whole worker (`mysisterdb worker` execs `python -m workers`): `up` starts
+    a new one and records an incident."""
     old = worker_child(proc)
     for p in [old, *old.children(recursive=True)]:
         p.kill()

@@ -1,70 +1,29 @@
-"""The Celery app, built from the shared settings.
+"""The worker's Celery app, built from the settings the first time it is asked for.
 
-The choices here are what makes a hung prompt harmless:
-- prefork pool + task_time_limit: the parent SIGKILLs a child stuck past the hard limit,
-  even one stuck in C code, and forks a fresh one;
-- task_acks_late + task_reject_on_worker_lost=False: a message is acked only once its task
-  ended, so a worker that dies before *starting* a prompt loses nothing, while a task whose
-  child was killed is acked (not redelivered again and again: no poison loop);
-- worker_prefetch_multiplier=1: a busy worker does not hoard prompts others could run;
-- visibility_timeout above the hard limit: Redis does not hand a running prompt to a
-  second worker while the first is still within its limit.
+Importing this module builds nothing and reads no settings (PEP 562 `__getattr__`), so a
+test or a tool can import the workers package freely; `celery -A workers.celery_app ...`
+(the compose healthcheck) and the worker's entry point (`python -m workers`) get the app.
+The tasks are `shared_task`s: they join whichever app the process runs.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from celery import Celery
 
-from mysisterdb.settings import Settings, get_settings
+from mysisterdb.queueing import create_celery
+from mysisterdb.settings import get_settings
 
-CHAT_QUEUE = "chat"
-SUMMARY_QUEUE = "summary"
-CHAT_TASK = "mysisterdb.chat"
-SUMMARY_TASK = "mysisterdb.summarize"
+WORKER_MODULES = ("workers.tasks", "workers.signals")
 
 
-def broker_url(settings: Settings) -> str:
-    # Unset only outside `mysisterdb up` (which always sets it): assume a local Redis.
-    return settings.redis_url or "redis://127.0.0.1:6379/0"
+@lru_cache(maxsize=1)
+def worker_app() -> Celery:
+    return create_celery(get_settings(), include=WORKER_MODULES)
 
 
-def create_celery(settings: Settings, *, broker_socket_timeout_s: float = 10.0) -> Celery:
-    """The worker keeps the default socket timeout; the API passes a short one so that a
-    publish or a revoke to a hung Redis fails fast instead of holding a request."""
-    app = Celery("mysisterdb", broker=broker_url(settings), include=["workers.tasks", "workers.signals"])
-    app.conf.update(
-        task_ignore_result=True,
-        result_backend=None,
-        task_default_queue=CHAT_QUEUE,
-        task_routes={CHAT_TASK: {"queue": CHAT_QUEUE}, SUMMARY_TASK: {"queue": SUMMARY_QUEUE}},
-        task_time_limit=settings.task_time_limit,
-        task_soft_time_limit=settings.task_soft_time_limit,
-        task_acks_late=True,
-        task_acks_on_failure_or_timeout=True,
-        task_reject_on_worker_lost=False,
-        worker_prefetch_multiplier=1,
-        worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
-        worker_max_memory_per_child=settings.worker_max_memory_per_child_mb * 1024,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
-        worker_hijack_root_logger=False,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
-        broker_connection_retry_on_startup=True,
-        broker_connection_timeout=5,
-        # Publishing must fail fast when Redis is down: the API answers 503 within 2 s.
-        task_publish_retry_policy={"max_retries": 1, "interval_start": 0,
-                                   "interval_step": 0.2, "interval_max": 0.2},
-        broker_transport_options={
-            "visibility_timeout": int(settings.task_time_limit * 2 + 60),
-            "socket_timeout": broker_socket_timeout_s,
-            "socket_connect_timeout": min(5.0, broker_socket_timeout_s),
-            "health_check_interval": 10,
-        },
-        task_serializer="json",
-        accept_content=["json"],
-        timezone="UTC",
-    )
-    return app
-
-
-celery_app = create_celery(get_settings())
+def __getattr__(name: str) -> Celery:
+    if name in ("app", "celery_app"):
+        return worker_app()
+    raise AttributeError(name)

@@ -6,10 +6,12 @@ import os
 from dataclasses import dataclass
 
 import redis
+from celery import current_app
 
 from context.redis_store import RedisHistoryStore
-from mysisterdb.jobs import JobStore
+from mysisterdb.lifecycle import Lifecycle, Limits
 from mysisterdb.metrics import MetricsRecorder
+from mysisterdb.queueing import chat_publisher
 from mysisterdb.redis_client import connect
 from mysisterdb.settings import Settings, get_settings
 from workers.llm import GeminiClient, LLMClient, RetryPolicy
@@ -21,7 +23,7 @@ SIMULATOR_KEY = "simulator-offline"
 class Runtime:
     settings: Settings
     redis: redis.Redis
-    jobs: JobStore
+    lifecycle: Lifecycle
     history: RedisHistoryStore
     llm: LLMClient
     persona: str
@@ -54,6 +56,9 @@ def build_llm(settings: Settings, metrics: MetricsRecorder) -> LLMClient:
 def build_runtime(settings: Settings) -> Runtime:
     client = connect(settings.redis_url, timeout_s=5.0, retries=3)
     metrics = MetricsRecorder(client)
-    return Runtime(settings=settings, redis=client, jobs=JobStore(client),
-                   history=RedisHistoryStore(client), llm=build_llm(settings, metrics),
-                   persona=settings.persona_text(), metrics=metrics)
+    history = RedisHistoryStore(client)
+    lifecycle = Lifecycle(client=client, history=history, limits=Limits.from_settings(settings),
+                          publish=chat_publisher(current_app))
+    return Runtime(settings=settings, redis=client, lifecycle=lifecycle, history=history,
+                   llm=build_llm(settings, metrics), persona=settings.persona_text(),
+                   metrics=metrics)

@@ -1,5 +1,5 @@
-"""Worker main-process hooks: heartbeat (for health and queue views), resource logs,
-the tokenizer warmed in each pool process before its first prompt."""
+"""Worker main-process hooks: heartbeat (for health and queue views), the lifecycle's sweep,
+resource logs, the tokenizer warmed in each pool process before its first prompt."""
 
 from __future__ import annotations
 
@@ -8,22 +8,58 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
+from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
+from context.redis_store import RedisHistoryStore
+from context.tokens import count_tokens
 from mysisterdb import keys
+from mysisterdb.lifecycle import Lifecycle, Limits
 from mysisterdb.monitoring import WorkerBeat, write_heartbeat
+from mysisterdb.queueing import chat_publisher
 from mysisterdb.redis_client import connect
 from mysisterdb.resources import ResourceMonitor, sample
 from mysisterdb.settings import get_settings
+from mysisterdb.sweeper import Sweeper
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S = 2.0
-_stop = threading.Event()
-_hostname: list[str] = []
+SWEEP_REDIS_TIMEOUT_S = 2.0
+
+
+@dataclass
+class MainProcess:
+    """What the worker's main process runs beside the pool."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    hostnames: list[str] = field(default_factory=list)
+    sweeper: Sweeper | None = None
+
+
+_main = MainProcess()
+
+
+def wake_sweeper() -> None:
+    """A hand-over was written by the parent: publish it now (no-op in a pool child)."""
+    if _main.sweeper is not None:
+        _main.sweeper.wake()
+
+
+def sweeper_for(app: Celery) -> Sweeper:
+    settings = get_settings()
+
+    def make() -> Lifecycle:
+        client = connect(settings.redis_url, timeout_s=SWEEP_REDIS_TIMEOUT_S)
+        return Lifecycle(client=client, history=RedisHistoryStore(client),
+                         limits=Limits.from_settings(settings), publish=chat_publisher(app))
+
+    return Sweeper(make_lifecycle=make, interval_s=settings.sweep_interval_s,
+                   name="worker-sweep")
 
 
 def beat_once(client: Any, hostname: str, concurrency: int) -> None:
@@ -36,12 +72,12 @@ def beat_once(client: Any, hostname: str, concurrency: int) -> None:
 
 def heartbeat_loop(hostname: str, concurrency: int) -> None:
     client = connect(get_settings().redis_url, timeout_s=2.0)
-    while not _stop.is_set():
+    while not _main.stop.is_set():
         try:
             beat_once(client, hostname, concurrency)
         except Exception as exc:  # Redis away: keep trying, health shows the worker missing
             logger.warning("heartbeat failed: %s", exc)
-        _stop.wait(HEARTBEAT_INTERVAL_S)
+        _main.stop.wait(HEARTBEAT_INTERVAL_S)
 
 
 @worker_ready.connect
@@ -50,9 +86,12 @@ def on_worker_ready(sender: Any = None, **_: Any) -> None:
     hostname = getattr(sender, "hostname", None) or f"worker@{os.getpid()}"
     concurrency = int(getattr(getattr(sender, "controller", None), "concurrency", 0)
                       or settings.worker_concurrency)
-    _hostname.append(hostname)
+    _main.hostnames.append(hostname)
     threading.Thread(target=heartbeat_loop, args=(hostname, concurrency), daemon=True,
                      name="heartbeat").start()
+    if sender is not None:
+        _main.sweeper = sweeper_for(sender.app)
+        _main.sweeper.start()
     ResourceMonitor(label=f"worker {hostname}", interval_s=settings.resource_log_interval,
                     warn_mb=settings.memory_warn_mb).start()
 
@@ -60,14 +99,15 @@ def on_worker_ready(sender: Any = None, **_: Any) -> None:
 @worker_shutdown.connect
 def on_worker_shutdown(**_: Any) -> None:
     """Leave at once: health must not count a worker that is going away."""
-    _stop.set()
-    for hostname in _hostname:
+    _main.stop.set()
+    if _main.sweeper is not None:
+        _main.sweeper.stop()
+    for hostname in _main.hostnames:
         with contextlib.suppress(Exception):
             connect(get_settings().redis_url, timeout_s=1.0).delete(keys.worker_heartbeat(hostname))
 
 
 @worker_process_init.connect
 def on_process_init(**_: Any) -> None:
-    from context.tokens import count_tokens
-
+    _main.sweeper = None  # the parent's thread does not exist in a forked child
     count_tokens("warm up")  # load the encoder now, not inside a prompt's time limit

@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 import uuid
 
-from celery import Celery
+from celery import current_app
 
 from context.summary import plan_summary
+from context.types import Turn
 from mysisterdb import keys
+from mysisterdb.queueing import SUMMARY_TASK, summary_soft_limit
 from mysisterdb.redis_client import delete_if_value
 from workers.runtime import Runtime
 
@@ -24,18 +26,16 @@ logger = logging.getLogger(__name__)
 SUMMARY_SYSTEM = "あなたは会話の内容を正確に要約する記録係です。"
 
 
-def request_summary(rt: Runtime, celery: Celery, conversation_id: str) -> bool:
+def request_summary(rt: Runtime, conversation_id: str) -> bool:
     """Queue a summary task unless one is already queued or running for the conversation.
 
     The flag holds the task's token, so only that task releases it (compare-and-delete).
     """
-    from workers.celery_app import SUMMARY_TASK
-
     flag, token = keys.conv_summarizing(conversation_id), uuid.uuid4().hex
     if not rt.redis.set(flag, token, nx=True, ex=keys.summary_pending_ttl_s):
         return False
     try:
-        celery.send_task(SUMMARY_TASK, args=[conversation_id, token])
+        current_app.send_task(SUMMARY_TASK, args=[conversation_id, token])
     except Exception:
         release_flag(rt, conversation_id, token)
         raise
@@ -64,8 +64,6 @@ def summarize_once(rt: Runtime, conversation_id: str, *, deadline: float) -> boo
                          max_summary_tokens=s.summary_max_tokens)
     if batch is None:
         return False
-    from context.types import Turn
-
     text = rt.llm.stream(system_instruction=SUMMARY_SYSTEM,
                          contents=[Turn(role="user", text=batch.prompt)],
                          deadline=deadline, on_text=lambda _piece: None)
@@ -78,8 +76,4 @@ def summarize_once(rt: Runtime, conversation_id: str, *, deadline: float) -> boo
 
 
 def summary_deadline(rt: Runtime, started: float) -> float:
-    return started + soft_limit(rt.settings.summary_time_limit) - 0.5
-
-
-def soft_limit(hard_s: float) -> float:
-    return max(1.0, hard_s * 0.8)
+    return started + summary_soft_limit(rt.settings.summary_time_limit) - 0.5

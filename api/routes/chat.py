@@ -21,7 +21,7 @@ def submit_chat(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> dict[str, Any]:
     """Store the message, queue its job and answer at once; poll the Location for the reply."""
-    job, _created = service.submit(conversation_id=body.conversation_id, text=body.message,
-                                   idempotency_key=idempotency_key)
-    response.headers["Location"] = f"/api/jobs/{job.id}"
-    return job.public()
+    submitted = service.submit(conversation_id=body.conversation_id, text=body.message,
+                               idempotency_key=idempotency_key)
+    response.headers["Location"] = f"/api/jobs/{submitted.job.id}"
+    return submitted.job.public()

@@ -51,8 +51,8 @@ def test_reply_streams_into_partial_reply_before_completion(stack: Stack,
                                                             conversation_id: str) -> None:
     # The simulator sends 4 chunks; with a delay between request and answer we can watch.
     job = stack.submit("ゆっくり話して #sim:sleep=0.5", conversation_id=conversation_id)
-    seen = stack.wait_job(job["id"], until=lambda j: j["status"] == "in_progress")
-    assert seen["steps"][0]["status"] == "completed"
+    seen = stack.wait_job(job["id"], until=lambda j: j["steps"][0]["status"] == "completed")
+    assert seen["status"] == "in_progress"  # a finished step is visible while the job runs
     done = stack.wait_job(job["id"])
     assert done["status"] == "completed"
 

@@ -33,8 +33,8 @@ def broker_holds(client: redis.Redis, job_id: str) -> bool:
 
 def send_copy(stack: Stack, job_id: str) -> None:
     """A second delivery of a job's message, as Redis's at-least-once delivery may make."""
+    from mysisterdb.queueing import CHAT_TASK, create_celery
     from mysisterdb.settings import Settings
-    from workers.celery_app import CHAT_TASK, create_celery
 
     create_celery(Settings(redis_url=stack.redis_url)).send_task(
         CHAT_TASK, args=[job_id], task_id=job_id)
@@ -63,11 +63,14 @@ def test_a_lost_queued_job_expires_and_frees_its_conversation(
     from mysisterdb.jobs import JobStore
     from mysisterdb.models import Job, utcnow
 
-    # Turn 1's job was stored long ago but its message never reached the broker.
+    # Turn 1's job was stored long ago but its message never reached the broker (and it is
+    # not in the outbox either): the sweep expires it and hands the line to turn 2.
     lost = Job(id=f"lost-{conversation_id}", conversation_id=conversation_id, turn=1,
                created_at=utcnow() - timedelta(hours=1))
-    JobStore(stack_redis).create(lost)
-    stack_redis.set(keys.conv_turn(conversation_id), 1)
+    with stack_redis.pipeline(transaction=True) as pipe:
+        JobStore.create(pipe, lost)
+        pipe.set(keys.conv_turn(conversation_id), 1)
+        pipe.execute()
     job = stack.submit("まだ？", conversation_id=conversation_id)
     assert stack.wait_job(job["id"])["status"] == "completed"
     expired = stack.job(lost.id)

@@ -1,0 +1,95 @@
+"""Queues, task names and the Celery app factory: what the API, the workers and the CLI
+share about the broker. Building an app is left to each process's entry point; nothing here
+runs at import.
+
+The choices here are what makes a hung prompt harmless:
+- prefork pool + task_time_limit: the parent SIGKILLs a child stuck past the hard limit,
+  even one stuck in C code, and forks a fresh one;
+- task_acks_late + task_reject_on_worker_lost=False: a message is acked only once its task
+  ended, so a worker that dies before *starting* a prompt loses nothing, while a task whose
+  child was killed is acked (not redelivered again and again: no poison loop);
+- worker_prefetch_multiplier=1: a busy worker does not hoard prompts others could run;
+- visibility_timeout above the hard limit: Redis does not hand a running prompt to a
+  second worker while the first is still within its limit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from celery import Celery
+
+from mysisterdb.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CHAT_QUEUE = "chat"
+SUMMARY_QUEUE = "summary"
+QUEUES = (CHAT_QUEUE, SUMMARY_QUEUE)
+CHAT_TASK = "mysisterdb.chat"
+SUMMARY_TASK = "mysisterdb.summarize"
+
+Publish = Callable[[str], None]  # send a job's broker message (task id = job id)
+
+
+def broker_url(settings: Settings) -> str:
+    # Unset only outside `mysisterdb up` (which always sets it): assume a local Redis.
+    return settings.redis_url or "redis://127.0.0.1:6379/0"
+
+
+def create_celery(settings: Settings, *, include: Sequence[str] = (),
+                  broker_socket_timeout_s: float = 10.0) -> Celery:
+    """The worker keeps the default socket timeout; the API passes a short one so that a
+    publish or a revoke to a hung Redis fails fast instead of holding a request."""
+    app = Celery("mysisterdb", broker=broker_url(settings), include=list(include))
+    app.conf.update(
+        task_ignore_result=True,
+        result_backend=None,
+        task_default_queue=CHAT_QUEUE,
+        task_routes={CHAT_TASK: {"queue": CHAT_QUEUE}, SUMMARY_TASK: {"queue": SUMMARY_QUEUE}},
+        task_time_limit=settings.task_time_limit,
+        task_soft_time_limit=settings.task_soft_time_limit,
+        task_annotations={SUMMARY_TASK: {
+            "time_limit": settings.summary_time_limit,
+            "soft_time_limit": summary_soft_limit(settings.summary_time_limit)}},
+        task_acks_late=True,
+        task_acks_on_failure_or_timeout=True,
+        task_reject_on_worker_lost=False,
+        worker_prefetch_multiplier=1,
+        worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
+        worker_max_memory_per_child=settings.worker_max_memory_per_child_mb * 1024,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=5,
+        # Publishing must fail fast when Redis is down: the API answers 503 within 2 s.
+        task_publish_retry_policy={"max_retries": 1, "interval_start": 0,
+                                   "interval_step": 0.2, "interval_max": 0.2},
+        broker_transport_options={
+            "visibility_timeout": int(settings.task_time_limit * 2 + 60),
+            "socket_timeout": broker_socket_timeout_s,
+            "socket_connect_timeout": min(5.0, broker_socket_timeout_s),
+            "health_check_interval": 10,
+        },
+        task_serializer="json",
+        accept_content=["json"],
+        timezone="UTC",
+    )
+    return app
+
+
+def summary_soft_limit(hard_s: float) -> float:
+    """A summary's soft limit leaves time to release its flag before the hard one."""
+    return max(1.0, hard_s * 0.8)
+
+
+def chat_publisher(app: Celery) -> Publish:
+    """Send a job's prompt to the chat queue; the job id is the task id, so the worker's
+    claim recognises a second copy."""
+    def publish(job_id: str) -> None:
+        app.send_task(CHAT_TASK, args=[job_id], task_id=job_id)
+
+    return publish
