@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -24,6 +26,8 @@ from mysisterdb.resources import ResourceMonitor
 from mysisterdb.settings import Settings, get_settings
 from mysisterdb.sweeper import Sweeper
 
+logger = logging.getLogger(__name__)
+
 HEALTH_REDIS_TIMEOUT_S = 0.3
 
 
@@ -36,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         monitor = ResourceMonitor(label="api", interval_s=settings.resource_log_interval,
                                   warn_mb=settings.memory_warn_mb)
         monitor.start()
-        sweeper = api_sweeper(settings, publish=app.state.publish)
+        sweeper = api_sweeper(settings, publish=chat_publisher(app.state.celery))
         sweeper.start()
         yield
         sweeper.stop()
@@ -51,7 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics_registry = metrics_registry(app.state.redis)
     celery = create_celery(settings, broker_socket_timeout_s=settings.redis_timeout_s)
     app.state.celery = celery
-    app.state.publish = chat_publisher(celery)
+    app.state.publish = (die_before_publish if settings.debug_die_before_publish
+                         else chat_publisher(celery))
     app.state.max_message_tokens = max_message_tokens(
         persona_tokens=count_tokens(settings.persona_text()),
         max_tokens=settings.max_context_tokens)
@@ -61,6 +66,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.add_middleware(RequestTimeoutMiddleware, timeout_s=settings.request_timeout)
     return app
+
+
+def die_before_publish(job_id: str) -> None:
+    logger.critical("debug: dying before publishing job %s", job_id)
+    os._exit(137)
 
 
 def api_sweeper(settings: Settings, *, publish: Publish) -> Sweeper:

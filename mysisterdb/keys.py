@@ -135,6 +135,7 @@ def last_job_started_at() -> str:
 BROKER_PRIORITY_SEP = "\x06\x16"
 BROKER_PRIORITY_STEPS = (0, 3, 6, 9)
 BROKER_UNACKED = "unacked"
+BROKER_UNACKED_INDEX = "unacked_index"  # delivery tag -> when it was reserved (epoch)
 
 
 def broker_queue_lists(queue: str) -> list[str]:

@@ -43,6 +43,7 @@ from redis.client import Pipeline
 from context.redis_store import RedisHistoryStore
 from context.types import Message, user_seq
 from mysisterdb import keys
+from mysisterdb.broker import forget_reservation, stale_chat_reservations
 from mysisterdb.errors import Conflict, ErrorCode
 from mysisterdb.incidents import IncidentLog, is_incident
 from mysisterdb.jobs import JobStore, Skip
@@ -70,6 +71,7 @@ class Limits:
     queue_timeout_s: float
     grace_s: float = 2.0
     outbox_grace_s: float = 2.0
+    stale_reservation_s: float = 10.0  # reserved, never started: its worker lost it
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -426,6 +428,7 @@ class Lifecycle:
         for job_id in self.jobs.outbox_due(before_epoch=now - grace)[:SWEEP_BATCH]:
             if self.publish_now(job_id):
                 report.published.append(job_id)
+        self._resend_lost_reservations(report, now=now)
         dead = (self.jobs.ids_started_before(now - lim.hard_limit_s - lim.grace_s)[:SWEEP_BATCH]
                 + self.jobs.ids_created_before(now - lim.queue_timeout_s)[:SWEEP_BATCH])
         for job_id in dict.fromkeys(dead):
@@ -435,8 +438,21 @@ class Lifecycle:
         return report
 
 
-def text_of(raw: bytes | str) -> str:
-    return to_str(raw)
+    def _resend_lost_reservations(self, report: SweepReport, *, now: float) -> None:
+        """A prompt a worker reserved and never started (it lost its connection, Redis was
+        restarted) would wait out the visibility timeout: send it again now."""
+        if self._publish is None:
+            return
+        for lost in stale_chat_reservations(
+                self.redis, reserved_before_epoch=now - self.limits.stale_reservation_s,
+                limit=SWEEP_BATCH):
+            job = self.jobs.find(lost.job_id)
+            if job is not None and job.status is JobStatus.QUEUED and job.attempts == 0:
+                logger.warning("job %s: reserved %g s ago and never started; sent again",
+                               lost.job_id, self.limits.stale_reservation_s)
+                if self.publish_now(lost.job_id):
+                    forget_reservation(self.redis, lost.tag)
+                    report.published.append(lost.job_id)
 
 
 def apply_outcome(job: Job, outcome: Outcome) -> None:

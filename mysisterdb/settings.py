@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     task_soft_time_limit: float = 50.0
     summary_time_limit: float = 60.0
     debug_directives: bool = False  # enables `#worker:stuck` for the hard-limit test only
+    # Test aid for "stored means dispatched": the API process dies (as if killed -9) after a
+    # prompt is stored and before its broker message is sent. Never set it in production.
+    debug_die_before_publish: bool = False
 
     # Input and context
     max_message_chars: int = 8000
