@@ -21,7 +21,8 @@ a hashed bag of character n-grams of the normalized text (see `embed_text`), so 
 get similar vectors. They obey the same directives spelled `#sim-embed:` (so a chat message
 carrying `#sim:hang` never makes its own embedding hang).
 
-The last 100 request bodies, as received, are at GET /_sim/requests (newest last).
+The last 100 request bodies, as received, are at GET /_sim/requests (newest last); GET
+/_sim/calls gives each with its path and query (which API version, SSE or not).
 Headers are never recorded: they carry the API key.
 """
 
@@ -202,7 +203,7 @@ def create_app() -> FastAPI:
             body = json.loads(raw)
         except ValueError:
             body = raw.decode("utf-8", "replace")
-        received.append(body)
+        received.append({"path": request.url.path, "query": request.url.query, "body": body})
         return body
 
     async def misbehave(match: re.Match[str] | None, *, sse: bool) -> Response | None:
@@ -277,6 +278,10 @@ def create_app() -> FastAPI:
 
     @app.get("/_sim/requests")
     async def requests_seen() -> list[Any]:
+        return [call["body"] for call in received]
+
+    @app.get("/_sim/calls")
+    async def calls_seen() -> list[dict[str, Any]]:
         return list(received)
 
     @app.get("/_sim/health")

@@ -12,17 +12,21 @@ from collections.abc import Callable
 import httpx
 import httpx2
 import pytest
+import redis
 import requests
 from google.api_core import exceptions as gexc
 from google.genai import errors as genai_errors
 
 from context.types import Turn
+from mysisterdb import keys
 from mysisterdb.errors import LLMError, LLMTimeout
+from mysisterdb.metrics import MetricsRecorder
 from mysisterdb.redis_server import free_port
+from mysisterdb.settings import Settings
 from mysisterdb.simulator import HOLD_MAX_S, embed_text, reply_chunks
 from workers import llm_genai, llm_generativeai
 from workers.llm import LLMClient, PartialReplyError, RetryPolicy, call_with_retries
-from workers.runtime import llm_client_class
+from workers.runtime import build_llm, llm_client_class
 
 POLICY = RetryPolicy(timeout_s=1.0, retries=2, backoff_s=0.01)
 SDKS = ["genai", "generativeai"]
@@ -277,6 +281,19 @@ def test_the_api_key_is_never_logged(sdk: str, simulator_url: str,
         client.embed(["こんにちは"], task="RETRIEVAL_DOCUMENT")
     assert caplog.records  # the SDKs and our retries did log something
     assert secret not in caplog.text
+
+
+@pytest.mark.parametrize(("sdk", "client_class"), [
+    ("genai", llm_genai.GenAIClient), ("generativeai", llm_generativeai.GenerativeAIClient)])
+def test_runtime_builds_the_chosen_sdk_and_records_its_latencies(
+        sdk: str, client_class: type, simulator_url: str, redis_client: redis.Redis) -> None:
+    settings = Settings(gemini_sdk=sdk, gemini_endpoint=simulator_url)  # type: ignore[arg-type]
+    client = build_llm(settings, MetricsRecorder(redis_client))
+    assert isinstance(client, client_class)
+    ask(client, "こんにちは")
+    client.embed(["こんにちは"], task="RETRIEVAL_DOCUMENT")
+    for name in ("llm_latency|ok", "llm_embed_latency|ok"):
+        assert redis_client.hget(keys.metrics_histogram(name), "count") == b"1"
 
 
 # --- Embeddings --------------------------------------------------------------------------
