@@ -136,6 +136,12 @@ def collect(pieces: Iterable[str], *, on_text: TextCallback, attempt: Attempt) -
         if received:
             raise PartialReplyError(error, "".join(received)) from error.__cause__
         raise
+    finally:
+        # A stream left early (job cancelled, soft time limit) gives its connection back now,
+        # not whenever the garbage collector gets to it.
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
     attempt.record("ok")
     return "".join(received)
 

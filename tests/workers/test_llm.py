@@ -259,6 +259,25 @@ def test_errors_map_to_the_same_codes(sdk: str, directive: str, code: str, retry
     assert [outcome for _, outcome, _ in observed] == [code] * tries
 
 
+class Cancelled(Exception):
+    """Stands for the task's own signals (job cancelled, soft time limit) raised in on_text."""
+
+
+@pytest.mark.parametrize("sdk", SDKS)
+def test_an_exception_raised_by_on_text_passes_through_untouched(sdk: str,
+                                                                 simulator_url: str) -> None:
+    observed: Observed = []
+    text = f"#sim:stall {marker()}"
+
+    def on_text(_piece: str) -> None:
+        raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        ask(make_client(sdk, simulator_url, timeout_s=1.0, observed=observed), text, on_text)
+    assert observed == []  # neither a success nor an LLM failure
+    assert len(requests_with(simulator_url, text)) == 1
+
+
 @pytest.mark.parametrize("sdk", SDKS)
 def test_a_refused_connection_is_a_retried_llm_error(sdk: str) -> None:
     observed: Observed = []
