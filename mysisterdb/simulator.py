@@ -192,48 +192,52 @@ def embed_request(request: dict[str, Any]) -> list[float]:
     return embed_text(content_text(request.get("content")), int(dim))
 
 
-def create_app() -> FastAPI:
-    app = FastAPI(title="MySisterDB Gemini simulator")
-    received: deque[Any] = deque(maxlen=100)
-    holds = Holds()
+async def misbehave(match: re.Match[str] | None, *, sse: bool) -> Response | None:
+    """Apply hang, sleep, error and garbage; None when the normal answer should follow."""
+    if match is None:
+        return None
+    if match.group(1) == "hang":
+        await asyncio.sleep(HANG_FOREVER_S)
+    if match.group(2):
+        await asyncio.sleep(float(match.group(2)))
+    if match.group(3):
+        return error_response(int(match.group(3)))
+    if match.group(1) == "garbage":
+        body = sse_frame(GARBAGE) if sse else GARBAGE
+        return Response(content=body, status_code=200,
+                        media_type=SSE_MEDIA if sse else "application/json")
+    return None
 
-    async def read_body(request: Request) -> Any:
+
+class Simulator:
+    """The endpoints' state: the last 100 requests and the held streams."""
+
+    def __init__(self) -> None:
+        self.received: deque[dict[str, Any]] = deque(maxlen=100)
+        self.holds = Holds()
+
+    async def read_body(self, request: Request) -> Any:
         raw = await request.body()
         try:
             body = json.loads(raw)
         except ValueError:
             body = raw.decode("utf-8", "replace")
-        received.append({"path": request.url.path, "query": request.url.query, "body": body})
+        self.received.append({"path": request.url.path, "query": request.url.query,
+                              "body": body})
         return body
 
-    async def misbehave(match: re.Match[str] | None, *, sse: bool) -> Response | None:
-        """Apply hang, sleep, error and garbage; None when the normal answer should follow."""
-        if match is None:
-            return None
-        if match.group(1) == "hang":
-            await asyncio.sleep(HANG_FOREVER_S)
-        if match.group(2):
-            await asyncio.sleep(float(match.group(2)))
-        if match.group(3):
-            return error_response(int(match.group(3)))
-        if match.group(1) == "garbage":
-            body = sse_frame(GARBAGE) if sse else GARBAGE
-            return Response(content=body, status_code=200,
-                            media_type=SSE_MEDIA if sse else "application/json")
-        return None
-
-    def after_first(match: re.Match[str] | None) -> Callable[[], Awaitable[None]] | None:
+    def after_first(self, match: re.Match[str] | None) -> Callable[[], Awaitable[None]] | None:
         if match is None:
             return None
         if match.group(1) == "stall":
             return lambda: asyncio.sleep(HANG_FOREVER_S)
         if match.group(4):
-            hold = holds.open(match.group(4))
-            return lambda: holds.wait(hold)
+            hold = self.holds.open(match.group(4))
+            return lambda: self.holds.wait(hold)
         return None
 
-    async def answer(request: Request, *, stream: bool) -> Response:
-        body = await read_body(request)
+    async def answer(self, request: Request, *, stream: bool) -> Response:
+        body = await self.read_body(request)
         text = last_user_text(body) if isinstance(body, dict) else ""
         match = DIRECTIVE.search(text)
         sse = stream and request.query_params.get("alt") == "sse"
@@ -241,13 +245,13 @@ def create_app() -> FastAPI:
         if failure is not None:
             return failure
         chunks = reply_chunks(text)
-        if stream:
-            return StreamingResponse(stream_body(chunks, sse=sse, after_first=after_first(match)),
-                                     media_type=SSE_MEDIA if sse else "application/json")
-        return JSONResponse(chunk_payload("".join(chunks), last=True))
+        if not stream:
+            return JSONResponse(chunk_payload("".join(chunks), last=True))
+        return StreamingResponse(stream_body(chunks, sse=sse, after_first=self.after_first(match)),
+                                 media_type=SSE_MEDIA if sse else "application/json")
 
-    async def embed(request: Request, *, batch: bool) -> Response:
-        body = await read_body(request)
+    async def embed(self, request: Request, *, batch: bool) -> Response:
+        body = await self.read_body(request)
         if not isinstance(body, dict):
             return error_response(400)
         items = (body.get("requests") or []) if batch else [body]
@@ -258,35 +262,38 @@ def create_app() -> FastAPI:
         vectors = [{"values": embed_request(item)} for item in items]
         return JSONResponse({"embeddings": vectors} if batch else {"embedding": vectors[0]})
 
-    for version in API_VERSIONS:
-        app.add_api_route(f"/{version}/models/{{model}}:generateContent",
-                          partial(answer, stream=False), methods=["POST"])
-        app.add_api_route(f"/{version}/models/{{model}}:streamGenerateContent",
-                          partial(answer, stream=True), methods=["POST"])
-        app.add_api_route(f"/{version}/models/{{model}}:embedContent",
-                          partial(embed, batch=False), methods=["POST"])
-        app.add_api_route(f"/{version}/models/{{model}}:batchEmbedContents",
-                          partial(embed, batch=True), methods=["POST"])
+    async def release(self, name: str) -> dict[str, str]:
+        return {"name": name, "state": self.holds.release(name)}
 
-    @app.post("/_sim/release/{name}")
-    async def release(name: str) -> dict[str, str]:
-        return {"name": name, "state": holds.release(name)}
+    async def hold_state(self, name: str) -> dict[str, str]:
+        return {"name": name, "state": self.holds.state(name)}
 
-    @app.get("/_sim/holds/{name}")
-    async def hold_state(name: str) -> dict[str, str]:
-        return {"name": name, "state": holds.state(name)}
+    async def requests_seen(self) -> list[Any]:
+        return [call["body"] for call in self.received]
 
-    @app.get("/_sim/requests")
-    async def requests_seen() -> list[Any]:
-        return [call["body"] for call in received]
+    async def calls_seen(self) -> list[dict[str, Any]]:
+        return list(self.received)
 
-    @app.get("/_sim/calls")
-    async def calls_seen() -> list[dict[str, Any]]:
-        return list(received)
-
-    @app.get("/_sim/health")
-    async def health() -> dict[str, str]:
+    async def health(self) -> dict[str, str]:
         return {"status": "ok", "mode": "simulator"}
 
-    return app
 
+def create_app() -> FastAPI:
+    app = FastAPI(title="MySisterDB Gemini simulator")
+    sim = Simulator()
+    for version in API_VERSIONS:
+        models = f"/{version}/models/{{model}}"
+        app.add_api_route(f"{models}:generateContent", partial(sim.answer, stream=False),
+                          methods=["POST"])
+        app.add_api_route(f"{models}:streamGenerateContent", partial(sim.answer, stream=True),
+                          methods=["POST"])
+        app.add_api_route(f"{models}:embedContent", partial(sim.embed, batch=False),
+                          methods=["POST"])
+        app.add_api_route(f"{models}:batchEmbedContents", partial(sim.embed, batch=True),
+                          methods=["POST"])
+    app.add_api_route("/_sim/release/{name}", sim.release, methods=["POST"])
+    app.add_api_route("/_sim/holds/{name}", sim.hold_state, methods=["GET"])
+    app.add_api_route("/_sim/requests", sim.requests_seen, methods=["GET"])
+    app.add_api_route("/_sim/calls", sim.calls_seen, methods=["GET"])
+    app.add_api_route("/_sim/health", sim.health, methods=["GET"])
+    return app
