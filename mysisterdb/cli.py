@@ -46,7 +46,9 @@ def cmd_simulator(args: argparse.Namespace) -> int:
     settings = get_settings()
     port = args.port or settings.sim_port
     print(f"Gemini simulator on http://{args.host}:{port}", flush=True)
-    uvicorn.run(create_app(), host=args.host, port=port, log_level="warning")
+    # Nothing to finish gracefully: held and hanging streams would delay a stop for ever.
+    uvicorn.run(create_app(), host=args.host, port=port, log_level="warning",
+                timeout_graceful_shutdown=1)
     return 0
 
 

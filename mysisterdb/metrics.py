@@ -34,6 +34,8 @@ HISTOGRAMS = {
     "job_duration": ("mysisterdb_job_duration_seconds", "Submit to final state (s).", ""),
     "llm_latency": ("mysisterdb_llm_latency_seconds", "One Gemini request, start to end (s).",
                     "outcome"),
+    "llm_embed_latency": ("mysisterdb_llm_embed_latency_seconds",
+                          "One Gemini embedding request, start to end (s).", "outcome"),
     "step_duration": ("mysisterdb_step_duration_seconds", "Duration of a job step (s).", "step"),
 }
 COUNTERS = {

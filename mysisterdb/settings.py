@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +30,11 @@ class Settings(BaseSettings):
     gemini_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("GEMINI_API_KEY", "GOOGLE_API_KEY"))
     gemini_model: str = "gemini-1.5-flash"
+    # google-genai streams each chunk as it arrives (SSE); google-generativeai is the design's
+    # SDK, kept selectable. See workers/llm.py.
+    gemini_sdk: Literal["genai", "generativeai"] = "genai"
+    gemini_embedding_model: str = "gemini-embedding-001"
+    gemini_embedding_dim: int = Field(default=768, ge=1, le=3072)
     gemini_endpoint: str | None = None  # e.g. http://127.0.0.1:8765 for the simulator
     gemini_timeout: float = 30.0
     gemini_retries: int = 2

@@ -1,42 +1,73 @@
 """An offline stand-in for Gemini that speaks the Generative Language REST protocol.
 
-The real google-generativeai SDK is pointed at it (transport="rest"), so offline mode and
-the tests exercise the very code path production uses. Directives in the last user
-message make it misbehave on purpose:
+Both real SDKs are pointed at it, so offline mode and the tests exercise the very code path
+production uses. It speaks both streaming wire formats of `:streamGenerateContent`:
+a JSON array streamed piece by piece (google-generativeai, `transport="rest"`) and
+Server-Sent Events when asked with `?alt=sse` (google-genai). Directives in the last user
+message make it misbehave on purpose, in either format:
 
     #sim:hang            never answers
     #sim:sleep=SECONDS   answers after a delay
     #sim:error=CODE      answers with that HTTP status (429, 500, ...)
     #sim:stall           streams one chunk, then nothing, never ending
+    #sim:hold=NAME       streams one chunk, then holds the rest until POST /_sim/release/NAME
+                         (or HOLD_MAX_S passes); GET /_sim/holds/NAME tells "held",
+                         "released" or "expired", so a test can see a chunk arrive while the
+                         stream is still open
     #sim:garbage         answers with a malformed body
 
-The last 100 request bodies, as received, are at GET /_sim/requests (newest last).
+The embedding endpoints (`:embedContent`, `:batchEmbedContents`) answer deterministically:
+a hashed bag of character n-grams of the normalized text (see `embed_text`), so similar texts
+get similar vectors. They obey the same directives spelled `#sim-embed:` (so a chat message
+carrying `#sim:hang` never makes its own embedding hang).
+
+The last 100 request bodies, as received, are at GET /_sim/requests (newest last); GET
+/_sim/calls gives each with its path and query (which API version, SSE or not).
 Headers are never recorded: they carry the API key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import math
 import re
+import unicodedata
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-DIRECTIVE = re.compile(r"#sim:(hang|stall|garbage|sleep=(\d+(?:\.\d+)?)|error=(\d{3}))")
+DIRECTIVES = r"(hang|stall|garbage|sleep=(\d+(?:\.\d+)?)|error=(\d{3})|hold=([\w-]{1,64}))"
+DIRECTIVE = re.compile(r"#sim:" + DIRECTIVES)
+EMBED_DIRECTIVE = re.compile(r"#sim-embed:" + DIRECTIVES)
 HANG_FOREVER_S = 24 * 3600
+HOLD_MAX_S = 3.0
+CHUNK_GAP_S = 0.02
+DEFAULT_EMBED_DIM = 256
+MAX_EMBED_DIM = 3072
 STATUS_NAMES = {400: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
                 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+GARBAGE = b"{\"candidates\": [ this is not json"
+SSE_MEDIA = "text/event-stream"
+# google-generativeai calls v1beta; google-genai calls v1 by default (v1beta when asked).
+API_VERSIONS = ("v1", "v1beta")
 
 
 def last_user_text(body: dict[str, Any]) -> str:
     for content in reversed(body.get("contents") or []):
         if content.get("role", "user") == "user":
-            return "".join(p.get("text", "") for p in content.get("parts") or [])
+            return content_text(content)
     return ""
+
+
+def content_text(content: dict[str, Any] | None) -> str:
+    return "".join(p.get("text", "") for p in (content or {}).get("parts") or [])
 
 
 def reply_chunks(text: str) -> list[str]:
@@ -64,60 +95,205 @@ def error_response(code: int) -> JSONResponse:
         "code": code, "message": f"simulated error {code}", "status": status}})
 
 
-async def stream_body(chunks: list[str], *, stall: bool) -> AsyncIterator[bytes]:
+def sse_frame(data: bytes) -> bytes:
+    return b"data: " + data + b"\r\n\r\n"
+
+
+def array_frame(data: bytes, index: int) -> bytes:
+    return (b"[" if index == 0 else b",\r\n") + data
+
+
+async def stream_body(chunks: list[str], *, sse: bool,
+                      after_first: Callable[[], Awaitable[None]] | None = None,
+                      ) -> AsyncIterator[bytes]:
+    """The reply as a JSON array streamed piece by piece, or as one SSE event per chunk."""
     for i, text in enumerate(chunks):
-        prefix = "[" if i == 0 else ",\r\n"
-        yield (prefix + json.dumps(chunk_payload(text, last=i == len(chunks) - 1),
-                                   ensure_ascii=False)).encode()
-        if stall:
-            await asyncio.sleep(HANG_FOREVER_S)
-        await asyncio.sleep(0.02)
-    yield b"]"
+        data = json.dumps(chunk_payload(text, last=i == len(chunks) - 1),
+                          ensure_ascii=False).encode()
+        yield sse_frame(data) if sse else array_frame(data, i)
+        if i == 0 and after_first is not None:
+            await after_first()
+        await asyncio.sleep(CHUNK_GAP_S)
+    if not sse:
+        yield b"]"
 
 
-def create_app() -> FastAPI:
-    app = FastAPI(title="MySisterDB Gemini simulator")
-    received: deque[Any] = deque(maxlen=100)
+@dataclass
+class Hold:
+    """A stream paused after its first chunk until a test releases it (or it expires)."""
 
-    async def answer(request: Request, *, stream: bool) -> Response:
+    event: asyncio.Event
+    state: str = "held"
+
+
+class Holds:
+    def __init__(self) -> None:
+        self._holds: dict[str, Hold] = {}
+
+    def open(self, name: str) -> Hold:
+        # Opened before the first chunk is sent: whoever reads that chunk sees it "held".
+        hold = self._holds[name] = Hold(event=asyncio.Event())
+        return hold
+
+    @staticmethod
+    async def wait(hold: Hold) -> None:
+        try:
+            await asyncio.wait_for(hold.event.wait(), timeout=HOLD_MAX_S)
+        except TimeoutError:
+            hold.state = "expired"
+
+    def release(self, name: str) -> str:
+        hold = self._holds.get(name)
+        if hold is None:
+            raise HTTPException(status_code=404, detail=f"no stream held as {name}")
+        if hold.state == "held":
+            hold.state = "released"
+            hold.event.set()
+        return hold.state
+
+    def state(self, name: str) -> str:
+        hold = self._holds.get(name)
+        return hold.state if hold else "unknown"
+
+
+def normalize_for_embedding(text: str) -> str:
+    """NFKC (full/half width), case folded, punctuation and spacing collapsed to one space."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return " ".join(re.sub(r"[\W_]+", " ", folded).split())
+
+
+def ngrams(text: str) -> list[str]:
+    """Character bigrams and trigrams of each word, padded so word edges count too.
+    Japanese has no spaces: a sentence is one long word, cut into overlapping 2- and 3-grams."""
+    grams: list[str] = []
+    for word in text.split():
+        padded = f" {word} "
+        for n in (2, 3):
+            grams.extend(padded[i:i + n] for i in range(len(padded) - n + 1))
+    return grams
+
+
+def embed_text(text: str, dim: int = DEFAULT_EMBED_DIM) -> list[float]:
+    """The feature-hashing trick: each n-gram adds ±1 at a hashed index; L2-normalized.
+    blake2b, not hash(): Python's hash is salted per process, and vectors must be stable."""
+    vector = [0.0] * dim
+    for gram in ngrams(normalize_for_embedding(text)):
+        digest = hashlib.blake2b(gram.encode(), digest_size=8).digest()
+        index = int.from_bytes(digest[:4], "little") % dim
+        vector[index] += 1.0 if digest[4] & 1 else -1.0
+    norm = math.sqrt(sum(v * v for v in vector))
+    return [v / norm for v in vector] if norm else vector
+
+
+def embed_request(request: dict[str, Any]) -> list[float]:
+    dim = request.get("outputDimensionality") or DEFAULT_EMBED_DIM
+    if not 1 <= int(dim) <= MAX_EMBED_DIM:
+        raise HTTPException(status_code=400, detail=f"outputDimensionality {dim} out of range")
+    return embed_text(content_text(request.get("content")), int(dim))
+
+
+async def misbehave(match: re.Match[str] | None, *, sse: bool) -> Response | None:
+    """Apply hang, sleep, error and garbage; None when the normal answer should follow."""
+    if match is None:
+        return None
+    if match.group(1) == "hang":
+        await asyncio.sleep(HANG_FOREVER_S)
+    if match.group(2):
+        await asyncio.sleep(float(match.group(2)))
+    if match.group(3):
+        return error_response(int(match.group(3)))
+    if match.group(1) == "garbage":
+        body = sse_frame(GARBAGE) if sse else GARBAGE
+        return Response(content=body, status_code=200,
+                        media_type=SSE_MEDIA if sse else "application/json")
+    return None
+
+
+class Simulator:
+    """The endpoints' state: the last 100 requests and the held streams."""
+
+    def __init__(self) -> None:
+        self.received: deque[dict[str, Any]] = deque(maxlen=100)
+        self.holds = Holds()
+
+    async def read_body(self, request: Request) -> Any:
         raw = await request.body()
         try:
             body = json.loads(raw)
         except ValueError:
             body = raw.decode("utf-8", "replace")
-        received.append(body)
+        self.received.append({"path": request.url.path, "query": request.url.query,
+                              "body": body})
+        return body
+
+    def after_first(self, match: re.Match[str] | None) -> Callable[[], Awaitable[None]] | None:
+        if match is None:
+            return None
+        if match.group(1) == "stall":
+            return lambda: asyncio.sleep(HANG_FOREVER_S)
+        if match.group(4):
+            hold = self.holds.open(match.group(4))
+            return lambda: self.holds.wait(hold)
+        return None
+
+    async def answer(self, request: Request, *, stream: bool) -> Response:
+        body = await self.read_body(request)
         text = last_user_text(body) if isinstance(body, dict) else ""
         match = DIRECTIVE.search(text)
-        directive = match.group(1) if match else ""
-        if directive == "hang":
-            await asyncio.sleep(HANG_FOREVER_S)
-        if match and match.group(2):
-            await asyncio.sleep(float(match.group(2)))
-        if match and match.group(3):
-            return error_response(int(match.group(3)))
-        if directive == "garbage":
-            return Response(content=b"{\"candidates\": [ this is not json", status_code=200,
-                            media_type="application/json")
+        sse = stream and request.query_params.get("alt") == "sse"
+        failure = await misbehave(match, sse=sse)
+        if failure is not None:
+            return failure
         chunks = reply_chunks(text)
-        if stream:
-            return StreamingResponse(stream_body(chunks, stall=directive == "stall"),
-                                     media_type="application/json")
-        return JSONResponse(chunk_payload("".join(chunks), last=True))
+        if not stream:
+            return JSONResponse(chunk_payload("".join(chunks), last=True))
+        return StreamingResponse(stream_body(chunks, sse=sse, after_first=self.after_first(match)),
+                                 media_type=SSE_MEDIA if sse else "application/json")
 
-    @app.post("/v1beta/models/{model}:generateContent")
-    async def generate(model: str, request: Request) -> Response:
-        return await answer(request, stream=False)
+    async def embed(self, request: Request, *, batch: bool) -> Response:
+        body = await self.read_body(request)
+        if not isinstance(body, dict):
+            return error_response(400)
+        items = (body.get("requests") or []) if batch else [body]
+        text = " ".join(content_text(item.get("content")) for item in items)
+        failure = await misbehave(EMBED_DIRECTIVE.search(text), sse=False)
+        if failure is not None:
+            return failure
+        vectors = [{"values": embed_request(item)} for item in items]
+        return JSONResponse({"embeddings": vectors} if batch else {"embedding": vectors[0]})
 
-    @app.post("/v1beta/models/{model}:streamGenerateContent")
-    async def stream_generate(model: str, request: Request) -> Response:
-        return await answer(request, stream=True)
+    async def release(self, name: str) -> dict[str, str]:
+        return {"name": name, "state": self.holds.release(name)}
 
-    @app.get("/_sim/requests")
-    async def requests_seen() -> list[Any]:
-        return list(received)
+    async def hold_state(self, name: str) -> dict[str, str]:
+        return {"name": name, "state": self.holds.state(name)}
 
-    @app.get("/_sim/health")
-    async def health() -> dict[str, str]:
+    async def requests_seen(self) -> list[Any]:
+        return [call["body"] for call in self.received]
+
+    async def calls_seen(self) -> list[dict[str, Any]]:
+        return list(self.received)
+
+    async def health(self) -> dict[str, str]:
         return {"status": "ok", "mode": "simulator"}
 
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="MySisterDB Gemini simulator")
+    sim = Simulator()
+    for version in API_VERSIONS:
+        models = f"/{version}/models/{{model}}"
+        app.add_api_route(f"{models}:generateContent", partial(sim.answer, stream=False),
+                          methods=["POST"])
+        app.add_api_route(f"{models}:streamGenerateContent", partial(sim.answer, stream=True),
+                          methods=["POST"])
+        app.add_api_route(f"{models}:embedContent", partial(sim.embed, batch=False),
+                          methods=["POST"])
+        app.add_api_route(f"{models}:batchEmbedContents", partial(sim.embed, batch=True),
+                          methods=["POST"])
+    app.add_api_route("/_sim/release/{name}", sim.release, methods=["POST"])
+    app.add_api_route("/_sim/holds/{name}", sim.hold_state, methods=["GET"])
+    app.add_api_route("/_sim/requests", sim.requests_seen, methods=["GET"])
+    app.add_api_route("/_sim/calls", sim.calls_seen, methods=["GET"])
+    app.add_api_route("/_sim/health", sim.health, methods=["GET"])
     return app

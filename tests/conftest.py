@@ -94,6 +94,25 @@ def _healthy(stack: Stack) -> bool:
 
 
 @pytest.fixture(scope="session")
+def simulator_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Gemini simulator alone, as its own process, for tests of the LLM clients."""
+    log_dir = tmp_path_factory.mktemp("simulator")
+    port = free_port()
+    env = stack_env(redis_url="redis://127.0.0.1:1/0", api_port=free_port(), sim_port=port,
+                    log_dir=log_dir)
+    proc = start("simulator", mysisterdb("simulator"), env=env, log_dir=log_dir)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(http_ok(f"{url}/_sim/health"), timeout_s=20, what="simulator")
+    except BaseException:
+        print(proc.log()[-3000:])
+        proc.stop()
+        raise
+    yield url
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
 def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     log_dir = tmp_path_factory.mktemp("stack")
     url = f"redis://{redis_server.host}:{redis_server.port}/{STACK_DB}"

@@ -34,6 +34,17 @@ def test_google_api_key_is_read_too(monkeypatch: pytest.MonkeyPatch) -> None:
     assert key is not None and key.get_secret_value() == "g-456"
 
 
+def test_gemini_sdk_defaults_to_genai_and_is_switched_by_env(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MYSISTERDB_GEMINI_SDK", raising=False)
+    assert Settings().gemini_sdk == "genai"
+    monkeypatch.setenv("MYSISTERDB_GEMINI_SDK", "generativeai")
+    assert Settings().gemini_sdk == "generativeai"
+    monkeypatch.setenv("MYSISTERDB_GEMINI_SDK", "openai")
+    with pytest.raises(ValidationError):
+        Settings()
+
+
 def record(message: str, *args: object, exc: BaseException | None = None) -> logging.LogRecord:
     exc_info = (type(exc), exc, exc.__traceback__) if exc else None
     return logging.LogRecord("x", logging.ERROR, __file__, 1, message, args, exc_info)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import redis
 from celery import current_app
@@ -14,9 +15,14 @@ from mysisterdb.metrics import MetricsRecorder
 from mysisterdb.queueing import chat_publisher
 from mysisterdb.redis_client import connect
 from mysisterdb.settings import Settings, get_settings
-from workers.llm import GeminiClient, LLMClient, RetryPolicy
+from workers.llm import LLMClient, RetryPolicy
+
+if TYPE_CHECKING:
+    from workers.llm_genai import GenAIClient
+    from workers.llm_generativeai import GenerativeAIClient
 
 SIMULATOR_KEY = "simulator-offline"
+LATENCY_METRICS = {"generate": "llm_latency", "embed": "llm_embed_latency"}
 
 
 @dataclass
@@ -48,9 +54,25 @@ def build_llm(settings: Settings, metrics: MetricsRecorder) -> LLMClient:
         endpoint = f"http://127.0.0.1:{settings.sim_port}"
     policy = RetryPolicy(timeout_s=settings.gemini_timeout, retries=settings.gemini_retries,
                          backoff_s=settings.gemini_backoff_s)
-    return GeminiClient(api_key=key, model=settings.gemini_model, endpoint=endpoint,
-                        policy=policy,
-                        observe=lambda outcome, s: metrics.observe("llm_latency", s, outcome))
+
+    def observe(operation: str, outcome: str, seconds: float) -> None:
+        metrics.observe(LATENCY_METRICS[operation], seconds, outcome)
+
+    client_class = llm_client_class(settings.gemini_sdk)
+    return client_class(api_key=key, model=settings.gemini_model, endpoint=endpoint,
+                        policy=policy, embedding_model=settings.gemini_embedding_model,
+                        embedding_dim=settings.gemini_embedding_dim, observe=observe)
+
+
+def llm_client_class(sdk: str) -> type[GenAIClient] | type[GenerativeAIClient]:
+    """Imported on demand: a worker loads only the SDK it uses."""
+    if sdk == "generativeai":
+        from workers.llm_generativeai import GenerativeAIClient
+
+        return GenerativeAIClient
+    from workers.llm_genai import GenAIClient
+
+    return GenAIClient
 
 
 def build_runtime(settings: Settings) -> Runtime:

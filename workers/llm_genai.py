@@ -1,0 +1,164 @@
+"""`LLMClient` on google-genai, the maintained SDK and the default (MYSISTERDB_GEMINI_SDK=genai).
+
+It streams `:streamGenerateContent?alt=sse` and hands each Server-Sent Event over as soon as it
+arrives, so text reaches the job's `partial_reply` as Gemini produces it. Its HTTP client is
+httpx (or its fork httpx2); `HttpOptions.timeout` is in milliseconds and becomes httpx's timeout
+for connect and for each read, so a stalled stream is cut after that long with the text so far
+kept. Its own retries are off (`HttpRetryOptions(attempts=1)`, and no automatic stream
+continuation): ours are bounded by the task's deadline.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+from context.types import Turn
+from mysisterdb.errors import LLMError, LLMTimeout
+from workers.llm import (
+    Attempt,
+    Observer,
+    RetryPolicy,
+    TextCallback,
+    call_with_retries,
+    collect,
+    connection_error,
+    embed_in_batches,
+    guarded,
+    http_error,
+    in_chain,
+    unreadable,
+)
+
+
+def httpx_modules() -> list[Any]:
+    """httpx and httpx2, whichever are installed: google-genai may use either."""
+    found = []
+    for name in ("httpx", "httpx2"):
+        try:
+            found.append(importlib.import_module(name))
+        except ImportError:
+            continue
+    return found
+
+
+HTTPX = httpx_modules()
+TIMEOUTS: tuple[type[BaseException], ...] = (
+    TimeoutError, *(m.TimeoutException for m in HTTPX))
+TRANSPORT: tuple[type[BaseException], ...] = tuple(m.TransportError for m in HTTPX)
+
+
+def transport_errors() -> tuple[type[BaseException], ...]:
+    from google.genai.errors import APIError
+
+    # ValueError: a body that is not JSON (UnknownApiResponseError) or not the expected shape.
+    return (APIError, *(m.HTTPError for m in HTTPX), OSError, ValueError, TypeError, LLMError)
+
+
+TRANSPORT_ERRORS = transport_errors()
+
+
+def milliseconds(seconds: float) -> int:
+    # Never 0: google-genai reads a timeout of 0 as "no timeout".
+    return max(1, math.ceil(seconds * 1000))
+
+
+class GenAIClient:
+    """google-genai `Client` on the Gemini Developer API (API key), one per worker process."""
+
+    def __init__(self, *, api_key: str, model: str, endpoint: str | None, policy: RetryPolicy,
+                 embedding_model: str, embedding_dim: int | None,
+                 observe: Observer | None = None) -> None:
+        from google import genai
+
+        self._client = genai.Client(api_key=api_key, vertexai=False,
+                                    http_options=self._http_options(policy.timeout_s, endpoint))
+        self._model = model
+        self._embedding_model = embedding_model
+        self._embedding_dim = embedding_dim
+        self._policy = policy
+        self._observe = observe
+
+    @staticmethod
+    def _http_options(timeout_s: float, base_url: str | None = None) -> Any:
+        from google.genai import types
+
+        return types.HttpOptions(base_url=base_url, timeout=milliseconds(timeout_s),
+                                 retry_options=types.HttpRetryOptions(attempts=1))
+
+    def stream(self, *, system_instruction: str, contents: list[Turn], deadline: float,
+               on_text: TextCallback) -> str:
+        return call_with_retries(
+            lambda timeout_s: self._stream_once(system_instruction, contents, timeout_s,
+                                                on_text),
+            policy=self._policy, deadline=deadline)
+
+    def embed(self, texts: list[str], *, task: str,
+              deadline: float | None = None) -> list[list[float]]:
+        return embed_in_batches(texts, task=task, deadline=deadline, policy=self._policy,
+                                embed_batch=partial(self._embed_once, task=task))
+
+    def _stream_once(self, system_instruction: str, contents: list[Turn], timeout_s: float,
+                     on_text: TextCallback) -> str:
+        from google.genai import types
+
+        config = types.GenerateContentConfig(
+            system_instruction=system_instruction,
+            http_options=self._http_options(timeout_s),
+            automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
+            automatic_continuation=False)
+        payload = [{"role": t.role, "parts": [{"text": t.text}]} for t in contents]
+        attempt = Attempt("generate", self._observe)
+        pieces = guarded(self._pieces(payload, config), classify=classify,
+                         errors=TRANSPORT_ERRORS)
+        return collect(pieces, on_text=on_text, attempt=attempt)
+
+    def _pieces(self, payload: list[dict[str, Any]], config: Any) -> Iterator[str]:
+        for chunk in self._client.models.generate_content_stream(
+                model=self._model, contents=payload, config=config):  # type: ignore[arg-type]
+            yield chunk_text(chunk)
+
+    def _embed_once(self, batch: list[str], timeout_s: float, *,
+                    task: str) -> list[list[float]]:
+        from google.genai import types
+
+        config = types.EmbedContentConfig(task_type=task,
+                                          output_dimensionality=self._embedding_dim,
+                                          http_options=self._http_options(timeout_s))
+        attempt = Attempt("embed", self._observe)
+        try:
+            response = self._client.models.embed_content(
+                model=self._embedding_model, contents=batch, config=config)  # type: ignore[arg-type]
+            vectors = [list(e.values or []) for e in response.embeddings or []]
+        except TRANSPORT_ERRORS as exc:
+            error = classify(exc)
+            attempt.record(error.code)
+            raise error from exc
+        attempt.record("ok")
+        return vectors
+
+
+def chunk_text(chunk: Any) -> str:
+    """The answer's text in one streamed chunk; a thinking model's thoughts are not the answer."""
+    candidates = chunk.candidates or []
+    content = candidates[0].content if candidates else None
+    parts = (content.parts if content else None) or []
+    return "".join(p.text for p in parts if p.text and not p.thought)
+
+
+def classify(exc: BaseException) -> LLMError:
+    """Map google-genai / httpx exceptions onto our two LLM errors."""
+    from google.genai.errors import APIError
+
+    if in_chain(exc, TIMEOUTS):
+        return LLMTimeout(retryable=True)
+    if isinstance(exc, APIError):
+        return http_error(int(exc.code or 0))
+    if isinstance(exc, LLMError):
+        return exc
+    if isinstance(exc, (*TRANSPORT, ConnectionError)):
+        return connection_error()
+    return unreadable(exc)
