@@ -6,7 +6,8 @@ back in its queue only after the visibility timeout (above the hard limit, so mi
 worker that loses its connection to Redis (Redis restarted, a network cut) drops what it
 had reserved but not started: without help those prompts would wait out the visibility
 timeout. The lifecycle's sweep sends a fresh message for such a prompt instead (the claim
-makes a duplicate harmless) and forgets the stale reservation.
+makes a duplicate harmless) and forgets the stale reservation. It also needs to know
+whether a prompt's message is anywhere at all: waiting in the queue, or reserved.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import redis
 
 from mysisterdb import keys
-from mysisterdb.queueing import CHAT_TASK
+from mysisterdb.queueing import CHAT_QUEUE, CHAT_TASK
 from mysisterdb.redis_client import to_str
 
 
@@ -40,6 +41,24 @@ def stale_chat_reservations(client: redis.Redis, *, reserved_before_epoch: float
         if job_id is not None:
             found.append(Reservation(tag=tag, job_id=job_id))
     return found
+
+
+def chat_reservations(client: redis.Redis) -> list[Reservation]:
+    """Every chat prompt a worker holds (running ones included, with acks_late)."""
+    found: list[Reservation] = []
+    for tag, raw in client.hgetall(keys.BROKER_UNACKED).items():
+        job_id = chat_job_id(raw)
+        if job_id is not None:
+            found.append(Reservation(tag=to_str(tag), job_id=job_id))
+    return found
+
+
+def chat_waiting(client: redis.Redis) -> int:
+    """Messages waiting in the chat queue (all its priority lists)."""
+    with client.pipeline(transaction=False) as pipe:
+        for name in keys.broker_queue_lists(CHAT_QUEUE):
+            pipe.llen(name)
+        return sum(int(n) for n in pipe.execute())
 
 
 def chat_job_id(raw: bytes | str | None) -> str | None:

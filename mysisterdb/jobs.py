@@ -88,6 +88,8 @@ class JobStore:
     @staticmethod
     def follow_status(pipe: Pipeline, job: Job) -> None:
         """Keep the status indexes in step with the record, in the same transaction."""
+        if job.status is not JobStatus.QUEUED:
+            pipe.zrem(keys.dispatched(), job.id)
         if job.status is JobStatus.IN_PROGRESS and job.started_at is not None:
             pipe.zadd(keys.running_jobs(), {job.id: job.started_at.timestamp()})
         if job.status.is_final:
@@ -97,10 +99,24 @@ class JobStore:
 
     @staticmethod
     def put_in_outbox(pipe: Pipeline, job_id: str, *, at_epoch: float) -> None:
+        """Hand a job its turn: to be published, and watched until it starts."""
         pipe.zadd(keys.outbox(), {job_id: at_epoch})
+        pipe.zadd(keys.dispatched(), {job_id: at_epoch})
 
-    def take_from_outbox(self, job_id: str) -> None:
-        self._redis.zrem(keys.outbox(), job_id)
+    def sent(self, job_id: str, *, at_epoch: float) -> None:
+        """Its message is in the broker: out of the outbox, and the clock for a lost message
+        starts again (only while it still waits: XX never re-adds a started job)."""
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(keys.outbox(), job_id)
+            pipe.zadd(keys.dispatched(), {job_id: at_epoch}, xx=True)
+            pipe.execute()
+
+    def dispatched_before(self, epoch: float, *, limit: int) -> list[str]:
+        return [to_str(v) for v in self._redis.zrangebyscore(keys.dispatched(), "-inf", epoch,
+                                                             start=0, num=limit)]
+
+    def forget_dispatch(self, job_id: str) -> None:
+        self._redis.zrem(keys.dispatched(), job_id)
 
     def update(self, job_id: str, mutate: Mutation, *, only_active: bool = True,
                after: AfterWrite | None = None) -> Job | None:

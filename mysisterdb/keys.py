@@ -16,6 +16,7 @@ Layout::
     msdb:jobs:active             zset   queued or running job -> created (epoch) kept
     msdb:jobs:running            zset   running job -> started (epoch)        kept
     msdb:jobs:outbox             zset   job to publish -> when (epoch)        kept
+    msdb:jobs:dispatched         zset   head not yet started -> last sent (epoch) kept
     msdb:conv:{cid}:active       zset   job id -> turn, jobs not yet final    kept
     msdb:conversations           set    every conversation id                 kept
     msdb:incidents               list   incident JSON, newest first          incidents_max
@@ -57,6 +58,12 @@ def active_jobs() -> str:
 
 def running_jobs() -> str:
     return f"{PREFIX}:jobs:running"
+
+
+def dispatched() -> str:
+    """Heads handed their turn and not started yet, by when their message was last sent:
+    the sweep re-sends one whose message was lost."""
+    return f"{PREFIX}:jobs:dispatched"
 
 
 def outbox() -> str:

@@ -43,7 +43,12 @@ from redis.client import Pipeline
 from context.redis_store import RedisHistoryStore
 from context.types import Message, user_seq
 from mysisterdb import keys
-from mysisterdb.broker import forget_reservation, stale_chat_reservations
+from mysisterdb.broker import (
+    chat_reservations,
+    chat_waiting,
+    forget_reservation,
+    stale_chat_reservations,
+)
 from mysisterdb.errors import Conflict, ErrorCode
 from mysisterdb.incidents import IncidentLog, is_incident
 from mysisterdb.jobs import JobStore, Skip
@@ -72,6 +77,7 @@ class Limits:
     grace_s: float = 2.0
     outbox_grace_s: float = 2.0
     stale_reservation_s: float = 10.0  # reserved, never started: its worker lost it
+    lost_message_s: float = 10.0  # sent, not waiting, not reserved, not started: lost
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -206,7 +212,7 @@ class Lifecycle:
             return False
         try:
             self._publish(job_id)
-            self.jobs.take_from_outbox(job_id)
+            self.jobs.sent(job_id, at_epoch=time.time())
         except Exception as exc:  # Redis or the broker blinked: the outbox keeps it
             logger.warning("job %s: publish failed (%s); the sweep sends it", job_id, exc)
             return False
@@ -429,6 +435,7 @@ class Lifecycle:
             if self.publish_now(job_id):
                 report.published.append(job_id)
         self._resend_lost_reservations(report, now=now)
+        self._resend_lost_messages(report, now=now)
         dead = (self.jobs.ids_started_before(now - lim.hard_limit_s - lim.grace_s)[:SWEEP_BATCH]
                 + self.jobs.ids_created_before(now - lim.queue_timeout_s)[:SWEEP_BATCH])
         for job_id in dict.fromkeys(dead):
@@ -453,6 +460,30 @@ class Lifecycle:
                 if self.publish_now(lost.job_id):
                     forget_reservation(self.redis, lost.tag)
                     report.published.append(lost.job_id)
+
+
+    def _resend_lost_messages(self, report: SweepReport, *, now: float) -> None:
+        """A head sent a while ago that is neither waiting in the broker nor reserved by a
+        worker, and not started, lost its message (a task that died before its claim, a
+        broker that dropped it): send it again. While the chat queue is not empty the wait
+        may be a backlog, so nothing is judged then."""
+        if self._publish is None or chat_waiting(self.redis) > 0:
+            return
+        candidates = self.jobs.dispatched_before(now - self.limits.lost_message_s,
+                                                 limit=SWEEP_BATCH)
+        if not candidates:
+            return
+        reserved = {r.job_id for r in chat_reservations(self.redis)}
+        for job_id in candidates:
+            if job_id in reserved or job_id in report.published:
+                continue
+            job = self.jobs.find(job_id)
+            if job is None or job.status is not JobStatus.QUEUED:
+                self.jobs.forget_dispatch(job_id)
+                continue
+            logger.warning("job %s: its message was lost before it started; sent again", job_id)
+            if self.publish_now(job_id):
+                report.published.append(job_id)
 
 
 def apply_outcome(job: Job, outcome: Outcome) -> None:

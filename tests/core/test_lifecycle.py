@@ -317,3 +317,17 @@ def test_a_write_whose_reply_was_lost_is_applied_once(redis_server: RedisServer,
     assert written is not None and written.partial_reply == "x"
     assert redis_client.hget("applied", "n") == b"1"
     assert JobStore(redis_client).get(job_id).partial_reply == "x"
+
+
+def test_a_head_whose_message_was_lost_is_sent_again_once_the_queue_is_empty(
+        redis_client: redis.Redis) -> None:
+    broker = Broker()
+    quick = Limits(hard_limit_s=60, queue_timeout_s=600, lost_message_s=0)
+    lc = make(redis_client, broker, limits=quick)
+    first, second = submit(lc, "一"), submit(lc, "二")
+    redis_client.lpush("chat", "someone else's prompt")  # a backlog: waiting is no proof
+    assert lc.sweep().published == []
+    redis_client.delete("chat")  # the queue is empty and nobody holds it: it was lost
+    assert lc.sweep().published == [first] and broker.sent == [first, first]
+    lc.claim(first)  # once started it is never sent again, nor is a turn not yet handed over
+    assert lc.sweep().published == [] and second not in broker.sent
