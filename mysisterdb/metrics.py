@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import redis
 from prometheus_client.core import (
@@ -24,6 +23,7 @@ from redis.client import Pipeline
 
 from mysisterdb import keys
 from mysisterdb.monitoring import queue_stats
+from mysisterdb.redis_client import to_str
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +85,6 @@ class MetricsRecorder:
             logger.warning("metric %s not recorded: %s", name, exc)
 
 
-def text(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
-
-
 class RedisCollector(Collector):
     """Collects on scrape: nothing is cached in the API process."""
 
@@ -104,7 +100,7 @@ class RedisCollector(Collector):
             logger.warning("metrics unavailable: %s", exc)
 
     def _counters(self) -> Iterator[Metric]:
-        raw = {text(k): int(v) for k, v in self._redis.hgetall(keys.metrics_counters()).items()}
+        raw = {to_str(k): int(v) for k, v in self._redis.hgetall(keys.metrics_counters()).items()}
         for name, (prom, doc, label_names) in COUNTERS.items():
             family = CounterMetricFamily(prom, doc, labels=list(label_names))
             for field, value in raw.items():
@@ -117,8 +113,8 @@ class RedisCollector(Collector):
         for name, (prom, doc, label) in HISTOGRAMS.items():
             family = HistogramMetricFamily(prom, doc, labels=[label] if label else None)
             for key in self._redis.scan_iter(match=keys.metrics_histogram(f"{name}|*")):
-                label_value = text(key).split("|", 1)[1]
-                data = {text(k): float(v) for k, v in self._redis.hgetall(key).items()}
+                label_value = to_str(key).split("|", 1)[1]
+                data = {to_str(k): float(v) for k, v in self._redis.hgetall(key).items()}
                 buckets = [(str(b), data.get(f"le:{b}", 0.0)) for b in DURATION_BUCKETS]
                 buckets.append(("+Inf", data.get("count", 0.0)))
                 family.add_metric([label_value] if label else [], buckets,
