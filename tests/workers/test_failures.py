@@ -31,6 +31,13 @@ def broker_holds(client: redis.Redis, job_id: str) -> bool:
     return any(job_id.encode() in m for m in [*unacked, *waiting])
 
 
+def incident_of(client: redis.Redis, job_id: str) -> dict[str, str]:
+    found = [json.loads(raw) for raw in client.lrange(keys.incidents(), 0, -1)
+             if job_id.encode() in raw]
+    assert len(found) == 1, found
+    return found[0]  # type: ignore[no-any-return]
+
+
 def send_copy(stack: Stack, job_id: str) -> None:
     """A second delivery of a job's message, as Redis's at-least-once delivery may make."""
     from mysisterdb.queueing import CHAT_TASK, create_celery
@@ -160,6 +167,9 @@ def test_kill_9_of_busy_child_ends_worker_lost_and_is_not_rerun(
     done = stack.wait_job(job["id"], timeout_s=HARD_LIMIT_S + MARGIN_S)
     assert done["status"] == "failed"
     assert done["error"]["code"] == "worker_lost"
+    # Ended by the worker's parent, which saw its child die, not by the sweep later on.
+    assert incident_of(stack_redis, job["id"])["action"] == (
+        "worker process replaced; prompt not run again")
     # Not run again: the broker holds no copy of its message (unacked ones are redelivered).
     wait_for(lambda: not broker_holds(stack_redis, job["id"]), timeout_s=3,
              what="the message acknowledged")
