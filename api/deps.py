@@ -9,6 +9,7 @@ from celery import Celery
 from fastapi import Depends, Request
 
 from context.redis_store import RedisHistoryStore
+from mysisterdb import keys
 from mysisterdb.chat import ChatService
 from mysisterdb.jobs import JobStore
 from mysisterdb.settings import Settings
@@ -36,7 +37,7 @@ def get_jobs(client: RedisDep) -> JobStore:
 
 
 def get_history(client: RedisDep) -> RedisHistoryStore:
-    return RedisHistoryStore(client)
+    return RedisHistoryStore(client, key_of=keys.conv_key)
 
 
 JobsDep = Annotated[JobStore, Depends(get_jobs)]

@@ -63,7 +63,7 @@ class Outcome:
 
 
 def history_store(client: redis.Redis) -> RedisHistoryStore:
-    return RedisHistoryStore(client)
+    return RedisHistoryStore(client, key_of=keys.conv_key)
 
 
 def plant(client: redis.Redis, cid: str, conversation: Conversation, *, seed: int) -> None:

@@ -195,7 +195,7 @@ def find_problems(*, redis: Redis, config: CheckConfig) -> list[Finding]:
 
 def _new_run(client: Redis, config: CheckConfig) -> _Run:
     return _Run(redis=client, config=config, jobs=JobStore(client),
-                history=RedisHistoryStore(client))
+                history=RedisHistoryStore(client, key_of=keys.conv_key))
 
 
 def check_all(run: _Run) -> None:

@@ -23,7 +23,7 @@ def service(client: redis.Redis, *, history: RedisHistoryStore | None = None,
             enqueue: Any = None, max_queue_depth: int = 100) -> tuple[ChatService, list[str]]:
     sent: list[str] = []
     return ChatService(redis=client, jobs=JobStore(client),
-                       history=history or RedisHistoryStore(client),
+                       history=history or RedisHistoryStore(client, key_of=keys.conv_key),
                        enqueue=enqueue or sent.append, max_message_chars=8000,
                        max_message_tokens=3000, max_queue_depth=max_queue_depth), sent
 
@@ -32,7 +32,7 @@ def test_message_and_job_are_stored_together(redis_client: redis.Redis) -> None:
     chat, sent = service(redis_client)
     job, created = chat.submit(conversation_id="c", text="  こんにちは ")
     assert created and sent == [job.id]
-    stored = RedisHistoryStore(redis_client).last("c", limit=5)
+    stored = RedisHistoryStore(redis_client, key_of=keys.conv_key).last("c", limit=5)
     assert [(m.seq, m.text, m.job_id) for m in stored] == [(1, "こんにちは", job.id)]
     assert JobStore(redis_client).first_active_before("c", turn=2) == job.id
 
@@ -64,7 +64,7 @@ def test_enqueue_failure_ends_the_job_but_keeps_the_message(redis_client: redis.
     chat, _ = service(redis_client, enqueue=broken)
     with pytest.raises(StoreUnavailable):
         chat.submit(conversation_id="c", text="消えないで")
-    (message,) = RedisHistoryStore(redis_client).last("c", limit=5)
+    (message,) = RedisHistoryStore(redis_client, key_of=keys.conv_key).last("c", limit=5)
     job = JobStore(redis_client).get(message.job_id or "")
     assert (job.status.value, job.error and job.error.code) == ("failed", "enqueue_failed")
 
@@ -88,7 +88,7 @@ def test_concurrent_requests_with_one_key_make_one_job(redis_client: redis.Redis
                                                       idempotency_key="same"), range(8)))
     assert len({job.id for job, _ in results}) == 1
     assert sum(created for _, created in results) == 1 and len(sent) == 1
-    assert len(RedisHistoryStore(redis_client).last("c", limit=10)) == 1
+    assert len(RedisHistoryStore(redis_client, key_of=keys.conv_key).last("c", limit=10)) == 1
 
 
 def test_concurrent_messages_of_one_conversation_get_distinct_turns(
@@ -100,5 +100,5 @@ def test_concurrent_messages_of_one_conversation_get_distinct_turns(
         jobs = list(pool.map(lambda i: chat.submit(conversation_id="c", text=f"m{i}")[0],
                              range(8)))
     assert sorted(j.turn for j in jobs) == list(range(1, 9))
-    seqs = [m.seq for m in RedisHistoryStore(redis_client).last("c", limit=20)]
+    seqs = [m.seq for m in RedisHistoryStore(redis_client, key_of=keys.conv_key).last("c", limit=20)]
     assert seqs == [2 * t - 1 for t in range(1, 9)]

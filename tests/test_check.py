@@ -39,7 +39,7 @@ def store_turn(client: redis.Redis, cid: str, turn: int, *, reply: bool = True,
         client.zrem(keys.conv_active(cid), job.id)
     if status is JobStatus.IN_PROGRESS:  # as JobStore.claim leaves them
         client.sadd(keys.running_jobs(), job.id)
-    history = RedisHistoryStore(client)
+    history = RedisHistoryStore(client, key_of=keys.conv_key)
     history.append(cid, message(2 * turn - 1, "user", user_text(cid, turn), job.id, at))
     if reply:
         history.append(cid, message(2 * turn, "assistant", reply_text(cid, turn), job.id, at))
@@ -163,7 +163,7 @@ def test_active_set_out_of_step_with_job_records(redis_client: redis.Redis) -> N
 
 def test_gap_is_closed_by_renumbering_without_losing_a_message(redis_client: redis.Redis) -> None:
     jobs = conversation(redis_client, "a", 5)
-    history = RedisHistoryStore(redis_client)
+    history = RedisHistoryStore(redis_client, key_of=keys.conv_key)
     history.set_summary("a", Summary(text="要約", covers_up_to_seq=8, tokens=2))
     redis_client.zremrangebyscore(keys.conv_messages("a"), 5, 6)  # turn 3 is gone
     kept = texts(redis_client, "a")
@@ -276,7 +276,7 @@ def test_dangling_index_entry_is_rebuilt(redis_client: redis.Redis) -> None:
     found = problems(redis_client)
     assert kinds(found) == [Kind.INDEX] and "dangling postings" in found[0].detail
     assert check(redis_client, repair=True)[0] == 0
-    assert RedisHistoryStore(redis_client).check_index("a").ok
+    assert RedisHistoryStore(redis_client, key_of=keys.conv_key).check_index("a").ok
     assert problems(redis_client) == []
 
 

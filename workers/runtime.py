@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import redis
 
 from context.redis_store import RedisHistoryStore
+from mysisterdb import keys
 from mysisterdb.jobs import JobStore
 from mysisterdb.metrics import MetricsRecorder
 from mysisterdb.redis_client import connect
@@ -55,5 +56,5 @@ def build_runtime(settings: Settings) -> Runtime:
     client = connect(settings.redis_url, timeout_s=5.0, retries=3)
     metrics = MetricsRecorder(client)
     return Runtime(settings=settings, redis=client, jobs=JobStore(client),
-                   history=RedisHistoryStore(client), llm=build_llm(settings, metrics),
+                   history=RedisHistoryStore(client, key_of=keys.conv_key), llm=build_llm(settings, metrics),
                    persona=settings.persona_text(), metrics=metrics)

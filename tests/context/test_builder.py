@@ -44,7 +44,7 @@ def test_empty_history_gives_persona_and_the_new_message() -> None:
     assert built.system_instruction == PERSONA
     assert built.contents == [Turn(role="user", text="こんにちは")]
     assert built.detail == {"kept_recent": 0, "dropped_recent": 0, "recalled": 0,
-                            "recalled_seqs": [], "summary_used": False,
+                            "recalled_seqs": [], "recalled_confident": 0, "summary_used": False,
                             "prompt_tokens": built.total_tokens, "max_tokens": 4000}
     assert built.total_tokens == (persona_tokens(PERSONA) + count_tokens("こんにちは")
                                   + 2 * TURN_OVERHEAD_TOKENS)
@@ -95,7 +95,8 @@ def test_prompt_order_persona_summary_recalled_recent_new() -> None:
     built = _build(store, QUERY, next_seq)
     system = built.system_instruction
     assert system.index(PERSONA) < system.index(SUMMARY_HEADER) < system.index(RECALL_HEADER)
-    assert built.detail["summary_used"] is True and built.detail["recalled"] == 1
+    # The fact, then other birthdays from the filler filling the budget.
+    assert built.detail["summary_used"] is True and 1 in built.detail["recalled_seqs"]  # type: ignore[operator]
     assert built.contents[-1].text == QUERY
     assert "summary yes" in built.describe()
 
@@ -110,19 +111,45 @@ def test_summary_written_after_the_message_is_not_used() -> None:
 def test_irrelevant_old_turns_are_left_out() -> None:
     store = InMemoryHistoryStore()
     store.append("c", make_message(1, "user", "昨日は量子力学の本を読んだ"))
-    next_seq = _exchanges(store, 10, first_seq=2)
-    built = _build(store, QUERY, next_seq)
+    for seq, text in enumerate(["雨がやまないね", "傘を持っていってね", "駅まで走った",
+                                "風邪ひかないでね", "ただいま", "おかえり！"], start=2):
+        store.append("c", make_message(seq, "user" if seq % 2 == 0 else "assistant", text))
+    built = _build(store, QUERY, 8)
+    # Nothing shares a word with the question: no budget filling below the floor either.
     assert built.detail["recalled"] == 0
     assert RECALL_HEADER not in built.system_instruction
+    # Among filler that does share words (other people's birthdays), it stays out.
+    store = InMemoryHistoryStore()
+    store.append("c", make_message(1, "user", "昨日は量子力学の本を読んだ"))
+    next_seq = _exchanges(store, 10, first_seq=2)
+    assert 1 not in _build(store, QUERY, next_seq).detail["recalled_seqs"]  # type: ignore[operator]
 
 
-def test_threshold_parameter_is_honoured() -> None:
+def _build_floor(store: InMemoryHistoryStore, text: str, seq: int, *, threshold: float,
+                 floor: float) -> BuiltContext:
+    return build_context(store=store, conversation_id="c",
+                         new_message=make_message(seq, "user", text), persona=PERSONA,
+                         relevance_threshold=threshold, relevance_floor=floor)
+
+
+def test_threshold_marks_confident_matches_and_the_floor_bounds_filling() -> None:
     store = InMemoryHistoryStore()
     store.append("c", make_message(1, "user", "京都でラーメンを食べた"))
-    next_seq = _exchanges(store, 4, first_seq=2)
-    query = "京都のラーメン屋さんの名前"
-    assert _build(store, query, next_seq, relevance_threshold=0.3).detail["recalled"] == 1
-    assert _build(store, query, next_seq, relevance_threshold=0.9).detail["recalled"] == 0
+    store.append("c", make_message(2, "user", "京都に行きたい"))
+    next_seq = _exchanges(store, 3, first_seq=3)
+    query = "京都のラーメン屋さん"
+    # 1 has every known term of the question (屋 is in no message, so it does not count):
+    # 1.0; 2 has only 京都: about 0.3.
+    filled = _build_floor(store, query, next_seq, threshold=0.5, floor=0.1)
+    assert filled.detail["recalled_seqs"] == [1, 2] and filled.detail["recalled_confident"] == 1
+    loose = _build_floor(store, query, next_seq, threshold=0.2, floor=0.1)
+    assert loose.detail["recalled_seqs"] == [1, 2] and loose.detail["recalled_confident"] == 2
+    # A floor above 2's score leaves it out, and a floor not below the threshold means no
+    # filling: only confident matches.
+    assert _build_floor(store, query, next_seq, threshold=0.5,
+                        floor=0.4).detail["recalled_seqs"] == [1]
+    assert _build_floor(store, query, next_seq, threshold=0.5,
+                        floor=0.9).detail["recalled_seqs"] == [1]
 
 
 def test_recall_is_best_first_until_the_budget_is_spent() -> None:

@@ -18,7 +18,7 @@ def _keys(client: redis.Redis, cid: str) -> set[bytes]:
 
 
 def test_append_and_read_back_in_seq_order(redis_client: redis.Redis) -> None:
-    store = RedisHistoryStore(redis_client)
+    store = RedisHistoryStore(redis_client, key_of=keys.conv_key)
     for seq in (5, 1, 3, 2, 4):
         store.append("c", make_message(seq, "user" if seq % 2 else "assistant", f"第{seq}話"))
     assert [m.seq for m in store.last("c", limit=3)] == [3, 4, 5]
@@ -29,7 +29,7 @@ def test_append_and_read_back_in_seq_order(redis_client: redis.Redis) -> None:
 
 
 def test_appending_the_same_seq_twice_stores_and_indexes_once(redis_client: redis.Redis) -> None:
-    store = RedisHistoryStore(redis_client)
+    store = RedisHistoryStore(redis_client, key_of=keys.conv_key)
     store.append("c", make_message(1, "user", FACT))
     store.append("c", make_message(1, "user", FACT))
     assert redis_client.zcard(keys.conv_messages("c")) == 1
@@ -37,7 +37,7 @@ def test_appending_the_same_seq_twice_stores_and_indexes_once(redis_client: redi
 
 
 def test_fact_among_5000_turns_is_recalled(redis_client: redis.Redis) -> None:
-    store = RedisHistoryStore(redis_client)
+    store = RedisHistoryStore(redis_client, key_of=keys.conv_key)
     generator = ChatGenerator(seed=11)
     store.append_many("c", generator.messages(2500, first_seq=1))
     store.append("c", make_message(2501, "user", FACT))
@@ -55,7 +55,7 @@ def test_fact_among_5000_turns_is_recalled(redis_client: redis.Redis) -> None:
 def test_reset_removes_messages_index_and_summary_only_of_that_conversation(
     redis_client: redis.Redis,
 ) -> None:
-    store = RedisHistoryStore(redis_client)
+    store = RedisHistoryStore(redis_client, key_of=keys.conv_key)
     store.append_many("c", ChatGenerator().messages(50))
     store.append_many("keep", ChatGenerator().messages(4))
     store.set_summary("c", Summary(text="要約", covers_up_to_seq=10, tokens=2))
@@ -68,7 +68,7 @@ def test_reset_removes_messages_index_and_summary_only_of_that_conversation(
 
 
 def test_summary_round_trip_and_monotonic(redis_client: redis.Redis) -> None:
-    store = RedisHistoryStore(redis_client)
+    store = RedisHistoryStore(redis_client, key_of=keys.conv_key)
     assert store.get_summary("c") is None
     assert store.set_summary("c", Summary(text="お兄ちゃんは猫が好き", covers_up_to_seq=8,
                                           tokens=9))
@@ -78,14 +78,14 @@ def test_summary_round_trip_and_monotonic(redis_client: redis.Redis) -> None:
 
 
 def test_check_finds_dangling_entries_and_rebuild_repairs_them(redis_client: redis.Redis) -> None:
-    store = RedisHistoryStore(redis_client)
+    store = RedisHistoryStore(redis_client, key_of=keys.conv_key)
     store.append_many("c", ChatGenerator().messages(40))
     store.append("c", make_message(41, "user", FACT))
     assert store.check_index("c").ok
     # A message removed behind the library's back leaves its postings dangling.
     redis_client.zremrangebyscore(keys.conv_messages("c"), 41, 41)
     first_term = terms(store.last("c", limit=41)[0].text)[0]
-    redis_client.append(keys.conv_context("c", "p:" + first_term), pack_seq(1))
+    redis_client.append(keys.conv_context("c", "1:p:" + first_term), pack_seq(1))
     report = store.check_index("c")
     assert report.dangling == len(terms(FACT)) and ("枡元", 41) in report.dangling_examples
     assert report.duplicates == 1 and not report.ok
@@ -95,7 +95,7 @@ def test_check_finds_dangling_entries_and_rebuild_repairs_them(redis_client: red
 
 
 def test_rebuilt_index_answers_like_the_incremental_one(redis_client: redis.Redis) -> None:
-    store = RedisHistoryStore(redis_client)
+    store = RedisHistoryStore(redis_client, key_of=keys.conv_key)
     store.append_many("c", ChatGenerator(seed=5).messages(300))
     store.append("c", make_message(301, "user", FACT))
 

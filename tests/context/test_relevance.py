@@ -26,9 +26,13 @@ def test_japanese_fact_is_found_among_filler() -> None:
 def test_scores_are_best_first_and_within_0_1() -> None:
     store = _store_with_fact(500)
     hits = store.search("c", query="田中さんの誕生日", before_seq=10**9, limit=20, threshold=0.0)
-    scores = [h.score for h in hits]
-    assert scores == sorted(scores, reverse=True)
-    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert len(hits) == 20
+    assert all(0.0 <= h.score <= 1.0 for h in hits)
+    # Best first, except that a newer message on the same subject may be lifted above an
+    # older, better-scored one (newer wins): every inversion is of that kind.
+    for i, above in enumerate(hits):
+        for below in hits[i + 1:]:
+            assert above.score >= below.score or above.message.seq > below.message.seq
 
 
 def test_threshold_filters_out_weak_matches() -> None:
@@ -38,14 +42,17 @@ def test_threshold_filters_out_weak_matches() -> None:
     query = "京都のラーメン屋さん"
     loose = store.search("c", query=query, before_seq=100, limit=5, threshold=0.0)
     assert [h.message.seq for h in loose] == [1, 2]
-    # 1 covers 京都 + ラーメン (about half the query's weight), 2 only 京都 (a common term).
+    # 1 covers 京都 + ラーメン, every term of the query the history knows (屋 is in no
+    # message, so it is not in the denominator); 2 only 京都, a common term.
     score_1, score_2 = (h.score for h in loose)
-    assert score_2 < 0.4 <= score_1 < 0.7
+    assert score_2 < 0.4 and score_1 > 0.8
     default = store.search("c", query=query, before_seq=100, limit=5, threshold=0.4)
     assert [h.message.seq for h in default] == [1]
-    assert store.search("c", query=query, before_seq=100, limit=5, threshold=0.7) == []
+    assert store.search("c", query=query, before_seq=100, limit=5, threshold=0.99) == []
+    # A copy of the message is its best match; not 1.0 here because it is longer than
+    # the average message (BM25's length normalisation).
     exact = store.search("c", query="京都でラーメンを食べた", before_seq=100, limit=5,
-                         threshold=1.0)
+                         threshold=0.9)
     assert [h.message.seq for h in exact] == [1]
 
 
