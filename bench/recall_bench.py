@@ -100,7 +100,8 @@ def _build_ms(client: redis.Redis, cid: str, question: str, settings: Settings,
         build_context(store=store, conversation_id=cid, new_message=new,
                       persona=settings.persona_text(), max_tokens=settings.max_context_tokens,
                       preserve_recent=settings.preserve_recent,
-                      relevance_threshold=settings.relevance_threshold)
+                      relevance_threshold=settings.relevance_threshold,
+                      relevance_floor=settings.relevance_floor)
         timings.append((time.perf_counter() - started) * 1000)
     return statistics.median(timings)
 
@@ -176,7 +177,7 @@ def main() -> None:
                 stack.stop()
         print(f"{len(CONVERSATION_SET)} conversations x {TURNS} exchanges x {args.seeds} seed(s), "
               f"{len(outcomes)} questions; budget {settings.max_context_tokens} tokens, "
-              f"threshold {settings.relevance_threshold}")
+              f"threshold {settings.relevance_threshold}, floor {settings.relevance_floor}")
         report(outcomes)
     finally:
         server.stop()

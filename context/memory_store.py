@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from context.relevance import DEFAULT_SEARCH, IndexStats, SearchConfig, search_index
-from context.terms import analyse
+from context.terms import Analysis, analyse
 from context.types import Message, ScoredMessage, Summary
 
 logger = logging.getLogger(__name__)
@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 class _Conversation:
     seqs: list[int] = field(default_factory=list)
     by_seq: dict[int, Message] = field(default_factory=dict)
+    analyses: dict[int, Analysis] = field(default_factory=dict)
     postings: dict[str, list[int]] = field(default_factory=dict)
     words: int = 0
     summary: Summary | None = None
@@ -34,8 +35,9 @@ class _Reader:
     def postings(self, terms: Sequence[str], *, limit: int) -> list[list[int]]:
         return [self.conv.postings.get(t, [])[-limit:] for t in terms]
 
-    def fetch(self, seqs: Sequence[int]) -> list[Message]:
-        return [self.conv.by_seq[s] for s in seqs if s in self.conv.by_seq]
+    def fetch(self, seqs: Sequence[int]) -> list[tuple[Message, Analysis]]:
+        return [(self.conv.by_seq[s], self.conv.analyses[s]) for s in seqs
+                if s in self.conv.by_seq]
 
 
 class InMemoryHistoryStore:
@@ -54,6 +56,7 @@ class InMemoryHistoryStore:
         bisect.insort(conv.seqs, message.seq)
         conv.by_seq[message.seq] = message
         analysis = analyse(message.text)
+        conv.analyses[message.seq] = analysis
         conv.words += analysis.length
         for term in analysis.weights:
             conv.postings.setdefault(term, []).append(message.seq)

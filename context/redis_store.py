@@ -11,6 +11,8 @@ conversation (no TTL):
     ctx:done              set     seqs already in the slot being built (no double posting)
     ctx:{slot}:stats      hash    docs (messages indexed), words (their total length)
     ctx:{slot}:vocab      set     every term that has a postings key in the slot
+    ctx:{slot}:docs       hash    seq -> the message's indexed terms and length (scoring a
+                                  candidate needs no re-analysis of its text)
     ctx:{slot}:p:{term}   string  postings: seqs of the messages holding the term,
                                   8-byte little-endian each, in storage order
     ctx:vocab, ctx:p:{term}       the index of the version before slots (bigram terms),
@@ -37,9 +39,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis.commands.core import Script
 
 from context.relevance import DEFAULT_SEARCH, IndexStats, SearchConfig, search_index
-from context.terms import analyse
+from context.terms import Analysis, analyse
 from context.types import Message, ScoredMessage, Summary
 
 logger = logging.getLogger(__name__)
@@ -50,20 +53,22 @@ SLOTS = ("1", "2")
 
 KeyOf = Callable[[str, str], str]
 
-# KEYS: messages, live, build, done, stats1, stats2, vocab1, vocab2, then the n postings
-# keys of slot 1 and the n of slot 2.  ARGV: seq, json, packed seq, length, n, terms.
+# KEYS: messages, live, build, done, stats1, stats2, vocab1, vocab2, docs1, docs2, then
+# the n postings keys of slot 1 and the n of slot 2.
+# ARGV: seq, json, packed seq, length, n, encoded terms, the n terms.
 _APPEND_LUA = """
 if redis.call('ZCOUNT', KEYS[1], ARGV[1], ARGV[1]) > 0 then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 local n = tonumber(ARGV[5])
 local function index(slot)
   local s = (slot == '2') and 1 or 0
-  for i = 1, n do redis.call('APPEND', KEYS[8 + s * n + i], ARGV[3]) end
-  for i = 6, 5 + n, 500 do
-    redis.call('SADD', KEYS[7 + s], unpack(ARGV, i, math.min(i + 499, 5 + n)))
+  for i = 1, n do redis.call('APPEND', KEYS[10 + s * n + i], ARGV[3]) end
+  for i = 7, 6 + n, 500 do
+    redis.call('SADD', KEYS[7 + s], unpack(ARGV, i, math.min(i + 499, 6 + n)))
   end
   redis.call('HINCRBY', KEYS[5 + s], 'docs', 1)
   redis.call('HINCRBY', KEYS[5 + s], 'words', ARGV[4])
+  redis.call('HSET', KEYS[9 + s], ARGV[1], ARGV[6])
 end
 local live = redis.call('GET', KEYS[2]) or '1'
 index(live)
@@ -75,17 +80,18 @@ end
 return 1
 """
 
-# One stored message into the slot being built.  KEYS: build, done, stats, vocab, then the
-# postings keys.  ARGV: slot, seq, packed seq, length, terms.
+# One stored message into the slot being built.  KEYS: build, done, stats, vocab, docs, then
+# the postings keys.  ARGV: slot, seq, packed seq, length, encoded terms, the terms.
 _INDEX_LUA = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 1 then return 0 end
-for i = 5, #KEYS do redis.call('APPEND', KEYS[i], ARGV[3]) end
-for i = 5, #ARGV, 500 do
+for i = 6, #KEYS do redis.call('APPEND', KEYS[i], ARGV[3]) end
+for i = 6, #ARGV, 500 do
   redis.call('SADD', KEYS[4], unpack(ARGV, i, math.min(i + 499, #ARGV)))
 end
 redis.call('HINCRBY', KEYS[3], 'docs', 1)
 redis.call('HINCRBY', KEYS[3], 'words', ARGV[4])
+redis.call('HSET', KEYS[5], ARGV[2], ARGV[5])
 redis.call('SADD', KEYS[2], ARGV[2])
 return 1
 """
@@ -96,6 +102,18 @@ if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2], KEYS[3])
 return 1
+"""
+
+# The messages with the seqs in ARGV and their indexed terms (KEYS: messages, docs), in one
+# reply: message, terms, message, terms ... (false for what is missing).
+_FETCH_LUA = """
+local out = {}
+for i = 1, #ARGV do
+  local found = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[i], ARGV[i], 'LIMIT', 0, 1)
+  out[2 * i - 1] = found[1] or false
+  out[2 * i] = redis.call('HGET', KEYS[2], ARGV[i]) or false
+end
+return out
 """
 
 # Summaries are written by workers that may finish out of order: never go backwards.
@@ -169,6 +187,9 @@ class StoreKeys:
     def vocab(self, slot: str) -> str:
         return self.ctx(f"{slot}:vocab")
 
+    def docs(self, slot: str) -> str:
+        return self.ctx(f"{slot}:docs")
+
     def postings(self, slot: str, term: str) -> str:
         return self.ctx(f"{slot}:p:{term}")
 
@@ -201,6 +222,7 @@ class IndexCheck:
 class _Reader:
     client: redis.Redis
     keys: StoreKeys
+    fetch_script: Script
     slot: str = SLOTS[0]
 
     def doc_stats(self, terms: Sequence[str]) -> IndexStats:
@@ -226,14 +248,19 @@ class _Reader:
             pipe.getrange(self.keys.postings(self.slot, term), -limit * POSTING_BYTES, -1)
         return [unpack_seqs(raw) for raw in pipe.execute()]
 
-    def fetch(self, seqs: Sequence[int]) -> list[Message]:
+    def fetch(self, seqs: Sequence[int]) -> list[tuple[Message, Analysis]]:
         if not seqs:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        key = self.keys.messages()
-        for seq in seqs:
-            pipe.zrangebyscore(key, seq, seq)
-        return [Message.from_json(raw) for found in pipe.execute() for raw in found[:1]]
+        # One script call rather than a pipeline of reads per seq: one reply to parse
+        # instead of up to 128, which is most of a read's cost in the client.
+        found = self.fetch_script(keys=[self.keys.messages(), self.keys.docs(self.slot)],
+                                  args=list(seqs))
+        out = []
+        for raw, doc in zip(found[::2], found[1::2], strict=True):
+            if raw:
+                message = Message.from_json(raw)
+                out.append((message, Analysis.decode(_text(doc)) if doc else analyse(message.text)))
+        return out
 
 
 class RedisHistoryStore:
@@ -249,6 +276,7 @@ class RedisHistoryStore:
         self._append = redis.register_script(_APPEND_LUA)
         self._index = redis.register_script(_INDEX_LUA)
         self._switch = redis.register_script(_SWITCH_LUA)
+        self._fetch = redis.register_script(_FETCH_LUA)
         self._set_summary = redis.register_script(_SET_SUMMARY_LUA)
 
     def keys(self, conversation_id: str) -> StoreKeys:
@@ -262,10 +290,12 @@ class RedisHistoryStore:
         message_terms = list(analysis.weights)
         script_keys = [k.messages(), k.ctx("live"), k.ctx("build"), k.ctx("done"),
                        k.stats("1"), k.stats("2"), k.vocab("1"), k.vocab("2"),
+                       k.docs("1"), k.docs("2"),
                        *(k.postings("1", t) for t in message_terms),
                        *(k.postings("2", t) for t in message_terms)]
         args: list[Any] = [message.seq, message.to_json(), pack_seq(message.seq),
-                           analysis.length, len(message_terms), *message_terms]
+                           analysis.length, len(message_terms), analysis.encode(),
+                           *message_terms]
         return script_keys, args
 
     def append(self, conversation_id: str, message: Message, *,
@@ -321,14 +351,17 @@ class RedisHistoryStore:
 
     def get_many(self, conversation_id: str, seqs: Sequence[int]) -> list[Message]:
         wanted = sorted(set(seqs))
-        reader = _Reader(self._redis, self.keys(conversation_id))
-        return sorted(reader.fetch(wanted), key=lambda m: m.seq)
+        if not wanted:
+            return []
+        k = self.keys(conversation_id)
+        found = self._fetch(keys=[k.messages(), k.docs("-")], args=wanted)
+        return [Message.from_json(raw) for raw in found[::2] if raw]
 
     def search(
         self, conversation_id: str, *, query: str, before_seq: int, limit: int,
         threshold: float, config: SearchConfig | None = None,
     ) -> list[ScoredMessage]:
-        return search_index(_Reader(self._redis, self.keys(conversation_id)), query=query,
+        return search_index(_Reader(self._redis, self.keys(conversation_id), self._fetch), query=query,
                             before_seq=before_seq, limit=limit, threshold=threshold,
                             config=config or DEFAULT_SEARCH)
 
@@ -363,7 +396,9 @@ class RedisHistoryStore:
 
     def _drop_slot(self, k: StoreKeys, slot: str) -> None:
         self._drop_terms(k.vocab(slot), lambda t: k.postings(slot, t))
-        self._redis.delete(k.stats(slot))
+        # UNLINK: a long conversation's docs hash is freed in the background, not while
+        # Redis holds every other client waiting.
+        self._redis.unlink(k.stats(slot), k.docs(slot))
 
     def _drop_legacy(self, k: StoreKeys) -> None:
         self._drop_terms(k.legacy_vocab(), k.legacy_postings)
@@ -407,9 +442,9 @@ class RedisHistoryStore:
             analysis = analyse(message.text)
             message_terms = list(analysis.weights)
             self._index(keys=[k.ctx("build"), k.ctx("done"), k.stats(slot), k.vocab(slot),
-                              *(k.postings(slot, t) for t in message_terms)],
+                              k.docs(slot), *(k.postings(slot, t) for t in message_terms)],
                         args=[slot, message.seq, pack_seq(message.seq), analysis.length,
-                              *message_terms], client=pipe)
+                              analysis.encode(), *message_terms], client=pipe)
         results = pipe.execute()
         if any(r == -1 for r in results):
             raise RuntimeError(f"conversation {k.cid}: the re-index of slot {slot} was "

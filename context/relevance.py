@@ -44,7 +44,7 @@ class SearchConfig:
     max_query_terms: int = 256
     max_expanded_terms: int = 48
     postings_cap: int = 256
-    max_candidates: int = 96
+    max_candidates: int = 64
     same_subject: float = 0.6
 
 
@@ -73,8 +73,9 @@ class IndexReader(Protocol):
         """For each term, the seqs of (at most `limit` of) the most recent messages holding it."""
         ...
 
-    def fetch(self, seqs: Sequence[int]) -> list[Message]:
-        """The messages with these seqs (missing ones are skipped)."""
+    def fetch(self, seqs: Sequence[int]) -> list[tuple[Message, Analysis]]:
+        """The messages with these seqs (missing ones are skipped), each with its terms as
+        indexed (term counts and length)."""
         ...
 
 
@@ -164,26 +165,26 @@ def _shortlist(*, partial: dict[int, float], slack: float, query: _Query, floor:
 
 
 def _same_subject(a: _Scored, b: _Scored, weights: dict[str, float], bar: float) -> bool:
-    union = a.matched | b.matched
-    if not union:
+    """Weighted Jaccard of the query terms the two messages match >= bar."""
+    if a.matched.isdisjoint(b.matched):
         return False
     shared = sum(weights[t] for t in a.matched & b.matched)
-    return shared / sum(weights[t] for t in union) >= bar
+    return shared / sum(weights[t] for t in a.matched | b.matched) >= bar
 
 
 def newer_first_on_same_subject(ranked: list[_Scored], weights: dict[str, float],
                                 bar: float) -> list[_Scored]:
     """Rank a newer message just above an older one on the same subject (best first in,
     best first out): what replaced a fact is never ranked below it."""
-    keys = {s.message.seq: s.key for s in ranked}
-    for older in ranked:
-        for newer in ranked:
-            if (newer.message.seq > older.message.seq
-                    and keys[newer.message.seq] < keys[older.message.seq]
+    keys = [s.key for s in ranked]
+    for i, older in enumerate(ranked):
+        for j in range(i + 1, len(ranked)):  # only those ranked below `older` can move up
+            newer = ranked[j]
+            if (newer.message.seq > older.message.seq and keys[j] < keys[i]
                     and _same_subject(newer, older, weights, bar)):
-                score, raw, _seq = keys[older.message.seq]
-                keys[newer.message.seq] = (score, raw, newer.message.seq)
-    return sorted(ranked, key=lambda s: keys[s.message.seq], reverse=True)
+                keys[j] = (keys[i][0], keys[i][1], newer.message.seq)
+    order = sorted(range(len(ranked)), key=lambda n: keys[n], reverse=True)
+    return [ranked[n] for n in order]
 
 
 def _query(reader: IndexReader, query: str, before_seq: int,
@@ -220,8 +221,8 @@ def search_index(
                           before_seq=before_seq)
     seqs = _shortlist(partial=partial, slack=slack, query=q, floor=threshold, config=config)
     scored = []
-    for message in reader.fetch(seqs):
-        score, raw, matched = score_analysis(q, analyse(message.text))
+    for message, doc in reader.fetch(seqs):
+        score, raw, matched = score_analysis(q, doc)
         if score >= threshold and message.seq < before_seq:
             scored.append(_Scored(message, score, raw, matched))
     scored.sort(key=lambda s: s.key, reverse=True)

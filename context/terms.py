@@ -59,6 +59,7 @@ SHORT_UNIT_WEIGHT = 0.5  # the parts of a compound (誕生 and 日 of 誕生日)
 FALLBACK_WEIGHT = 0.5  # shared by the bigrams of one fallback span
 MAX_TERM_CHARS = 40
 MIN_FALLBACK_CHARS = 3  # a two-character span is its own bigram: nothing to add
+MIN_COMPOUND_CHARS = 3
 # Sudachi refuses inputs over 49,149 bytes; 4,000 characters is at most 12,000 bytes.
 SUDACHI_CHUNK_CHARS = 4000
 
@@ -84,6 +85,23 @@ class Analysis:
         if weight >= WORD_WEIGHT:
             self.length += 1
 
+    def encode(self) -> str:
+        """Length and term counts, as the index stores them beside a message (terms never
+        hold a tab: they are runs of letters, digits or Japanese)."""
+        parts = [str(self.length)]
+        for term, count in self.counts.items():
+            parts.extend([term] * count)
+        return "\t".join(parts)
+
+    @classmethod
+    def decode(cls, raw: str) -> Analysis:
+        """What `encode` stored: counts and length (no weights: a stored message needs none)."""
+        length, *stored = raw.split("\t")
+        counts: dict[str, int] = {}
+        for term in stored:
+            counts[term] = counts.get(term, 0) + 1
+        return cls(weights={}, counts=counts, length=int(length))
+
 
 class _Analyser:
     """Sudachi and the stemmer behind one lock: neither object is thread-safe, and the API
@@ -104,10 +122,15 @@ class _Analyser:
         with self._lock:
             out = []
             for m in self._tokenizer.tokenize(text):
-                units = m.split(self._split_a)
-                short = [u.normalized_form() for u in units] if len(units) > 1 else []
-                out.append((m.begin(), m.end(), m.surface(), m.normalized_form(),
-                            tuple(m.part_of_speech()[:2]), m.is_oov(), short))
+                surface, pos = m.surface(), tuple(m.part_of_speech()[:2])
+                short: list[str] = []
+                # Only nouns of 3+ characters are compounds worth splitting (誕生日, 暗証番号);
+                # splitting every morpheme would double the cost of an analysis.
+                if pos[0] == "名詞" and len(surface) >= MIN_COMPOUND_CHARS:
+                    units = m.split(self._split_a)
+                    short = [u.normalized_form() for u in units] if len(units) > 1 else []
+                out.append((m.begin(), m.end(), surface, m.normalized_form(), pos, m.is_oov(),
+                            short))
             return out
 
 
