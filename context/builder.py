@@ -163,10 +163,13 @@ def _fit_recalled(candidates: list[ScoredMessage], budget: _Budget,
                   partner_of: PartnerOf) -> list[Message]:
     """Best first, each with the other half of its exchange when that fits too (a question
     recalled without its answer, or an answer without its question, says little); one that
-    does not fit is skipped, a shorter one after it may still fit."""
+    does not fit is skipped, a shorter one after it may still fit, unless it is superseded
+    by a newer message that did not fit."""
     kept: dict[int, Message] = {}
     header = count_fixed_tokens(RECALL_HEADER) + JOIN_SLACK_TOKENS
     for candidate in candidates:
+        if candidate.superseded_by is not None and candidate.superseded_by not in kept:
+            continue  # what replaced it did not fit: the old version alone would mislead
         for message in (candidate.message, partner_of(candidate.message)):
             if message is None or message.seq in kept:
                 continue

@@ -173,18 +173,22 @@ def _same_subject(a: _Scored, b: _Scored, weights: dict[str, float], bar: float)
 
 
 def newer_first_on_same_subject(ranked: list[_Scored], weights: dict[str, float],
-                                bar: float) -> list[_Scored]:
+                                bar: float) -> list[ScoredMessage]:
     """Rank a newer message just above an older one on the same subject (best first in,
-    best first out): what replaced a fact is never ranked below it."""
+    best first out): what replaced a fact is never ranked below it, and the older one is
+    marked `superseded_by` the newer."""
     keys = [s.key for s in ranked]
+    superseded: dict[int, int] = {}
     for i, older in enumerate(ranked):
         for j in range(i + 1, len(ranked)):  # only those ranked below `older` can move up
             newer = ranked[j]
             if (newer.message.seq > older.message.seq and keys[j] < keys[i]
                     and _same_subject(newer, older, weights, bar)):
                 keys[j] = (keys[i][0], keys[i][1], newer.message.seq)
+                superseded.setdefault(older.message.seq, newer.message.seq)
     order = sorted(range(len(ranked)), key=lambda n: keys[n], reverse=True)
-    return [ranked[n] for n in order]
+    return [ScoredMessage(ranked[n].message, ranked[n].score,
+                          superseded.get(ranked[n].message.seq)) for n in order]
 
 
 def _query(reader: IndexReader, query: str, before_seq: int,
@@ -229,4 +233,4 @@ def search_index(
     ranked = newer_first_on_same_subject(scored, q.weights, config.same_subject)
     logger.debug("search: %d known terms, %d candidates, %d fetched, %d kept",
                  len(q.weights), len(partial), len(seqs), len(ranked))
-    return [ScoredMessage(s.message, s.score) for s in ranked[:limit]]
+    return ranked[:limit]

@@ -68,3 +68,6 @@ class ScoredMessage:
 
     message: Message
     score: float
+    # A newer message on the same subject ranked above this one: recall this one only
+    # if that one is recalled too (an old PIN alone would mislead).
+    superseded_by: int | None = None

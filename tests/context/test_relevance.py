@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from context.memory_store import InMemoryHistoryStore
 from context.relevance import SearchConfig
 from tests.context.chatgen import ChatGenerator, make_message
@@ -89,3 +91,65 @@ def test_capped_postings_still_find_a_rare_term() -> None:
     hits = store.search("c", query=QUERY, before_seq=10**6, limit=1, threshold=0.4,
                         config=config)
     assert [h.message.seq for h in hits] == [1]
+
+
+def _scores(store: InMemoryHistoryStore, query: str, before_seq: int = 10**6) -> dict[int, float]:
+    hits = store.search("c", query=query, before_seq=before_seq, limit=50, threshold=0.0)
+    return {h.message.seq: h.score for h in hits}
+
+
+def test_query_terms_absent_from_the_history_are_not_in_the_denominator() -> None:
+    store = InMemoryHistoryStore()
+    store.append("c", make_message(1, "user", "I parked the car on level B3"))
+    store.append("c", make_message(2, "user", "the weather was nice"))
+    plain = _scores(store, "where did I park my car?")[1]
+    # yesterday / evening / mall are in no stored message: they change nothing.
+    padded = _scores(store, "where did I park my car yesterday evening at the mall?")[1]
+    assert plain == padded and plain > 0.8
+    # A word that IS in the history but not in the fact lowers the score.
+    assert _scores(store, "where did I park my car, was the weather nice?")[1] < 0.7
+
+
+def test_the_question_itself_stored_before_its_prompt_does_not_make_its_words_known() -> None:
+    store = InMemoryHistoryStore()
+    store.append("c", make_message(1, "user", "I parked the car on level B3"))
+    store.append("c", make_message(2, "user", "the weather was nice"))
+    before = _scores(store, "where did I park my car yesterday?", before_seq=3)[1]
+    # The worker builds the prompt after the API stored the question (seq 3).
+    store.append("c", make_message(3, "user", "where did I park my car yesterday?"))
+    after = _scores(store, "where did I park my car yesterday?", before_seq=3)[1]
+    assert after == pytest.approx(before, rel=1e-9) and before > 0.8
+
+
+def test_bm25_prefers_rare_terms_and_discounts_long_messages() -> None:
+    store = InMemoryHistoryStore()
+    store.append("c", make_message(1, "user", "ひまりは五歳になった"))
+    store.append("c", make_message(2, "user", "ゆいちゃんは六歳になった"))
+    store.append("c", make_message(3, "user", "ひまりと公園に行った"))
+    for seq in range(4, 30):
+        store.append("c", make_message(seq, "user", f"{seq}歳の誕生日おめでとう"))
+    scores = _scores(store, "ひまりって何歳？")
+    # The name is rare, 歳 is everywhere: the name counts for more.
+    assert scores[1] > scores[3] > scores[2]
+    long_fact = "ひまりは五歳になった、" + "、".join(f"{w}が好き" for w in
+                                               ("犬", "猫", "鳥", "魚", "花", "空", "海", "山"))
+    store.append("c", make_message(40, "user", long_fact))
+    assert _scores(store, "ひまりって何歳？")[40] < scores[1]
+
+
+def test_a_newer_message_on_the_same_subject_ranks_above_the_older() -> None:
+    store = InMemoryHistoryStore()
+    store.append("c", make_message(1, "user", "銀行の暗証番号は4821にした"))
+    for seq in range(2, 40):
+        store.append("c", make_message(seq, "user", f"今日は{seq}時に起きた"))
+    store.append("c", make_message(40, "user", "暗証番号、7356に変えたよ"))
+    hits = store.search("c", query="銀行の暗証番号なんだっけ？", before_seq=100, limit=5,
+                        threshold=0.1)
+    scores = {h.message.seq: h.score for h in hits}
+    assert scores[40] < scores[1]  # the old one has 銀行 too, so it scores higher
+    assert [h.message.seq for h in hits][:2] == [40, 1]  # but the newer ranks first
+    # A newer message on another subject is not lifted.
+    store.append("c", make_message(41, "user", "銀行まで歩いた"))
+    hits = store.search("c", query="銀行の暗証番号なんだっけ？", before_seq=100, limit=5,
+                        threshold=0.1)
+    assert [h.message.seq for h in hits][:2] == [40, 1]
