@@ -474,19 +474,26 @@ class RedisHistoryStore:
                     count, slot)
         return count
 
-    def _stored_seqs(self, cid: str) -> set[int]:
-        key = self.keys(cid).messages()
-        return {int(score) for _, score in self._redis.zscan_iter(key, count=1000)}
+    def _stored_seqs(self, cid: str) -> tuple[set[int], set[int]]:
+        """Seqs of every stored member, and of those that parse (the ones an index holds)."""
+        stored: set[int] = set()
+        readable_seqs: set[int] = set()
+        for raw, score in self._redis.zscan_iter(self.keys(cid).messages(), count=1000):
+            stored.add(int(score))
+            if any(True for _ in readable([raw], conversation_id=cid)):
+                readable_seqs.add(int(score))
+        return stored, readable_seqs
 
     def check_index(self, conversation_id: str, *, examples: int = 20) -> IndexCheck:
         """Count postings of the live index that point at no stored message (dangling) or
         repeat (duplicates), and stored messages it does not count (unindexed)."""
         k = self.keys(conversation_id)
         slot = self.live_slot(conversation_id)
-        stored = self._stored_seqs(conversation_id)
+        stored, indexable = self._stored_seqs(conversation_id)
         report = IndexCheck(messages=len(stored))
         docs = _int(self._redis.hget(k.stats(slot), "docs"))
-        report.unindexed = max(0, len(stored) - docs)
+        # Unreadable members cannot be indexed (check reports them on their own).
+        report.unindexed = max(0, len(indexable) - docs)
         vocab = [_text(t) for t in self._redis.sscan_iter(k.vocab(slot), count=1000)]
         for batch in _chunks(vocab, _BATCH):
             pipe = self._redis.pipeline(transaction=False)

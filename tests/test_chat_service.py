@@ -38,7 +38,7 @@ def test_message_and_job_are_stored_together(redis_client: redis.Redis) -> None:
 
 
 def test_a_failed_store_leaves_no_idempotency_key_message_or_job(redis_client: redis.Redis) -> None:
-    broken, _ = service(redis_client, history=BrokenHistory(redis_client))
+    broken, _ = service(redis_client, history=BrokenHistory(redis_client, key_of=keys.conv_key))
     with pytest.raises(redis.ConnectionError):
         broken.submit(conversation_id="c", text="hi", idempotency_key="k1")
     assert redis_client.get(keys.idempotency("k1")) is None
