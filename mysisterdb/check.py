@@ -613,7 +613,7 @@ def _check_index(run: _Run, state: ConvState) -> None:
     examples = ", ".join(f"{term!r}->{seq}" for term, seq in report.dangling_examples[:3])
     finding = Finding(kind=Kind.INDEX, conversation_id=state.cid,
                       detail=f"{report.dangling} dangling postings ({examples or '-'}), "
-                             f"{report.duplicates} duplicate postings")
+                             f"{report.duplicates} duplicate postings, {report.unindexed} not indexed")
     run.findings.append(finding)
     if not run.config.repair:
         return
