@@ -46,6 +46,7 @@ from tests.procs import Stack  # noqa: E402
 logger = logging.getLogger(__name__)
 
 KINDS = ("anchored", "english", "paraphrase", "updated")
+THRESHOLD = Settings().relevance_threshold
 TURN_OVERHEAD = 4  # context.builder.TURN_OVERHEAD_TOKENS, per content and system instruction
 
 
@@ -60,6 +61,8 @@ class Outcome:
     step_ms: float
     build_ms: float
     detail: str
+    fact_rank: int | None  # 1-based rank among the recall candidates (None: not a candidate)
+    fact_score: float
 
 
 def history_store(client: redis.Redis) -> RedisHistoryStore:
@@ -106,6 +109,16 @@ def _build_ms(client: redis.Redis, cid: str, question: str, settings: Settings,
     return statistics.median(timings)
 
 
+def _fact_rank(client: redis.Redis, cid: str, fact: Fact, settings: Settings) -> tuple[int | None, float]:
+    """Where the fact stands in the lexical ranking the build starts from."""
+    hits = history_store(client).search(cid, query=fact.question, before_seq=2 * TURNS + 1,
+                                        limit=64, threshold=settings.relevance_floor)
+    for rank, hit in enumerate(hits, start=1):
+        if hit.message.text == fact.expected:
+            return rank, hit.score
+    return None, 0.0
+
+
 def ask(stack: Stack, client: redis.Redis, conversation: Conversation, fact: Fact, *,
         seed: int, settings: Settings, timing_runs: int) -> Outcome:
     cid = f"recall-{conversation.name}-{uuid.uuid4().hex[:8]}"
@@ -119,7 +132,8 @@ def ask(stack: Stack, client: redis.Redis, conversation: Conversation, fact: Fac
     build_step = job["steps"][1]
     detail = str(build_step["detail"])
     older = fact.statements[0][1] if len(fact.statements) > 1 else ""
-    return Outcome(
+    rank, score = _fact_rank(client, cid, fact, settings)
+    return Outcome(fact_rank=rank, fact_score=score,
         fact=fact, recalled=fact.expected in prompt, older_recalled=bool(older) and older in prompt,
         job_tokens=int(detail.rsplit(",", 1)[-1].split()[0]),
         sent_tokens=sum(count_tokens(t) for t in texts) + TURN_OVERHEAD * len(texts),
@@ -131,11 +145,17 @@ def report(outcomes: list[Outcome]) -> None:
     by_kind: dict[str, list[Outcome]] = defaultdict(list)
     for outcome in outcomes:
         by_kind[outcome.fact.kind].append(outcome)
-    print(f"{'kind':<11} {'recalled':>9} {'recall':>7}")
+    print(f"{'kind':<11} {'recalled':>9} {'recall':>7}  {'confident':>9}  {'median rank':>11}")
     for kind in KINDS:
         group = by_kind.get(kind, [])
         hits = sum(o.recalled for o in group)
-        print(f"{kind:<11} {hits:>4}/{len(group):<4} {100 * hits / max(len(group), 1):>6.0f}%")
+        confident = sum(o.fact_score >= THRESHOLD for o in group)
+        ranks = [o.fact_rank for o in group if o.fact_rank is not None]
+        rank = f"{statistics.median(ranks):.0f}" if ranks else "-"
+        print(f"{kind:<11} {hits:>4}/{len(group):<4} {100 * hits / max(len(group), 1):>6.0f}%  "
+              f"{confident:>4}/{len(group):<4}  {rank:>11}")
+    print("(confident: the fact scored >= the threshold; rank: its place among the recall "
+          "candidates)")
     updated = by_kind.get("updated", [])
     print(f"updated: older statement also in the prompt {sum(o.older_recalled for o in updated)}"
           f"/{len(updated)}")
