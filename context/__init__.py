@@ -23,7 +23,7 @@ from context.redis_store import IndexCheck, KeyOf, RedisHistoryStore
 from context.relevance import SearchConfig
 from context.store import HistoryStore
 from context.summary import SummaryBatch, finalize_summary, plan_summary, summary_prompt
-from context.terms import analyse, terms, warm_up
+from context.terms import analyse, warm_up
 from context.tokens import count_tokens, truncate_to_tokens
 from context.types import Message, ScoredMessage, Summary, Turn
 
@@ -34,5 +34,5 @@ __all__ = [
     "RedisHistoryStore", "ScoredMessage", "SearchConfig", "Summary", "SummaryBatch", "Turn",
     "analyse", "build_context", "count_tokens", "finalize_summary", "max_message_tokens",
     "message_fits", "persona_tokens", "plan_summary", "reciprocal_rank_fusion",
-    "summary_prompt", "terms", "truncate_to_tokens", "warm_up",
+    "summary_prompt", "truncate_to_tokens", "warm_up",
 ]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import multiprocessing
 import threading
 
 from context.terms import (
@@ -127,3 +128,23 @@ def test_analysis_is_safe_from_several_threads() -> None:
     for thread in threads:
         thread.join()
     assert all(results[n] == expected for n in range(4))
+
+
+def _analyse_in_child(queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    queue.put(terms("ひまりって今何歳だっけ？ where did I park my car?"))
+
+
+def test_a_dictionary_loaded_before_fork_works_in_the_children() -> None:
+    # What a prefork worker does when the parent warms the analyser up before forking.
+    warm_up()
+    fork = multiprocessing.get_context("fork")
+    queue = fork.Queue()
+    children = [fork.Process(target=_analyse_in_child, args=(queue,)) for _ in range(2)]
+    for child in children:
+        child.start()
+    results = [queue.get(timeout=30) for _ in children]
+    for child in children:
+        child.join(timeout=30)
+        assert child.exitcode == 0
+    expected = terms("ひまりって今何歳だっけ？ where did I park my car?")
+    assert results == [expected, expected] and "park" in expected and "歳" in expected
