@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from context.redis_store import RedisHistoryStore
 from mysisterdb.chat import ChatService
+from mysisterdb.history import history_store
 from mysisterdb.lifecycle import Lifecycle, Limits
 from mysisterdb.settings import Settings
 
@@ -32,7 +33,7 @@ CeleryDep = Annotated[Celery, Depends(get_celery)]
 
 
 def get_history(client: RedisDep) -> RedisHistoryStore:
-    return RedisHistoryStore(client)
+    return history_store(client)
 
 
 HistoryDep = Annotated[RedisHistoryStore, Depends(get_history)]

@@ -15,8 +15,8 @@ from api.errors import install_error_handlers
 from api.middleware import RequestTimeoutMiddleware
 from api.routes import chat, conversations, health, jobs, ops, ui
 from context.builder import max_message_tokens
-from context.redis_store import RedisHistoryStore
 from context.tokens import count_tokens
+from mysisterdb.history import history_store
 from mysisterdb.lifecycle import Lifecycle, Limits
 from mysisterdb.logs import configure_logging
 from mysisterdb.metrics import RedisCollector
@@ -78,7 +78,7 @@ def api_sweeper(settings: Settings, *, publish: Publish) -> Sweeper:
     and dead jobs still end, so nobody waits on a job that cannot finish."""
     def make() -> Lifecycle:
         client = connect(settings.redis_url, timeout_s=settings.redis_timeout_s)
-        return Lifecycle(client=client, history=RedisHistoryStore(client),
+        return Lifecycle(client=client, history=history_store(client),
                          limits=Limits.from_settings(settings), publish=publish)
 
     return Sweeper(make_lifecycle=make, interval_s=settings.sweep_interval_s, name="api-sweep")

@@ -78,6 +78,7 @@ from redis import Redis, RedisError, WatchError
 from context.redis_store import RedisHistoryStore
 from context.types import Message
 from mysisterdb import keys
+from mysisterdb.history import history_store
 from mysisterdb.jobs import JobStore, Mutation
 from mysisterdb.lifecycle import Lifecycle, Limits
 from mysisterdb.models import Job, JobStatus, iso, utcnow
@@ -195,7 +196,7 @@ def find_problems(*, redis: Redis, config: CheckConfig) -> list[Finding]:
 
 
 def _new_run(client: Redis, config: CheckConfig) -> _Run:
-    history = RedisHistoryStore(client)
+    history = history_store(client)
     # The same dead-job rules as the sweep; no publishing: the sweep sends a hand-over.
     lifecycle = Lifecycle(client=client, history=history, publish=None, limits=Limits(
         hard_limit_s=config.hard_limit_s, grace_s=config.grace_s,
@@ -615,7 +616,7 @@ def _check_index(run: _Run, state: ConvState) -> None:
     examples = ", ".join(f"{term!r}->{seq}" for term, seq in report.dangling_examples[:3])
     finding = Finding(kind=Kind.INDEX, conversation_id=state.cid,
                       detail=f"{report.dangling} dangling postings ({examples or '-'}), "
-                             f"{report.duplicates} duplicate postings")
+                             f"{report.duplicates} duplicate postings, {report.unindexed} not indexed")
     run.findings.append(finding)
     if not run.config.repair:
         return

@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     max_context_tokens: int = 4000
     preserve_recent: int = 3
     relevance_threshold: float = 0.4
+    relevance_floor: float = 0.15  # recall fills unused budget down to this score
     summary_max_tokens: int = 600
 
     # Operations

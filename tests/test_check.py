@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import redis
 
-from context.redis_store import RedisHistoryStore
 from context.tokens import count_tokens
 from context.types import Message, Summary
 from mysisterdb import keys
 from mysisterdb.check import CheckConfig, Finding, Kind, Renumber, find_problems, run_check
+from mysisterdb.history import history_store
 from mysisterdb.incidents import IncidentLog
 from mysisterdb.jobs import JobStore
 from mysisterdb.models import Job, JobStatus, iso, utcnow
@@ -37,7 +37,7 @@ def store_turn(client: redis.Redis, cid: str, turn: int, *, reply: bool = True,
         JobStore.create(pipe, job)
         JobStore.follow_status(pipe, job)  # as the lifecycle leaves the indexes
         pipe.execute()
-    history = RedisHistoryStore(client)
+    history = history_store(client)
     history.append(cid, message(2 * turn - 1, "user", user_text(cid, turn), job.id, at))
     if reply:
         history.append(cid, message(2 * turn, "assistant", reply_text(cid, turn), job.id, at))
@@ -161,7 +161,7 @@ def test_active_set_out_of_step_with_job_records(redis_client: redis.Redis) -> N
 
 def test_gap_is_closed_by_renumbering_without_losing_a_message(redis_client: redis.Redis) -> None:
     jobs = conversation(redis_client, "a", 5)
-    history = RedisHistoryStore(redis_client)
+    history = history_store(redis_client)
     history.set_summary("a", Summary(text="要約", covers_up_to_seq=8, tokens=2))
     redis_client.zremrangebyscore(keys.conv_messages("a"), 5, 6)  # turn 3 is gone
     kept = texts(redis_client, "a")
@@ -274,7 +274,7 @@ def test_dangling_index_entry_is_rebuilt(redis_client: redis.Redis) -> None:
     found = problems(redis_client)
     assert kinds(found) == [Kind.INDEX] and "dangling postings" in found[0].detail
     assert check(redis_client, repair=True)[0] == 0
-    assert RedisHistoryStore(redis_client).check_index("a").ok
+    assert history_store(redis_client).check_index("a").ok
     assert problems(redis_client) == []
 
 

@@ -67,7 +67,7 @@ def build(rt: Runtime, job: Job, message: Message) -> BuiltContext:
     return build_context(store=rt.history, conversation_id=job.conversation_id,
                          new_message=message, persona=rt.persona,
                          max_tokens=s.max_context_tokens, preserve_recent=s.preserve_recent,
-                         relevance_threshold=s.relevance_threshold)
+                         relevance_threshold=s.relevance_threshold, relevance_floor=s.relevance_floor)
 
 
 def generate(rt: Runtime, job: Job, built: BuiltContext, *, deadline: float) -> str:

@@ -10,6 +10,7 @@ import redis
 from celery import current_app
 
 from context.redis_store import RedisHistoryStore
+from mysisterdb.history import history_store
 from mysisterdb.lifecycle import Lifecycle, Limits
 from mysisterdb.metrics import MetricsRecorder
 from mysisterdb.queueing import chat_publisher
@@ -78,7 +79,7 @@ def llm_client_class(sdk: str) -> type[GenAIClient] | type[GenerativeAIClient]:
 def build_runtime(settings: Settings) -> Runtime:
     client = connect(settings.redis_url, timeout_s=5.0, retries=3)
     metrics = MetricsRecorder(client)
-    history = RedisHistoryStore(client)
+    history = history_store(client)
     lifecycle = Lifecycle(client=client, history=history, limits=Limits.from_settings(settings),
                           publish=chat_publisher(current_app))
     return Runtime(settings=settings, redis=client, lifecycle=lifecycle, history=history,

@@ -20,7 +20,7 @@ QUESTION = "枡元さんの誕生日いつだっけ？"
 
 def plant_history(client: redis.Redis, conversation_id: str) -> None:
     """TURNS exchanges (6,000 messages) with one fact near the start, as if typed long ago."""
-    store = RedisHistoryStore(client)
+    store = RedisHistoryStore(client, key_of=keys.conv_key)
     chat = ChatGenerator(seed=7)
     messages = list(chat.messages(count=2 * TURNS, first_seq=1))
     messages[2 * FACT_TURN - 2] = make_message(2 * FACT_TURN - 1, "user", FACT)
@@ -52,7 +52,7 @@ def test_fact_from_thousands_of_turns_ago_is_in_the_prompt(stack: Stack, stack_r
 def test_prompt_keeps_the_last_three_exchanges_verbatim(stack: Stack, stack_redis: redis.Redis,
                                                         conversation_id: str) -> None:
     plant_history(stack_redis, conversation_id)
-    recent = RedisHistoryStore(stack_redis).last(conversation_id, limit=6)
+    recent = RedisHistoryStore(stack_redis, key_of=keys.conv_key).last(conversation_id, limit=6)
     job = stack.submit(f"ところで {conversation_id}", conversation_id=conversation_id)
     assert stack.wait_job(job["id"])["status"] == "completed"
     body = stack.sim_requests_containing(f"ところで {conversation_id}")[-1]

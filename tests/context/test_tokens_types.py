@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from context.terms import term_weight, terms
 from context.tokens import count_tokens, truncate_to_tokens
 from context.types import Message
 from tests.context.chatgen import make_message
@@ -23,24 +22,6 @@ def test_truncate_to_tokens_keeps_a_prefix_within_the_cap() -> None:
     assert 0 < count_tokens(cut) <= 10
     assert truncate_to_tokens("短い", 100) == "短い"
     assert truncate_to_tokens("短い", 0) == ""
-
-
-def test_japanese_terms_are_bigrams_cut_at_script_changes() -> None:
-    assert terms("枡元さんの誕生日は3月12日だよ") == [
-        "枡元", "さん", "んの", "誕生", "生日", "3", "月", "12", "日", "だよ"]
-    # A lone kanji is its own term, so 猫が and 猫は share it; lone particles are dropped.
-    assert "猫" in terms("猫が好き") and "猫" in terms("猫は？")
-    assert "は" not in terms("猫は？")
-
-
-def test_latin_terms_are_words_normalised() -> None:
-    assert terms("Pythonで ＦａｓｔＡＰＩ を使う") == ["python", "fastapi", "使"]
-    assert terms("ｶﾀｶﾅ") == ["カタ", "タカ", "カナ"]
-    assert terms("！？。、") == []
-
-
-def test_hiragana_terms_weigh_less() -> None:
-    assert term_weight("いつ") < term_weight("誕生") == term_weight("python") == 1.0
 
 
 def test_message_json_round_trip_keeps_japanese_readable() -> None:
