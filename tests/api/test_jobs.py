@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 
 from tests.procs import Stack
@@ -29,6 +27,10 @@ def test_cancel_running_job(stack: Stack, conversation_id: str) -> None:
     assert stack.wait_job(nxt["id"], timeout_s=10)["status"] == "completed"
     assert stack.job(job["id"])["status"] == "cancelled"
     assert stack.job(job["id"])["reply"] is None
+    # The terminated task left no reply in the history: turn 1's reply slot (seq 2) is empty.
+    history = httpx.get(f"{stack.api_url}/api/conversations/{conversation_id}/messages",
+                        timeout=5).json()["messages"]
+    assert [(m["seq"], m["role"]) for m in history] == [(1, "user"), (3, "user"), (4, "assistant")]
 
 
 def test_cancel_queued_job_never_runs_it(stack: Stack, conversation_id: str) -> None:
@@ -36,9 +38,12 @@ def test_cancel_queued_job_never_runs_it(stack: Stack, conversation_id: str) -> 
     second = stack.submit(f"取り消す話 {conversation_id}", conversation_id=conversation_id)
     r = httpx.post(f"{stack.api_url}/api/jobs/{second['id']}/cancel", timeout=5)
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    third = stack.submit("その次の話", conversation_id=conversation_id)
     assert stack.wait_job(first["id"])["status"] == "completed"
-    time.sleep(1.0)  # the cancelled job would have started right after the first
-    assert stack.sim_requests_containing(f"取り消す話 {conversation_id}") == []
+    # Turns run in order: had the cancelled one run, it would have run before the third.
+    assert stack.wait_job(third["id"])["status"] == "completed"
+    assert stack.sim_requests_asking(f"取り消す話 {conversation_id}") == []
+    assert stack.sim_requests_asking("その次の話")
 
 
 def test_current_time_is_iso_utc(stack: Stack) -> None:
