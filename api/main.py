@@ -14,6 +14,7 @@ from api.middleware import RequestTimeoutMiddleware
 from api.routes import chat, conversations, health, jobs, ops, ui
 from context.builder import max_message_tokens
 from context.tokens import count_tokens
+from mysisterdb.llm_check import LLMCheck
 from mysisterdb.logs import configure_logging
 from mysisterdb.metrics import RedisCollector
 from mysisterdb.redis_client import connect
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         monitor = ResourceMonitor(label="api", interval_s=settings.resource_log_interval,
                                   warn_mb=settings.memory_warn_mb)
         monitor.start()
+        app.state.llm_check.status()  # the first check of the LLM endpoint starts now
         yield
         monitor.stop()
         app.state.redis.close()
@@ -42,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.redis = connect(settings.redis_url, timeout_s=settings.redis_timeout_s)
     app.state.health_redis = connect(settings.redis_url, timeout_s=HEALTH_REDIS_TIMEOUT_S)
+    app.state.llm_check = LLMCheck.from_settings(settings)
     app.state.metrics_registry = metrics_registry(app.state.redis)
     celery = create_celery(settings, broker_socket_timeout_s=settings.redis_timeout_s)
     app.state.celery = celery

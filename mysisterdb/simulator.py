@@ -112,6 +112,12 @@ def create_app() -> FastAPI:
     async def stream_generate(model: str, request: Request) -> Response:
         return await answer(request, stream=True)
 
+    @app.get("/v1beta/models/{model}")
+    async def model_info(model: str) -> dict[str, Any]:
+        # What /api/health asks to see whether the endpoint answers (no generation).
+        return {"name": f"models/{model}", "displayName": f"{model} (simulator)",
+                "supportedGenerationMethods": ["generateContent", "streamGenerateContent"]}
+
     @app.get("/_sim/requests")
     async def requests_seen() -> list[Any]:
         return list(received)
