@@ -5,13 +5,15 @@ and it fails the way every chat would: endpoint unreachable, key rejected, model
 The key travels in the `x-goog-api-key` header, never in the URL (URLs end up in logs).
 
 It runs in a background thread and its result is kept for `interval_s`: a health request
-reads the last result and starts a refresh when it is stale, so health never waits on the
-network (a hung endpoint costs the probe its timeout, not the health request).
+reads the last result and starts a refresh when it is stale.  Health waits on the network
+at most `wait_s` (the caller's budget), and only when it has no recent result at all; a
+hung endpoint costs the probe its timeout, never the health request.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +27,7 @@ from mysisterdb.settings import Settings
 logger = logging.getLogger(__name__)
 
 GOOGLE_ENDPOINT = "https://generativelanguage.googleapis.com"
+STALE_INTERVALS = 3  # a result this many intervals old is worth a short wait for a fresh one
 Fetch = Callable[[str, dict[str, str], float], httpx.Response]
 
 
@@ -76,8 +79,7 @@ class LLMCheck:
         self._fetch = fetch
         self._lock = threading.Lock()
         self._result = PENDING
-        self._refreshing = False
-        self._answered = threading.Event()
+        self._running: threading.Event | None = None  # set when the running refresh ends
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LLMCheck:
@@ -87,16 +89,18 @@ class LLMCheck:
                    interval_s=settings.llm_check_interval_s)
 
     def status(self, *, wait_s: float = 0.0) -> LLMStatus:
-        """The last result (starting a refresh when stale); waits up to wait_s only when
-        there has never been one."""
+        """The last result, starting a refresh when it is stale.  Waits (up to wait_s) for
+        that refresh only when there is no result yet or it is far older than the interval
+        (nobody asked for a while): then the last result says little about now."""
         with self._lock:
             result = self._result
-            stale = (result.checked_at == 0.0
-                     or time.monotonic() - result.checked_at >= self._interval_s)
-            if stale and not self._refreshing:
-                self._refreshing = True
+            age = time.monotonic() - result.checked_at if result.checked_at else math.inf
+            if age >= self._interval_s and self._running is None:
+                self._running = threading.Event()
                 threading.Thread(target=self._refresh, daemon=True, name="llm-check").start()
-        if result.ok is None and wait_s > 0 and self._answered.wait(wait_s):
+            running = self._running
+        too_old = age >= STALE_INTERVALS * self._interval_s
+        if too_old and running is not None and wait_s > 0 and running.wait(wait_s):
             return self._result
         return result
 
@@ -106,8 +110,10 @@ class LLMCheck:
             result = self._probe()
         finally:
             with self._lock:
-                previous, self._result, self._refreshing = self._result, result, False
-            self._answered.set()
+                previous, self._result = self._result, result
+                done, self._running = self._running, None
+            if done is not None:
+                done.set()
         if result.ok != previous.ok:  # log changes, not every refresh
             log = logger.info if result.ok else logger.warning
             log("LLM endpoint %s: %s", self.url, result.detail)

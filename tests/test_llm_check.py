@@ -94,3 +94,15 @@ def test_hung_endpoint_never_holds_the_caller(silent_endpoint: str) -> None:
     assert first.ok is None and "checking" in first.detail
     wait_for(lambda: check.status().ok is False, timeout_s=5, what="the probe's timeout")
     assert check.status().detail == "no answer within 0.5 s"
+
+
+def test_a_long_unasked_result_waits_briefly_for_a_fresh_one() -> None:
+    answers = iter([200, 500])
+
+    def fetch(url: str, headers: dict[str, str], timeout_s: float) -> httpx.Response:
+        return httpx.Response(next(answers))
+
+    check = LLMCheck(url="http://x.test/m", api_key="k", timeout_s=1, interval_s=0.1, fetch=fetch)
+    assert check.status(wait_s=5).ok is True
+    time.sleep(0.35)  # over three intervals with nobody asking: the old answer says little
+    assert check.status(wait_s=5).ok is False
