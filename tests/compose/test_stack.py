@@ -95,7 +95,7 @@ class Compose:
         self.run("up", "-d", "--build", "--wait", timeout_s=UP_TIMEOUT_S)
 
     def inspect(self, service: str, template: str) -> str:
-        container = self.run("ps", "-q", service).stdout.strip()
+        container = self.run("ps", "-a", "-q", service).stdout.strip()
         assert container, f"no container for {service}"
         return subprocess.run(["docker", "inspect", "-f", template, container],
                               capture_output=True, text=True, timeout=30,
