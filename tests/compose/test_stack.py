@@ -1,13 +1,16 @@
 """The compose stack, for real: the README's commands against a Docker engine.
 
-One stack for the module (its own project name, free host ports, an empty env file so a
-developer's `.env` or GEMINI_API_KEY cannot turn it into a Gemini stack). The compose file
-is used as it is. Without Docker + Compose v2 the module is skipped with the reason; CI
-(`.ci/run`) prepares Docker and sets MYSISTERDB_TEST_REQUIRE_DOCKER=1, which turns that skip
-into a failure.
+One stack for the module: free host ports, an empty env file (a developer's `.env` or
+GEMINI_API_KEY cannot turn it into a Gemini stack), and a project name and image tag
+(MYSISTERDB_IMAGE_TAG) of this checkout's own, so it never touches the `mysisterdb` project
+and two checkouts on one engine never run each other's code. Both stay the same from run to
+run: compose labels the image it builds with the project name, so a new name per run would
+leave an untagged copy of the image behind every time. The image stays after the test as
+the build cache of the next run; containers and volumes go (`down -v`, also before `up`, for
+what an interrupted run left). The compose file is used as it is.
 
-The image keeps a per-checkout tag (MYSISTERDB_IMAGE_TAG) after the test: it is the build
-cache of the next run, and two checkouts on one engine never run each other's code.
+Without Docker + Compose v2 the module is skipped with the reason; CI (`.ci/run`) prepares
+Docker and sets MYSISTERDB_TEST_REQUIRE_DOCKER=1, which turns that skip into a failure.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +103,17 @@ class Compose:
                               capture_output=True, text=True, timeout=30,
                               check=True).stdout.strip()
 
+    def mounted_volumes(self) -> set[str]:
+        """Every volume a container of the project mounts, anonymous ones included."""
+        containers = self.run("ps", "-a", "-q").stdout.split()
+        if not containers:
+            return set()
+        names = subprocess.run(
+            ["docker", "inspect", "-f",
+             '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}} {{end}}{{end}}', *containers],
+            capture_output=True, text=True, timeout=30, check=True).stdout.split()
+        return set(names)
+
     def wait(self, check: Callable[[], bool], *, what: str, timeout_s: float = 60) -> None:
         try:
             wait_for(check, timeout_s=timeout_s, what=what, interval_s=0.25)
@@ -149,6 +162,9 @@ class Compose:
         return job
 
 
+CHECKOUT_ID = hashlib.sha1(str(ROOT).encode()).hexdigest()[:10]
+
+
 def compose_env(api_port: int, flower_port: int) -> dict[str, str]:
     # Nothing of the caller's MySisterDB, Compose or Gemini settings leaks into the stack.
     env = {k: v for k, v in os.environ.items()
@@ -157,7 +173,7 @@ def compose_env(api_port: int, flower_port: int) -> dict[str, str]:
     env.update({
         "MYSISTERDB_API_HOST_PORT": str(api_port),
         "MYSISTERDB_FLOWER_HOST_PORT": str(flower_port),
-        "MYSISTERDB_IMAGE_TAG": "test-" + hashlib.sha1(str(ROOT).encode()).hexdigest()[:10],
+        "MYSISTERDB_IMAGE_TAG": f"test-{CHECKOUT_ID}",
     })
     return env
 
@@ -173,10 +189,11 @@ def compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
     env_file = tmp_path_factory.mktemp("compose") / "empty.env"
     env_file.write_text("")
     api_port = free_port()
-    stack = Compose(project=f"mysisterdb-test-{uuid.uuid4().hex[:8]}",
+    stack = Compose(project=f"mysisterdb-test-{CHECKOUT_ID}",
                     env=compose_env(api_port, free_port()), env_file=env_file,
                     api_url=f"http://127.0.0.1:{api_port}")
     try:
+        stack.run("down", "-v", "--remove-orphans")
         stack.up()
         yield stack
     finally:
@@ -239,14 +256,15 @@ def test_redis_killed_and_started_keeps_history_and_queued_jobs(compose: Compose
 def test_down_then_up_keeps_history_and_down_v_removes_it(compose: Compose) -> None:
     conv = "compose-down"
     job = compose.chat("また会おうね", conv)
+    volumes = compose.mounted_volumes()
     compose.run("down")
     compose.up()
     assert compose.texts(conv) == ["また会おうね", job["reply"]]
     compose.wait(lambda: compose.health()["status"] == "ok", what="health ok after up")
+    volumes |= compose.mounted_volumes()
 
     compose.run("down", "-v")
-    volumes = subprocess.run(
-        ["docker", "volume", "ls", "-q", "--filter",
-         f"label=com.docker.compose.project={compose.project}"],
-        capture_output=True, text=True, timeout=30, check=True).stdout.split()
-    assert volumes == [], volumes
+    existing = subprocess.run(["docker", "volume", "ls", "-q"], capture_output=True, text=True,
+                              timeout=30, check=True).stdout.split()
+    # Named and anonymous: nothing the stack ever mounted may outlive `down -v`.
+    assert volumes and not volumes & set(existing), volumes & set(existing)
