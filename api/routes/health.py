@@ -15,7 +15,7 @@ from mysisterdb.settings import Settings
 router = APIRouter(prefix="/api", tags=["health"])
 
 HEALTH_BUDGET_S = 0.8  # the whole check, whatever is down: health answers within 1 s
-FIRST_LLM_CHECK_WAIT_S = 0.5  # only until the first check of the endpoint has answered
+FIRST_LLM_CHECK_WAIT_S = 0.5  # only when the LLM check has no recent result (see LLMCheck.status)
 
 
 def llm_info(settings: Settings, status: LLMStatus, endpoint: str) -> dict[str, Any]:
