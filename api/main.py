@@ -18,6 +18,7 @@ from context.builder import max_message_tokens
 from context.tokens import count_tokens
 from mysisterdb.history import history_store
 from mysisterdb.lifecycle import Lifecycle, Limits
+from mysisterdb.llm_check import LLMCheck
 from mysisterdb.logs import configure_logging
 from mysisterdb.metrics import RedisCollector
 from mysisterdb.queueing import Publish, chat_publisher, create_celery
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         monitor.start()
         sweeper = api_sweeper(settings, publish=chat_publisher(app.state.celery))
         sweeper.start()
+        app.state.llm_check.status()  # the first check of the LLM endpoint starts now
         yield
         sweeper.stop()
         monitor.stop()
@@ -52,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.redis = connect(settings.redis_url, timeout_s=settings.redis_timeout_s)
     app.state.health_redis = connect(settings.redis_url, timeout_s=HEALTH_REDIS_TIMEOUT_S)
+    app.state.llm_check = LLMCheck.from_settings(settings)
     app.state.metrics_registry = metrics_registry(app.state.redis)
     celery = create_celery(settings, broker_socket_timeout_s=settings.redis_timeout_s)
     app.state.celery = celery

@@ -50,9 +50,7 @@ def get_runtime() -> Runtime:
 
 def build_llm(settings: Settings, metrics: MetricsRecorder) -> LLMClient:
     key = settings.gemini_api_key.get_secret_value() if settings.gemini_api_key else SIMULATOR_KEY
-    endpoint = settings.gemini_endpoint
-    if settings.uses_simulator and not endpoint:
-        endpoint = f"http://127.0.0.1:{settings.sim_port}"
+    endpoint = settings.llm_endpoint()
     policy = RetryPolicy(timeout_s=settings.gemini_timeout, retries=settings.gemini_retries,
                          backoff_s=settings.gemini_backoff_s)
 
