@@ -162,3 +162,31 @@ def test_a_store_while_redis_is_frozen_answers_503_and_the_resend_gets_the_one_j
     job_id = post_until_accepted(stack, cid=cid, text="凍ってる？", key=f"{cid}-k")
     assert end_of(final(stack, job_id)) == ("completed", None)
     assert user_texts(stack, cid) == ["凍ってる？"]  # stored once, whatever the 503 hid
+
+
+def test_a_dead_worker_s_prompts_end_worker_lost_and_its_queue_waits_for_the_next(
+        faults: FaultStack, tmp_path: Path) -> None:
+    """The whole worker dies (parent and children): nobody is left to end its running
+    prompts but the sweep (and readers), after the hard limit + grace; prompts still in the
+    queue are served by the next worker."""
+    stack, run = faults.stack, uuid.uuid4().hex[:6]
+    stuck = [stack.submit("#worker:stuck", conversation_id=f"dead-{run}-{i}")["id"]
+             for i in range(2)]  # both pool processes busy, blocked in C
+    for job_id in stuck:
+        stack.wait_job(job_id, until=lambda j: j["steps"][2]["status"] == "in_progress")
+    waiting = stack.submit("待ってるよ", conversation_id=f"dead-{run}-w")["id"]
+    worker = stack.procs["worker"]
+    os.killpg(worker.process.pid, signal.SIGKILL)  # the parent and its pool, at once
+    worker.process.wait(timeout=10)
+    for job_id in stuck:
+        ended = final(stack, job_id)
+        assert end_of(ended) == ("failed", "worker_lost"), ended
+    incidents = [i for i in httpx.get(f"{stack.api_url}/api/incidents", timeout=5)
+                 .json()["incidents"] if i["job_id"] in stuck]
+    assert {i["action"].split(";")[0] for i in incidents} <= {
+        "marked failed by the sweep", "marked failed by a reader of the job"}
+    assert len(incidents) == 2
+    assert stack.job(waiting)["status"] == "queued"  # its message waits in the broker
+    stack.procs["worker"] = start("worker", mysisterdb("worker"), env=stack.env,
+                                  log_dir=tmp_path)
+    assert end_of(final(stack, waiting)) == ("completed", None)
