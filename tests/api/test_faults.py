@@ -164,29 +164,25 @@ def test_a_store_while_redis_is_frozen_answers_503_and_the_resend_gets_the_one_j
     assert user_texts(stack, cid) == ["凍ってる？"]  # stored once, whatever the 503 hid
 
 
-def test_a_dead_worker_s_prompts_end_worker_lost_and_its_queue_waits_for_the_next(
+def test_a_dead_worker_s_prompt_ends_worker_lost_and_the_next_turn_waits_for_a_worker(
         faults: FaultStack, tmp_path: Path) -> None:
-    """The whole worker dies (parent and children): nobody is left to end its running
-    prompts but the sweep (and readers), after the hard limit + grace; prompts still in the
-    queue are served by the next worker."""
-    stack, run = faults.stack, uuid.uuid4().hex[:6]
-    stuck = [stack.submit("#worker:stuck", conversation_id=f"dead-{run}-{i}")["id"]
-             for i in range(2)]  # both pool processes busy, blocked in C
-    for job_id in stuck:
-        stack.wait_job(job_id, until=lambda j: j["steps"][2]["status"] == "in_progress")
-    waiting = stack.submit("待ってるよ", conversation_id=f"dead-{run}-w")["id"]
+    """The whole worker dies (parent and pool): nobody is left to end its running prompt but
+    the sweep (or a reader), after the hard limit + grace; the conversation's next turn is
+    handed over then, and the next worker serves it."""
+    stack, cid = faults.stack, f"dead-{uuid.uuid4().hex[:8]}"
+    stuck = stack.submit("#worker:stuck", conversation_id=cid)["id"]  # blocked in C
+    stack.wait_job(stuck, until=lambda j: j["steps"][2]["status"] == "in_progress")
+    waiting = stack.submit("待ってるよ", conversation_id=cid)["id"]  # its turn comes next
     worker = stack.procs["worker"]
     os.killpg(worker.process.pid, signal.SIGKILL)  # the parent and its pool, at once
     worker.process.wait(timeout=10)
-    for job_id in stuck:
-        ended = final(stack, job_id)
-        assert end_of(ended) == ("failed", "worker_lost"), ended
+    ended = final(stack, stuck)
+    assert end_of(ended) == ("failed", "worker_lost"), ended
     incidents = [i for i in httpx.get(f"{stack.api_url}/api/incidents", timeout=5)
-                 .json()["incidents"] if i["job_id"] in stuck]
-    assert {i["action"].split(";")[0] for i in incidents} <= {
-        "marked failed by the sweep", "marked failed by a reader of the job"}
-    assert len(incidents) == 2
-    assert stack.job(waiting)["status"] == "queued"  # its message waits in the broker
+                 .json()["incidents"] if i["job_id"] == stuck]
+    assert len(incidents) == 1 and incidents[0]["action"].split(";")[0] in (
+        "marked failed by the sweep", "marked failed by a reader of the job")
+    assert stack.job(waiting)["status"] == "queued"  # handed over, waiting in the broker
     stack.procs["worker"] = start("worker", mysisterdb("worker"), env=stack.env,
                                   log_dir=tmp_path)
     assert end_of(final(stack, waiting)) == ("completed", None)
