@@ -362,3 +362,17 @@ def test_with_seq_changes_the_seq_alone() -> None:
     raw = '{"seq":5,"role":"user","text":"猫","tokens":1,"created_at":"t","job_id":"j","x":2}'
     assert json.loads(with_seq(raw.encode(), 3)) == json.loads(raw) | {"seq": 3}
     assert "猫" in with_seq(raw, 3)  # kept readable, as append stores it
+
+
+def test_reads_given_a_client_go_through_it_alone(redis_client: redis.Redis) -> None:
+    """What check reads under WATCH is read on the WATCHing connection, not the store's."""
+    RedisHistoryStore(redis_client, key_of=keys.conv_key).append("c", make_message(1, "user", FACT))
+    redis_client.hset(keys.conv_summary("c"), "covers_up_to_seq", 1)
+    unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
+    store = RedisHistoryStore(unreachable, key_of=keys.conv_key)
+    with redis_client.pipeline() as pipe:
+        pipe.watch(*store.watched_keys("c"))
+        assert list(store.raw_members("c", client=pipe)) == _members(redis_client, "c")
+        assert store.summary_seq("c", client=pipe) == 1
+    with pytest.raises(redis.ConnectionError):
+        store.summary_seq("c")

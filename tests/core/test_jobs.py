@@ -16,8 +16,9 @@ from mysisterdb.models import Job, JobStatus, utcnow
 def put(client: redis.Redis, cid: str, turn: int, *,
         status: JobStatus = JobStatus.COMPLETED) -> Job:
     at = utcnow() - timedelta(minutes=turn)
+    started = None if status is JobStatus.QUEUED else at + timedelta(seconds=30)
     job = Job(id=f"{cid}-job{turn}", conversation_id=cid, turn=turn, status=status,
-              created_at=at, started_at=None if status is JobStatus.QUEUED else at)
+              created_at=at, started_at=started)
     with client.pipeline(transaction=True) as pipe:
         JobStore.create(pipe, job)
         JobStore.follow_status(pipe, job)
@@ -96,7 +97,7 @@ def test_records_are_read_as_stored_including_bad_and_gone_ones(
     jobs = JobStore(redis_client)
     made = [put(redis_client, f"c{i}", 1) for i in range(5)]
     redis_client.set(keys.job("bad"), b"{not json")
-    scanned = dict(jobs.scan_records(batch=2))
+    scanned = dict(jobs.scan_records(batch=4))  # a full batch, then the rest
     assert sorted(scanned) == sorted([j.id for j in made] + ["bad"])
     assert scanned["bad"] == b"{not json"
     assert Job.model_validate_json(scanned[made[0].id] or b"") == made[0]
@@ -123,3 +124,18 @@ def test_index_entries_follow_the_status(redis_client: redis.Redis) -> None:
     for job in (queued, running, ended):  # as the lifecycle leaves them
         for key, score in jobs.index_entries(job).items():
             assert jobs.in_index(key, job.id) == (score is not None), (job.id, key)
+
+
+def test_reads_given_a_client_go_through_it_alone(redis_client: redis.Redis) -> None:
+    """What check reads under WATCH is read on the WATCHing connection, not the store's."""
+    job = put(redis_client, "c", 1)
+    redis_client.set(keys.conv_turn("c"), 1)
+    unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
+    jobs = JobStore(unreachable)
+    with redis_client.pipeline() as pipe:
+        pipe.watch(*jobs.turn_keys("c"))
+        assert jobs.turn_counter("c", client=pipe) == 1
+        assert jobs.turn_map("c", client=pipe) == {1: job.id}
+        assert [i for i, _ in jobs.raw_records([job.id], client=pipe)] == [job.id]
+    with pytest.raises(redis.ConnectionError):
+        jobs.turn_counter("c")
