@@ -97,7 +97,7 @@ def run_check(*, redis: Redis, repair: bool, hard_limit_s: float, out: TextIO,
     Returns 0 when clean or everything found was repaired, 1 when problems remain,
     2 when Redis failed before the check could finish.
     """
-    run = _new_run(redis, CheckConfig(repair=repair, hard_limit_s=hard_limit_s,
+    run = new_run(redis, CheckConfig(repair=repair, hard_limit_s=hard_limit_s,
                                       queued_limit_s=queue_timeout_s))
     try:
         check_all(run)
@@ -111,12 +111,12 @@ def run_check(*, redis: Redis, repair: bool, hard_limit_s: float, out: TextIO,
 
 def find_problems(*, redis: Redis, config: CheckConfig) -> list[Finding]:
     """The findings alone (tests, callers that print their own report)."""
-    run = _new_run(redis, config)
+    run = new_run(redis, config)
     check_all(run)
     return run.findings
 
 
-def _new_run(client: Redis, config: CheckConfig) -> Run:
+def new_run(client: Redis, config: CheckConfig) -> Run:
     history = history_store(client)
     # The same dead-job rules as the sweep; no publishing: the sweep sends a hand-over.
     lifecycle = Lifecycle(client=client, history=history, publish=None, limits=Limits(

@@ -43,7 +43,7 @@ def _parse_job(run: Run, job_id: str, raw: bytes | None) -> Job | None:
 
 
 def _check_job(run: Run, job: Job) -> None:
-    _check_job_indexes(run, job)
+    check_job_indexes(run, job)
     if job.status.is_final:
         return
     reason = stale_reason(run.config, job)
@@ -102,18 +102,18 @@ def _unlist(run: Run, job_id: str, *, why: str) -> None:
             finding.repaired = True
 
 
-def _in_step(run: Run, job: Job, key: str) -> bool:
-    """Whether `key` lists the job exactly when its status says it should."""
-    wanted = run.jobs.index_entries(job)[key] is not None
-    return run.jobs.in_index(key, job.id) == wanted
+def _in_step(run: Run, job: Job | None, job_id: str, key: str) -> bool:
+    """Whether `key` lists the job exactly when its record (None: gone) says it should."""
+    wanted = job is not None and run.jobs.index_entries(job)[key] is not None
+    return run.jobs.in_index(key, job_id) == wanted
 
 
-def _check_job_indexes(run: Run, job: Job) -> None:
+def check_job_indexes(run: Run, job: Job) -> None:
     for key in run.jobs.index_entries(job):
-        if _in_step(run, job, key):
+        if _in_step(run, job, job.id, key):
             continue
-        current = run.jobs.find(job.id)  # it may have moved on since our read
-        if current is not None and _in_step(run, current, key):
+        current = run.jobs.find(job.id)  # it may have moved on (or expired) since our read
+        if _in_step(run, current, job.id, key):
             continue
         score = run.jobs.index_entries(current)[key] if current is not None else None
         finding = run.found(Finding(
@@ -131,7 +131,7 @@ def check_conversation_order(run: Run, cid: str) -> None:
     key = keys.conv_active(cid)
     for job_id in run.jobs.line(cid):
         if run.jobs.find(job_id) is not None:
-            continue  # a live or final record: _check_job_indexes judged it
+            continue  # a live or final record: check_job_indexes judged it
         finding = run.found(Finding(kind=Kind.ACTIVE_SET, job_id=job_id, conversation_id=cid,
                                     detail=f"listed in {key} but its record expired or was "
                                            "deleted"))

@@ -7,7 +7,8 @@ from datetime import timedelta
 import redis
 
 from mysisterdb import keys
-from mysisterdb.check import Kind
+from mysisterdb.check import CheckConfig, Kind, new_run
+from mysisterdb.check.jobs import check_job_indexes
 from mysisterdb.incidents import IncidentLog
 from mysisterdb.jobs import JobStore
 from mysisterdb.models import JobStatus, utcnow
@@ -86,3 +87,20 @@ def test_running_and_order_indexes_out_of_step(redis_client: redis.Redis) -> Non
     assert jobs.line("a") == [running.id]
     assert redis_client.zrange(keys.running_jobs(), 0, -1) == [running.id.encode()]
     assert problems(redis_client) == []
+
+
+def test_a_job_that_vanished_during_the_check_is_never_put_back_in_an_index(
+    redis_client: redis.Redis,
+) -> None:
+    snapshot = store_turn(redis_client, "a", 1, reply=False, status=JobStatus.QUEUED,
+                          at=utcnow())  # as the scan read it; then its record expires
+    redis_client.delete(keys.job(snapshot.id))
+    redis_client.zrem(keys.active_jobs(), snapshot.id)  # still in the conversation's line
+    run = new_run(redis_client, CheckConfig(repair=True, hard_limit_s=HARD_LIMIT_S))
+    check_job_indexes(run, snapshot)
+    assert run.findings == []  # the snapshot is not the truth once the record is gone
+    assert JobStore(redis_client).active_ids() == []
+    found = problems(redis_client, repair=True)  # the line's entry is the line check's
+    assert [(f.kind, f.job_id, f.repaired) for f in found] == [
+        (Kind.ACTIVE_SET, snapshot.id, True)]
+    assert JobStore(redis_client).line("a") == [] and JobStore(redis_client).active_ids() == []
