@@ -7,10 +7,9 @@ like the sweep would (incident recorded, turn handed over).
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 
 from mysisterdb import keys
-from mysisterdb.check.findings import CheckConfig, Finding, Kind, Run
+from mysisterdb.check.findings import Finding, Kind, Run
 from mysisterdb.models import Job, JobStatus, iso, utcnow
 
 logger = logging.getLogger(__name__)
@@ -46,26 +45,22 @@ def _check_job(run: Run, job: Job) -> None:
     check_job_indexes(run, job)
     if job.status.is_final:
         return
-    reason = stale_reason(run.config, job)
+    reason = stale_reason(run, job)
     if reason is not None and _stale_job(run, job, reason):
         return
     run.live_jobs[job.conversation_id].add(job.id)
 
 
-def stale_reason(config: CheckConfig, job: Job, *, now: datetime | None = None) -> str | None:
-    """Why a queued or running job is surely dead, or None."""
-    now = now or utcnow()
-    if job.status is JobStatus.IN_PROGRESS:
-        since, limit, what = job.started_at or job.created_at, config.running_limit, "running"
-    elif job.status is JobStatus.QUEUED:
-        since, limit, what = job.created_at, config.queued_limit, "queued"
-    else:
+def stale_reason(run: Run, job: Job) -> str | None:
+    """Why a queued or running job is surely dead, by the lifecycle's own rule, or None."""
+    if run.lifecycle.death(job) is None:
         return None
-    age = now - since
-    if age <= limit:
-        return None
-    return (f"{what} since {iso(since)} ({age.total_seconds():.0f} s; limit "
-            f"{limit.total_seconds():g} s, hard limit {config.hard_limit_s:g} s)")
+    lim, running = run.lifecycle.limits, job.status is JobStatus.IN_PROGRESS
+    since = (job.started_at or job.created_at) if running else job.created_at
+    limit_s = lim.hard_limit_s + lim.grace_s if running else lim.queue_timeout_s
+    age_s = (utcnow() - since).total_seconds()
+    return (f"{'running' if running else 'queued'} since {iso(since)} ({age_s:.0f} s; limit "
+            f"{limit_s:g} s, hard limit {lim.hard_limit_s:g} s)")
 
 
 def _stale_job(run: Run, job: Job, reason: str) -> bool:
