@@ -31,13 +31,18 @@ RECHECK_DOWN_S = 0.5
 LISTEN_POLL_S = 1.0  # how long one read of the subscription blocks
 HEALTH_CHECK_S = 5  # PING on the subscription: a silently dead connection is noticed
 RECONNECT_MAX_S = 2.0
+POOL_SIZE = 32  # connections for reads, plus the subscription's own
 
 
 class JobWatcher:
     def __init__(self, *, url: str | None, timeout_s: float) -> None:
-        self.client = aredis.Redis.from_url(
-            url or DEFAULT_URL, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+        # A bounded pool: many waiters share a few connections (each read is short) and
+        # queue for one at most timeout_s, instead of opening a connection each.
+        pool = aredis.BlockingConnectionPool.from_url(
+            url or DEFAULT_URL, max_connections=POOL_SIZE, timeout=timeout_s,
+            socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
             health_check_interval=HEALTH_CHECK_S)
+        self.client = aredis.Redis(connection_pool=pool)
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self.listening = False
@@ -54,6 +59,7 @@ class JobWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.client.aclose()
+        await self.client.connection_pool.disconnect()
 
     async def _listen_forever(self) -> None:
         backoff = 0.1
