@@ -293,3 +293,11 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     Every route that reads Redis can answer 503 and every watched request 504: always listed."""
     wanted = sorted(set(statuses) | {422, 503, 504})
     return {s: {"model": ErrorBody, "description": ERROR_TEXT[s]} for s in wanted}
+
+
+def stream_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The same for a streaming route, whose errors are JSON although its answer is not
+    (and which the request watchdog does not watch: no 504)."""
+    body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    return {s: {"description": ERROR_TEXT[s], "content": body}
+            for s in sorted(set(statuses) | {422, 503})}

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import CeleryDep, ChatServiceDep, LifecycleDep, WatcherDep, lifecycle_of
 from api.errors import NoContent
-from api.schemas import JOB_ID_PATTERN, MAX_WAIT_S, JobOut, errors
+from api.schemas import JOB_ID_PATTERN, MAX_WAIT_S, JobOut, errors, stream_errors
 from api.watch import JobWatcher
 from mysisterdb.errors import NotFound
 from mysisterdb.models import Job, JobStatus
@@ -77,7 +77,7 @@ async def stream_start(
 
 @router.get("/{job_id}/events", response_class=EventSourceResponse,
             responses={204: {"description": "The client already has the final state: "
-                             "EventSource stops reconnecting"}, **errors(404)})
+                             "EventSource stops reconnecting"}, **stream_errors(404)})
 async def job_events(job_id: JobId, watcher: WatcherDep,
                      seen: Annotated[int, Depends(stream_start)]) -> AsyncIterator[JobOut]:
     """Server-Sent Events: one event per change, `id:` = the job's sequence, `data:` = the
