@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
 import json
 import os
 import signal
 import time
+import uuid
 
 import httpx
 import redis
