@@ -154,7 +154,9 @@ class Compose:
     def texts(self, conversation_id: str) -> list[str] | None:
         r = httpx.get(f"{self.api_url}/api/conversations/{conversation_id}/messages",
                       timeout=5)
-        return [m["text"] for m in r.json()["messages"]] if r.status_code == 200 else None
+        if r.status_code != 200:
+            return None
+        return [m["text"] for t in r.json()["turns"] for m in (t["user"], t["reply"]) if m]
 
     def chat(self, message: str, conversation_id: str) -> dict[str, Any]:
         job = self.wait_job(self.submit(message, conversation_id)["id"])

@@ -267,6 +267,7 @@ def test_raw_members_gives_every_member_as_stored_in_batches(redis_client: redis
 def test_summary_seq_is_the_coverage_or_none(redis_client: redis.Redis) -> None:
     store = RedisHistoryStore(redis_client, key_of=keys.conv_key)
     assert store.summary_seq("c") is None
+    store.append("c", Message(seq=1, role="user", text="こんにちは", tokens=3, created_at="t"))
     store.set_summary("c", Summary(text="要約", covers_up_to_seq=8, tokens=2))
     assert store.summary_seq("c") == 8
     with redis_client.pipeline() as pipe:
