@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from redis.client import Pipeline
 
 from mysisterdb import keys
-from mysisterdb.monitoring import queue_stats
+from mysisterdb.monitoring import QueueStats, queue_stats
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +92,10 @@ def text(raw: Any) -> str:
 class RedisCollector(Collector):
     """Collects on scrape: nothing is cached in the API process."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, max_wait_s: float, max_depth: int) -> None:
         self._redis = client
+        self._max_wait_s = max_wait_s
+        self._max_depth = max_depth
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -126,7 +128,7 @@ class RedisCollector(Collector):
             yield family
 
     def _live(self) -> Iterator[Metric]:
-        stats = queue_stats(self._redis)
+        stats = queue_stats(self._redis, max_wait_s=self._max_wait_s, max_depth=self._max_depth)
         length = GaugeMetricFamily("celery_queue_length", "Messages waiting in a queue.",
                                    labels=["queue_name"])
         for queue, n in stats.waiting_by_queue.items():
@@ -138,6 +140,7 @@ class RedisCollector(Collector):
                                 value=stats.running)
         yield GaugeMetricFamily("mysisterdb_workers_online", "Workers with a fresh heartbeat.",
                                 value=stats.workers_online)
+        yield from self._capacity(stats)
         up = GaugeMetricFamily("celery_worker_up", "A worker's heartbeat is fresh.",
                                labels=["hostname"])
         memory = GaugeMetricFamily("mysisterdb_worker_memory_bytes",
@@ -147,3 +150,26 @@ class RedisCollector(Collector):
             memory.add_metric([w["hostname"]], w["rss_mb"] * 1024 * 1024)
         yield up
         yield memory
+
+    @staticmethod
+    def _capacity(stats: QueueStats) -> Iterator[Metric]:
+        slots = GaugeMetricFamily("mysisterdb_chat_slots",
+                                  "Chat slots of the online workers, by state.", labels=["state"])
+        slots.add_metric(["busy"], stats.slots.busy)
+        slots.add_metric(["free"], stats.slots.free)
+        yield slots
+        yield GaugeMetricFamily("mysisterdb_chat_processes",
+                                "Chat pool processes forked now (autoscale).",
+                                value=stats.slots.forked)
+        yield GaugeMetricFamily("mysisterdb_queue_oldest_wait_seconds",
+                                "Age of the oldest prompt waiting in the chat queue.",
+                                value=stats.oldest_waiting_age_s or 0.0)
+        yield GaugeMetricFamily("mysisterdb_queue_not_started",
+                                "Stored prompts not started (in the broker or typed ahead).",
+                                value=stats.not_started)
+        yield GaugeMetricFamily("mysisterdb_queue_admission_cap",
+                                "Prompts not started at which submits get 429.",
+                                value=stats.admission_cap)
+        yield GaugeMetricFamily("mysisterdb_reply_seconds_recent",
+                                "Mean time recent prompts held a slot (s).",
+                                value=stats.recent_reply_s)

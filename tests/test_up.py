@@ -70,10 +70,12 @@ def test_up_serves_a_round_trip_then_stops_everything_on_ctrl_c(up: tuple) -> No
     assert url in printed and "simulator" in printed and "ready" in printed
 
 
-def worker_child(up_proc: subprocess.Popen[bytes]) -> psutil.Process:
+def worker_child(up_proc: subprocess.Popen[bytes], role: str = "chat") -> psutil.Process:
     for child in psutil.Process(up_proc.pid).children():
         try:
-            if child.status() != psutil.STATUS_ZOMBIE and "workers" in child.cmdline():
+            cmdline = child.cmdline()
+            if (child.status() != psutil.STATUS_ZOMBIE and "workers" in cmdline
+                    and role in cmdline):
                 return child
         except psutil.Error:
             continue

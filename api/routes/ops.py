@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.deps import RedisDep
+from api.deps import RedisDep, SettingsDep
 from mysisterdb.incidents import IncidentLog
 from mysisterdb.monitoring import queue_stats
 
@@ -16,9 +16,11 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/api/queue")
-def queue(client: RedisDep) -> dict[str, Any]:
-    """Waiting (all priority sub-lists), reserved-not-started, running, workers, oldest age."""
-    stats = queue_stats(client)
+def queue(client: RedisDep, settings: SettingsDep) -> dict[str, Any]:
+    """Waiting (all priority sub-lists), reserved-not-started, running, workers, oldest age;
+    chat slots busy/free, the recent reply time and what it means for admission (429)."""
+    stats = queue_stats(client, max_wait_s=settings.max_queue_wait_s,
+                        max_depth=settings.max_queue_depth)
     body = asdict(stats)
     if stats.oldest_waiting_age_s is not None:
         body["oldest_waiting_age_s"] = round(stats.oldest_waiting_age_s, 3)

@@ -1,0 +1,65 @@
+"""What every pool child needs, loaded once in the worker's main process before the pool forks.
+
+The prefork pool forks its children from the main process, at start, whenever the autoscaler
+grows the pool and whenever a child is recycled (`max_tasks_per_child`, memory, a hard-limit
+kill). Whatever the main process loaded before is then shared copy-on-write: tiktoken's BPE
+ranks, the Gemini SDK's modules (google-genai builds hundreds of pydantic models at import),
+the pipeline's modules, the persona, the settings. Loaded in each child instead, they cost
+every child ~90 MB of its own and a few seconds of CPU, inside its first prompt's time limit.
+
+What must not cross a fork is still made in each child, after it (`workers/runtime.py`,
+built on the child's first task): Redis connections, the SDK client with its HTTP connection
+pool. Here the SDK client is only built once and dropped, never used, so that its own lazy
+imports (the HTTP stack, the TLS trust store) happen here and not in every child.
+
+Last, `gc.freeze()` moves everything loaded so far out of the collector's reach: a child's
+garbage collection would otherwise write to the header of every shared object it visits and
+so copy the pages they sit on (the Python docs' advice for fork without exec).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from dataclasses import dataclass
+
+from context.tokens import count_tokens
+from mysisterdb.settings import Settings
+from workers.runtime import build_llm, persona_text
+
+logger = logging.getLogger(__name__)
+
+# Imported for their side effect: the modules a child's first prompt or summary would import.
+PIPELINE_MODULES = ("context.builder", "context.summary", "workers.pipeline", "workers.summary")
+
+
+@dataclass(frozen=True)
+class Preloaded:
+    seconds: float
+    frozen_objects: int
+
+
+def preload(settings: Settings) -> Preloaded:
+    """Load what children share; call once, in the main process, before the pool starts."""
+    started = time.monotonic()
+    import importlib
+
+    for name in PIPELINE_MODULES:
+        importlib.import_module(name)
+    count_tokens("warm up")  # tiktoken's ranks: the largest shared piece
+    persona_text(settings.persona_file)
+    warm_llm_imports(settings)
+    gc.collect()
+    gc.freeze()
+    done = Preloaded(seconds=time.monotonic() - started, frozen_objects=gc.get_freeze_count())
+    logger.info("preloaded for the pool in %.2f s (%s SDK, %d objects frozen)", done.seconds,
+                settings.gemini_sdk, done.frozen_objects)
+    return done
+
+
+def warm_llm_imports(settings: Settings) -> None:
+    """Build the SDK client once and drop it unused: no connection is opened (both SDKs
+    connect on the first request), but every module it needs is imported here."""
+    client = build_llm(settings)
+    del client
