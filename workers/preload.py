@@ -12,6 +12,13 @@ built on the child's first task): Redis connections, the SDK client with its HTT
 pool. Here the SDK client is only built once and dropped, never used, so that its own lazy
 imports (the HTTP stack, the TLS trust store) happen here and not in every child.
 
+Two lazy builds found by profiling a child (docs/performance.md, "Memory per slot"):
+- google-genai defers building its pydantic models to their first use (`defer_build`): the
+  models a streamed reply and an embedding use are built here, once;
+- billiard (Celery's pool) sets each new child's parent-death signal through cffi when cffi
+  is installed (cryptography brings it), and cffi builds its C parser once per process:
+  building it here saves each child ~5 MB.
+
 Last, `gc.freeze()` moves everything loaded so far out of the collector's reach: a child's
 garbage collection would otherwise write to the header of every shared object it visits and
 so copy the pages they sit on (the Python docs' advice for fork without exec).
@@ -19,6 +26,7 @@ so copy the pages they sit on (the Python docs' advice for fork without exec).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import time
@@ -32,6 +40,12 @@ logger = logging.getLogger(__name__)
 
 # Imported for their side effect: the modules a child's first prompt or summary would import.
 PIPELINE_MODULES = ("context.builder", "context.summary", "workers.pipeline", "workers.summary")
+# google-genai models built on the first streamed reply and the first embedding (measured with
+# google-genai 3.3; a name the SDK no longer has is skipped, a new one is built in the child).
+GENAI_MODELS = ("GenerateContentConfig", "_GenerateContentParameters", "GenerateContentResponse",
+                "Candidate", "Content", "UserContent", "Part", "HttpResponse",
+                "AutomaticFunctionCallingConfig", "EmbedContentConfig",
+                "_EmbedContentParametersPrivate", "EmbedContentResponse", "ContentEmbedding")
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,9 @@ def preload(settings: Settings) -> Preloaded:
     count_tokens("warm up")  # tiktoken's ranks: the largest shared piece
     persona_text(settings.persona_file)
     warm_llm_imports(settings)
+    if settings.gemini_sdk == "genai":
+        build_genai_models()
+    warm_pdeathsig()
     gc.collect()
     gc.freeze()
     done = Preloaded(seconds=time.monotonic() - started, frozen_objects=gc.get_freeze_count())
@@ -63,3 +80,23 @@ def warm_llm_imports(settings: Settings) -> None:
     connect on the first request), but every module it needs is imported here."""
     client = build_llm(settings)
     del client
+
+
+def build_genai_models() -> int:
+    from google.genai import types
+
+    built = 0
+    for name in GENAI_MODELS:
+        model = getattr(types, name, None)
+        if model is not None:
+            model.model_rebuild(raise_errors=False)
+            built += 1
+    return built
+
+
+def warm_pdeathsig() -> None:
+    """Read (not set) this process's parent-death signal the way billiard sets a child's."""
+    from billiard.util import get_pdeathsig
+
+    with contextlib.suppress(OSError):  # not Linux: billiard does not set it either
+        get_pdeathsig()
