@@ -77,6 +77,15 @@ class TreeMem:
         return [m.uss for m in self.children.values()]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process so far (0 once it is gone)."""
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(times.user + times.system)
+
+
 # -- jobs ------------------------------------------------------------------------------------
 
 @dataclass

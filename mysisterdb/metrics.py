@@ -48,6 +48,22 @@ def counter_field(name: str, labels: tuple[str, ...]) -> str:
     return "|".join((name, *labels))
 
 
+def bucket_field(seconds: float) -> str:
+    bound = next((b for b in DURATION_BUCKETS if seconds <= b), None)
+    return f"in:{bound}" if bound is not None else "in:+Inf"
+
+
+def cumulative_buckets(data: dict[str, float]) -> list[tuple[str, float]]:
+    """Prometheus buckets from the stored ones: `in:` counts added up, plus any cumulative
+    `le:` counts written before (by an older version)."""
+    buckets, running = [], 0.0
+    for bound in DURATION_BUCKETS:
+        running += data.get(f"in:{bound}", 0.0)
+        buckets.append((str(bound), running + data.get(f"le:{bound}", 0.0)))
+    buckets.append(("+Inf", data.get("count", 0.0)))
+    return buckets
+
+
 class MetricsRecorder:
     """Cheap writes from any process. With `pipe`, the writes join the caller's transaction
     (so a job's final status and its counters appear together); alone, they are best effort."""
@@ -61,12 +77,13 @@ class MetricsRecorder:
 
     def observe(self, name: str, seconds: float, label: str = "", *,
                 pipe: Pipeline | None = None) -> None:
+        """Three commands per sample: its one bucket (`in:` the smallest bound it fits, not
+        cumulative), count and sum; the collector adds the buckets up. A prompt records
+        several samples, so writing every cumulative bucket cost it ~40 Redis commands."""
         key = keys.metrics_histogram(f"{name}|{label}")
 
         def write(p: Pipeline) -> None:
-            for bound in DURATION_BUCKETS:
-                if seconds <= bound:
-                    p.hincrby(key, f"le:{bound}", 1)
+            p.hincrby(key, bucket_field(seconds), 1)
             p.hincrby(key, "count", 1)
             p.hincrbyfloat(key, "sum", seconds)
 
@@ -121,9 +138,7 @@ class RedisCollector(Collector):
             for key in self._redis.scan_iter(match=keys.metrics_histogram(f"{name}|*")):
                 label_value = text(key).split("|", 1)[1]
                 data = {text(k): float(v) for k, v in self._redis.hgetall(key).items()}
-                buckets = [(str(b), data.get(f"le:{b}", 0.0)) for b in DURATION_BUCKETS]
-                buckets.append(("+Inf", data.get("count", 0.0)))
-                family.add_metric([label_value] if label else [], buckets,
+                family.add_metric([label_value] if label else [], cumulative_buckets(data),
                                   sum_value=data.get("sum", 0.0))
             yield family
 

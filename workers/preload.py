@@ -10,7 +10,9 @@ every child ~90 MB of its own and a few seconds of CPU, inside its first prompt'
 What must not cross a fork is still made in each child, after it (`workers/runtime.py`,
 built on the child's first task): Redis connections, the SDK client with its HTTP connection
 pool. Here the SDK client is only built once and dropped, never used, so that its own lazy
-imports (the HTTP stack, the TLS trust store) happen here and not in every child.
+imports (the HTTP stack, the TLS trust store) happen here and not in every child; building it
+also builds the one TLS context every child's google-genai client shares
+(`workers.llm_genai.shared_tls_args`).
 
 Two lazy builds found by profiling a child (docs/performance.md, "Memory per slot"):
 - google-genai defers building its pydantic models to their first use (`defer_build`): the
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 import logging
 import time
 from dataclasses import dataclass
@@ -57,8 +60,6 @@ class Preloaded:
 def preload(settings: Settings) -> Preloaded:
     """Load what children share; call once, in the main process, before the pool starts."""
     started = time.monotonic()
-    import importlib
-
     for name in PIPELINE_MODULES:
         importlib.import_module(name)
     count_tokens("warm up")  # tiktoken's ranks: the largest shared piece

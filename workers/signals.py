@@ -67,16 +67,19 @@ def sweeper_for(app: Celery) -> Sweeper:
 class PoolView:
     """What the heartbeat reports of this worker's pool, read from the main process."""
 
-    controller: Any  # celery's WorkController
+    controller: Any  # celery's WorkController (None if the signal came without one)
     queues: list[str]
 
     @property
     def concurrency(self) -> int:
-        return int(self.controller.max_concurrency or self.controller.concurrency or 0)
+        """The most processes the pool may have: the autoscale maximum, or its fixed size."""
+        return int(getattr(self.controller, "max_concurrency", None)
+                   or getattr(self.controller, "concurrency", None)
+                   or get_settings().worker_concurrency)
 
     @property
     def min_concurrency(self) -> int:
-        return int(self.controller.min_concurrency or self.concurrency)
+        return int(getattr(self.controller, "min_concurrency", None) or self.concurrency)
 
     @property
     def processes(self) -> int:
