@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.health_redis = connect(settings.redis_url, timeout_s=HEALTH_REDIS_TIMEOUT_S)
     app.state.llm_check = LLMCheck.from_settings(settings)
     app.state.watcher = JobWatcher(url=settings.redis_url, timeout_s=settings.redis_timeout_s)
-    app.state.metrics_registry = metrics_registry(app.state.redis)
+    app.state.metrics_registry = metrics_registry(app.state.redis, settings)
     celery = create_celery(settings, broker_socket_timeout_s=settings.redis_timeout_s)
     app.state.celery = celery
     app.state.publish = (die_before_publish if settings.debug_die_before_publish
@@ -97,8 +97,9 @@ def api_sweeper(settings: Settings, *, publish: Publish) -> Sweeper:
     return Sweeper(make_lifecycle=make, interval_s=settings.sweep_interval_s, name="api-sweep")
 
 
-def metrics_registry(client: Redis) -> CollectorRegistry:
+def metrics_registry(client: Redis, settings: Settings) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(RedisCollector(client))
+    registry.register(RedisCollector(client, max_wait_s=settings.max_queue_wait_s,
+                                     max_depth=settings.max_queue_depth))
     ProcessCollector(registry=registry)  # process_resident_memory_bytes of the API
     return registry
