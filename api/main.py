@@ -10,12 +10,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, ProcessCollector
 from redis import Redis
+from starlette.concurrency import run_in_threadpool
 
 from api.errors import install_error_handlers
 from api.middleware import RequestTimeoutMiddleware, request_budget
 from api.routes import chat, conversations, health, jobs, ops, ui
 from api.watch import JobWatcher
 from context.builder import max_message_tokens
+from context.terms import warm_up as warm_up_terms
 from context.tokens import count_tokens
 from mysisterdb.history import history_store
 from mysisterdb.lifecycle import Lifecycle, Limits
@@ -46,6 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         monitor = ResourceMonitor(label="api", interval_s=settings.resource_log_interval,
                                   warn_mb=settings.memory_warn_mb)
         monitor.start()
+        # Storing a message indexes its terms: load the analysers before the first one.
+        await run_in_threadpool(warm_up_terms)
         sweeper = api_sweeper(settings, publish=chat_publisher(app.state.celery))
         sweeper.start()
         app.state.llm_check.status()  # the first check of the LLM endpoint starts now

@@ -35,6 +35,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from context.terms import warm_up as warm_up_terms
 from context.tokens import count_tokens
 from mysisterdb.settings import Settings
 from workers.runtime import build_llm, persona_text
@@ -63,6 +64,7 @@ def preload(settings: Settings) -> Preloaded:
     for name in PIPELINE_MODULES:
         importlib.import_module(name)
     count_tokens("warm up")  # tiktoken's ranks: the largest shared piece
+    warm_up_terms()  # Sudachi's dictionary and the stemmer: recall's analysers
     persona_text(settings.persona_file)
     warm_llm_imports(settings)
     if settings.gemini_sdk == "genai":
