@@ -53,8 +53,10 @@ end
 return 1
 """
 
-# Summaries are written by workers that may finish out of order: never go backwards.
+# Summaries are written by workers that may finish out of order: never go backwards. A
+# conversation deleted (or reset) while its summary was being written gets none.
 _SET_SUMMARY_LUA = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 local cur = redis.call('HGET', KEYS[1], 'covers_up_to_seq')
 if cur and tonumber(cur) >= tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'text', ARGV[1], 'covers_up_to_seq', ARGV[2], 'tokens', ARGV[3])
@@ -237,7 +239,8 @@ class RedisHistoryStore:
                        tokens=int(fields["tokens"]))
 
     def set_summary(self, conversation_id: str, summary: Summary) -> bool:
-        stored = self._set_summary(keys=[keys.conv_summary(conversation_id)],
+        stored = self._set_summary(keys=[keys.conv_summary(conversation_id),
+                                         keys.conv_messages(conversation_id)],
                                    args=[summary.text, summary.covers_up_to_seq, summary.tokens])
         return bool(stored)
 
@@ -252,6 +255,17 @@ class RedisHistoryStore:
         for batch in _chunks(self._vocab(cid), _BATCH):
             self._redis.delete(*(_postings_key(cid, t) for t in batch))
         self._redis.delete(_vocab_key(cid))
+
+    def conversation_keys(self, conversation_id: str, *,
+                          watching: redis.client.Pipeline) -> list[str]:
+        """Every key this store keeps for the conversation, read on a pipeline in WATCH mode
+        and watched, so that the caller can delete them all in its transaction and an append
+        racing it aborts the transaction. Keep it complete when adding a key."""
+        stored = [keys.conv_messages(conversation_id), keys.conv_summary(conversation_id),
+                  _vocab_key(conversation_id)]
+        watching.watch(*stored)
+        vocab = [_text(t) for t in watching.smembers(_vocab_key(conversation_id))]
+        return stored + [_postings_key(conversation_id, t) for t in vocab]
 
     def reset(self, conversation_id: str) -> None:
         """Delete messages, index and summary (not atomic: call it on an idle conversation)."""

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from api.schemas import ErrorBody, HealthOut, TimeOut
 from mysisterdb.models import iso, utcnow
 from mysisterdb.monitoring import QueueStats, queue_stats
 from mysisterdb.settings import Settings
@@ -48,7 +49,10 @@ def consuming_detail(stats: QueueStats, consuming: bool) -> str:
             "and start nothing: restart the worker")
 
 
-@router.get("/health")
+@router.get("/health", response_model=HealthOut, responses={
+    503: {"model": HealthOut, "description": "Redis, the workers or consumption is not ok"},
+    504: {"model": ErrorBody, "description": "The request took longer than "
+                                             "MYSISTERDB_REQUEST_TIMEOUT"}})
 async def health(request: Request) -> JSONResponse:
     """200 when Redis answers, a worker is alive and prompts get picked up; else 503."""
     settings: Settings = request.app.state.settings
@@ -59,9 +63,12 @@ async def health(request: Request) -> JSONResponse:
         healthy, body = False, {"redis": {"ok": False, "detail": "no answer within the budget"}}
     body.update({"status": "ok" if healthy else "unavailable", "llm": llm_info(settings),
                  "time": iso(utcnow())})
-    return JSONResponse(body, status_code=200 if healthy else 503)
+    return JSONResponse(HealthOut.model_validate(body).model_dump(mode="json"),
+                        status_code=200 if healthy else 503)
 
 
-@router.get("/current-time")
-def current_time() -> dict[str, Any]:
-    return {"time": iso(utcnow())}
+@router.get("/current-time", response_model=TimeOut, responses={
+    504: {"model": ErrorBody, "description": "The request took longer than "
+                                             "MYSISTERDB_REQUEST_TIMEOUT"}})
+def current_time() -> TimeOut:
+    return TimeOut(time=iso(utcnow()) or "")
