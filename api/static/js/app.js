@@ -85,7 +85,7 @@ function showTitle() {
     : sidebar.titleOf(page.conversation) ?? (first ? first.slice(0, 30) : "新しい会話");
   $("title").textContent = title;
   document.title = `${title} – しぃとおしゃべり`;
-  $("reset").disabled = $("delete").disabled = page.conversation === null;
+  $("reset").disabled = $("delete").disabled = page.conversation === null || page.turns.length === 0;
 }
 
 setInterval(() => {

@@ -63,7 +63,7 @@ export class Sidebar {
       items.unshift(this.item(current, "新しい会話", null, true));
     }
     this.list.replaceChildren(...items);
-    this.status.textContent = conversations.length ? "" : "まだ会話はありません。";
+    this.status.textContent = items.length ? "" : "まだ会話はありません。";
   }
 
   item(id, title, conversation, current) {
