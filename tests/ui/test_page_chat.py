@@ -13,8 +13,8 @@ from mysisterdb.simulator import reply_chunks
 from tests.procs import Stack
 from tests.ui.conftest import (
     ChatPage,
-    hold_state,
     history,
+    hold_state,
     release,
     start_simulator,
     stop_simulator,

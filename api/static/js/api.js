@@ -106,7 +106,7 @@ export function describe(err, delayMs) {
   const wait = `${Math.max(1, Math.round(delayMs / 1000))} 秒後に再接続します…`;
   if (err.status === 0) return `サーバーに接続できません。${wait}`;
   if (err.status === 429) return `サーバーが混み合っています。${wait}`;
-  if (err.status === 503) return `サーバーが一時的に利用できません（${err.message}）${wait}`;
+  if (err.status === 503) return `サーバーが一時的に利用できません。${wait}`;
   if (err.status === 504) return `サーバーの応答が遅れています。${wait}`;
   return `サーバーでエラーが発生しました（${err.status}）。${wait}`;
 }

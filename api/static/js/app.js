@@ -286,6 +286,7 @@ async function send(text) {
 }
 
 async function act(turn, action) {
+  if (turn.busy) return;  // one stop or retry at a time
   turn.busy = true;
   viewOf(turn).setBusy(true);
   try {
@@ -422,6 +423,10 @@ function wire() {
     openConversation(newConversationId(), { push: true });
   });
   $("notice-close").addEventListener("click", clearNotice);
+  document.querySelector(".skip-link").addEventListener("click", (event) => {
+    event.preventDefault();
+    composer.focus();
+  });
   $("reset").addEventListener("click", resetConversation);
   $("delete").addEventListener("click", deleteConversation);
   $("older").addEventListener("click", loadOlder);

@@ -63,6 +63,8 @@ function element(tag, className, text) {
   return node;
 }
 
+const shown = (node) => node instanceof HTMLElement && !node.closest("[hidden]");
+
 function speaker(name) {
   return element("span", "visually-hidden", `${name}：`);
 }
@@ -99,6 +101,14 @@ export class TurnView {
   }
 
   update(turn) {
+    // A keyboard user who pressed 停止 or もう一度試す keeps the focus in the turn when that
+    // button goes away: it moves to the button that replaces it.
+    const focused = [this.stop, this.retry].includes(document.activeElement);
+    this.render(turn);
+    if (focused && !shown(document.activeElement)) [this.retry, this.stop].find(shown)?.focus();
+  }
+
+  render(turn) {
     this.turn = turn;
     this.root.dataset.state = turn.state;
     this.root.dataset.key = turn.key;
@@ -141,9 +151,9 @@ export class TurnView {
     this.problem.setAttribute("aria-label", "返事の状態");
   }
 
+  /** While a stop or retry is on its way: announced as unavailable, yet still focusable. */
   setBusy(busy) {
-    this.stop.disabled = busy;
-    this.retry.disabled = busy;
+    for (const button of [this.stop, this.retry]) button.setAttribute("aria-disabled", String(busy));
   }
 
   tick() {
