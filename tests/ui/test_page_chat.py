@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from playwright.sync_api import Request, Route, expect
 
@@ -56,9 +57,18 @@ def test_a_reply_shows_its_step_in_japanese_with_the_elapsed_time(
     chat.shot("answered")
 
 
+def job_reads(chat: ChatPage) -> list[str]:
+    """The query of every read of a job the page makes, in order (collected from now on)."""
+    reads: list[str] = []
+    chat.page.on("request", lambda r: "/api/jobs/" in r.url and r.method == "GET"
+                 and reads.append(urlsplit(r.url).query))
+    return reads
+
+
 def test_the_reply_streams_in_while_gemini_is_still_writing_it(
         open_page: OpenPage, ui_stack: Stack, conversation_id: str) -> None:
     chat = open_page(conversation_id=conversation_id)
+    reads = job_reads(chat)
     name = f"hold-{conversation_id}"
     message = f"ゆっくり話して #sim:hold={name}"
     chat.send(message)
@@ -74,6 +84,10 @@ def test_the_reply_streams_in_while_gemini_is_still_writing_it(
     # Screen readers hear the whole reply once it is there.
     expect(chat.page.locator("#announcer")).to_have_text("しぃ：" + full_reply(message))
     chat.shot("streamed")
+    # Followed by long-polls, each from the sequence the page had: no fixed-interval polling.
+    assert reads and all(re.fullmatch(r"wait=\d+&after=\d+", q) for q in reads), reads
+    afters = [int(q.rsplit("=", 1)[1]) for q in reads]
+    assert afters == sorted(set(afters)), afters
 
 
 def test_stop_ends_the_reply_on_the_server_keeps_its_text_and_retry_finishes_it(
