@@ -6,7 +6,8 @@ get a real 503) and Gemini limits long enough that a stream held by the simulato
 most) is not cut by the read timeout first.
 
 Chromium comes from PATH (`chromium`, as Debian's package installs it) or from
-MYSISTERDB_TEST_CHROMIUM; without one the tests are skipped with a line saying how to get it.
+MYSISTERDB_TEST_CHROMIUM; without one the tests are skipped with a line saying how to get it
+(failed instead with MYSISTERDB_TEST_REQUIRE_CHROMIUM=1, as CI sets it).
 Every scene saves screenshots under test-artifacts/ui/<test>/ (or MYSISTERDB_TEST_ARTIFACTS).
 """
 
@@ -32,6 +33,7 @@ except ImportError:  # the dev extras are not installed: every browser test skip
     sync_playwright = None  # type: ignore[assignment]
 
 CHROMIUM_SETTING = "MYSISTERDB_TEST_CHROMIUM"
+REQUIRE_SETTING = "MYSISTERDB_TEST_REQUIRE_CHROMIUM"  # CI: fail rather than skip
 ARTIFACTS_SETTING = "MYSISTERDB_TEST_ARTIFACTS"
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome-stable", "google-chrome")
 HOW_TO_GET_CHROMIUM = (
@@ -59,14 +61,21 @@ def find_chromium() -> str | None:
     return next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
 
 
+def unavailable(reason: str) -> None:
+    print(reason)
+    if os.environ.get(REQUIRE_SETTING) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_SETTING}=1)")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def chromium_path() -> str:
     if sync_playwright is None:
-        pytest.skip("playwright is not installed: `make install` installs the dev extras")
+        unavailable("playwright is not installed: `make install` installs the dev extras")
     path = find_chromium()
     if path is None:
-        print(HOW_TO_GET_CHROMIUM)
-        pytest.skip(HOW_TO_GET_CHROMIUM)
+        unavailable(HOW_TO_GET_CHROMIUM)
+    assert path is not None
     return path
 
 
