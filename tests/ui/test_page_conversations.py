@@ -6,8 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
+import redis
 from playwright.sync_api import expect
 
+from context.redis_store import RedisHistoryStore
+from context.types import Message
+from mysisterdb.redis_server import RedisServer
 from mysisterdb.simulator import reply_chunks
 from tests.procs import Stack
 from tests.ui.conftest import ChatPage, history
@@ -109,3 +113,28 @@ def test_reset_asks_first_and_then_empties_the_conversation(
     assert chat.page.url.endswith(f"/?conversation_id={conversation_id}")
     assert history(ui_stack, conversation_id)["turns"] == []
     chat.shot("reset")
+
+
+def test_a_long_conversation_opens_at_its_end_and_loads_older_turns_on_request(
+        open_page: OpenPage, ui_redis: RedisServer, conversation_id: str) -> None:
+    # 60 answered turns, stored as the worker stores them (the page shows 50 at a time).
+    at = "2026-01-01T00:00:00.000Z"
+    messages = [Message(seq=seq, role="user" if seq % 2 else "assistant", tokens=3, created_at=at,
+                        text=f"{'質問' if seq % 2 else '答え'}{(seq + 1) // 2}")
+                for seq in range(1, 121)]
+    client = redis.Redis.from_url(ui_redis.url, socket_timeout=5)
+    RedisHistoryStore(client).append_many(conversation_id, messages)
+    client.close()
+    chat = open_page(conversation_id=conversation_id)
+    expect(chat.turns()).to_have_count(50)
+    expect(chat.turn(0).locator(".user-text")).to_have_text("質問11")
+    expect(chat.turns().last.locator(".reply")).to_have_text("答え60")
+    expect(chat.turns().last).to_be_in_viewport()  # opened at the end
+    chat.page.locator("#log").evaluate("(log) => { log.scrollTop = 0; }")
+    older = chat.page.get_by_role("button", name="以前のメッセージを読み込む")
+    older.click()
+    expect(chat.turns()).to_have_count(60)
+    expect(chat.turn(0).locator(".user-text")).to_have_text("質問1")
+    expect(older).to_be_hidden()
+    expect(chat.turn(10)).to_be_in_viewport()  # still reading where the older ones joined
+    chat.shot("older-loaded")

@@ -113,6 +113,28 @@ def test_a_message_sent_while_the_server_is_unavailable_goes_through_once_it_is_
     assert [t["user"]["text"] for t in turns] == [message]
 
 
+def test_a_message_still_on_its_way_survives_a_reload_and_is_stored_once(
+        open_page: OpenPage, ui_stack: Stack, ui_redis: RedisServer, conversation_id: str) -> None:
+    chat = open_page(conversation_id=conversation_id)
+    chat.allowed_console.append("status of 503")
+    message = "リロードしても届く？"
+    with frozen(ui_redis):
+        chat.send(message)
+        expect(chat.page.locator("#connection")).to_contain_text(
+            "サーバーが一時的に利用できません", timeout=20000)
+        chat.page.reload()  # the page itself needs no Redis; its history waits for it
+        expect(chat.page.locator("#connection")).to_contain_text(
+            "サーバーが一時的に利用できません", timeout=20000)
+    expect(chat.turn(0).locator(".user-text")).to_have_text(message, timeout=30000)
+    expect(chat.turn(0).locator(".reply")).to_have_text(full_reply(message))
+    turns = history(ui_stack, conversation_id)["turns"]
+    assert [t["user"]["text"] for t in turns] == [message]
+    chat.page.reload()  # nothing is sent again
+    expect(chat.turn(0).locator(".reply")).to_have_text(full_reply(message))
+    expect(chat.turns()).to_have_count(1)
+    assert len(history(ui_stack, conversation_id)["turns"]) == 1
+
+
 def cancel(stack: Stack, job_id: str) -> None:
     httpx.post(f"{stack.api_url}/api/jobs/{job_id}/cancel", timeout=5)  # 409 if already over
 

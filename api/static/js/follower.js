@@ -2,8 +2,9 @@
 // (GET /api/jobs/{id}?wait=&after=): the server answers as soon as the job changes past the
 // sequence we have, so text appears as it streams and nothing is asked while nothing happens.
 //
-// One request at a time, for the conversation's head (the lowest unfinished turn: jobs of a
-// conversation run in turn order), so typing ahead never uses up the browser's connections.
+// One request at a time, so typing ahead never uses up the browser's connections: for the job
+// that is running, else the lowest unfinished turn (jobs of a conversation run in turn order,
+// so that is the one to start next).
 
 import { ApiError, isAbort, request, retrying, sleep } from "./api.js";
 
@@ -17,7 +18,7 @@ const FINAL = new Set(["completed", "failed", "cancelled", "incomplete"]);
 export const isFinal = (status) => FINAL.has(status);
 
 export class Follower {
-  #jobs = new Map();  // job id -> {turn, sequence (null: not seen in full yet)}
+  #jobs = new Map();  // job id -> {turn, status, sequence (null: not seen in full yet)}
   #current = null;    // AbortController of the request in flight
   #running = false;
   #stopped = false;
@@ -28,9 +29,9 @@ export class Follower {
     this.onGone = onGone;
   }
 
-  track(id, { turn = null, sequence = null } = {}) {
-    if (this.#stopped) return;
-    this.#jobs.set(id, { turn, sequence });
+  track(id, { turn = null, status = "queued", sequence = null } = {}) {
+    if (this.#stopped || this.#jobs.has(id)) return;
+    this.#jobs.set(id, { turn, status, sequence });
     this.#kick();
   }
 
@@ -55,11 +56,10 @@ export class Follower {
   }
 
   #head() {
-    let head = null;
-    for (const [id, known] of this.#jobs) {
-      if (head === null || (known.turn ?? Infinity) < (head[1].turn ?? Infinity)) head = [id, known];
-    }
-    return head;
+    // A retried earlier turn waits while a later one runs: the running one streams meanwhile.
+    const rank = ([, known]) => [known.status === "in_progress" ? 0 : 1, known.turn ?? Infinity];
+    const before = (a, b) => rank(a)[0] - rank(b)[0] || rank(a)[1] - rank(b)[1];
+    return [...this.#jobs].sort(before)[0];
   }
 
   async #loop() {
@@ -92,8 +92,7 @@ export class Follower {
       { signal });
     if (!this.#jobs.has(id)) return;
     const changed = job.sequence !== known.sequence;
-    known.sequence = job.sequence;
-    known.turn = job.turn ?? known.turn;
+    Object.assign(known, { sequence: job.sequence, status: job.status, turn: job.turn ?? known.turn });
     if (isFinal(job.status)) this.#jobs.delete(id);
     this.onJob(job);
     if (!changed && !isFinal(job.status) && performance.now() - started < MIN_IDLE_GAP_MS) {
