@@ -24,13 +24,16 @@ export const unreachable = (err) => transient(err) && err.status !== 429;
 
 export const isAbort = (err) => err?.name === "AbortError";
 
-// The server's clock (from the Date header), so elapsed times do not depend on the device's.
+// The server's clock (from the Date header), so elapsed times do not depend on a device whose
+// clock is wrong. The header has whole seconds: differences under 2 s are its rounding.
 let clockOffsetMs = 0;
 export const serverNow = () => Date.now() + clockOffsetMs;
 
 function noteServerTime(response) {
   const date = Date.parse(response.headers.get("date") ?? "");
-  if (!Number.isNaN(date)) clockOffsetMs = date - Date.now();
+  if (Number.isNaN(date)) return;
+  const offset = date + 500 - Date.now();
+  clockOffsetMs = Math.abs(offset) > 2000 ? offset : 0;
 }
 
 function errorFrom(response, data) {

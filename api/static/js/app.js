@@ -122,7 +122,9 @@ function announceEnd(turn) {
 
 function followRunning() {
   for (const turn of page.turns) {
-    if (turn.job && RUNNING.has(turn.state)) page.follower.track(turn.job.id, { turn: turn.turn });
+    if (turn.job && RUNNING.has(turn.state)) {
+      page.follower.track(turn.job.id, { turn: turn.turn, status: turn.state });
+    }
   }
 }
 
@@ -173,11 +175,12 @@ async function loadHistory(generation) {
     if (generation !== page.generation) return;
     const known = new Set(data.turns.map((t) => t.job?.id).filter(Boolean));
     // A message sent while the history was on its way stays, unless the history has it already.
-    const pending = page.turns.filter((t) => t.local && !known.has(t.job?.id));
-    page.turns = [...data.turns.map(turnFromHistory), ...pending];
+    const unsent = page.turns.filter((t) => t.local && !known.has(t.job?.id));
+    page.turns = [...data.turns.map(turnFromHistory), ...unsent];
     page.hasMoreBefore = data.has_more_before;
     renderTurns({ toBottom: true });
     followRunning();
+    resendPending();
   } catch (err) {
     if (generation !== page.generation) return;
     composer.setDisabled(true);
@@ -244,6 +247,37 @@ async function fetchList(before = null) {
 
 // -- sending, stopping, retrying ------------------------------------------------------------------
 
+// Messages on their way but not yet accepted (no 202): kept for the tab's life, so a reload
+// while the server is unreachable sends them again, with the same Idempotency-Key.
+const PENDING = "mysisterdb.pending";
+const pending = {
+  all() {
+    try {
+      return JSON.parse(sessionStorage.getItem(PENDING) ?? "[]");
+    } catch {
+      return [];
+    }
+  },
+  save(entries) {
+    try {
+      sessionStorage.setItem(PENDING, JSON.stringify(entries));
+    } catch {
+      // storage refused (private mode, full): the message is only lost on a reload
+    }
+  },
+  add(entry) { this.save([...this.all(), entry]); },
+  remove(key) { this.save(this.all().filter((e) => e.key !== key)); },
+};
+const sending = new Set();  // Idempotency-Keys of the messages on their way now
+
+function resendPending() {
+  for (const entry of pending.all()) {
+    if (entry.conversation === page.conversation && !sending.has(entry.key)) {
+      send(entry.text, { key: entry.key });
+    }
+  }
+}
+
 function randomKey() {
   return [...crypto.getRandomValues(new Uint8Array(16))].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
@@ -257,31 +291,45 @@ function refusal(err) {
 }
 
 /** Send a message; true when the server has it (202), false when it was refused or taken back. */
-async function send(text) {
+async function send(text, { key = null } = {}) {
   const generation = page.generation;
+  const conversation = page.conversation;
   const turn = { key: `local-${++localTurns}`, local: true, turn: null, userText: text, state: "sending",
                  text: "", job: null, error: null, retryable: false, abort: new AbortController() };
   page.turns.push(turn);
   clearNotice();
   renderTurns({ toBottom: true });
-  // The same key on every attempt: a message whose answer was lost is not stored twice.
-  const key = randomKey();
+  // The same key on every attempt (and after a reload): a message whose answer was lost is not
+  // stored twice.
+  const idempotencyKey = key ?? randomKey();
+  if (!key) pending.add({ conversation, text, key: idempotencyKey });
+  sending.add(idempotencyKey);
   try {
     const { data: job } = await retrying(() => request("POST", "/api/chat", {
-      body: { message: text, conversation_id: page.conversation },
-      headers: { "Idempotency-Key": key }, signal: turn.abort.signal,
+      body: { message: text, conversation_id: conversation },
+      headers: { "Idempotency-Key": idempotencyKey }, signal: turn.abort.signal,
     }), { signal: turn.abort.signal, retryIf: unreachable });
+    pending.remove(idempotencyKey);
     if (generation !== page.generation) return true;
+    if (page.turns.some((t) => t !== turn && t.job?.id === job.id)) {
+      // Stored before a reload: the history shows it already.
+      page.turns = page.turns.filter((t) => t !== turn);
+      renderTurns();
+      return true;
+    }
     applyJob(turn, job);
     updateTurn(turn);
-    page.follower.track(job.id, { turn: job.turn, sequence: job.sequence });
+    page.follower.track(job.id, { turn: job.turn, status: job.status, sequence: job.sequence });
     refreshList();
     return true;
   } catch (err) {
+    pending.remove(idempotencyKey);
     page.turns = page.turns.filter((t) => t !== turn);
     if (generation === page.generation) renderTurns();
     if (!isAbort(err)) showNotice(refusal(err));
     return false;
+  } finally {
+    sending.delete(idempotencyKey);
   }
 }
 
@@ -323,7 +371,7 @@ function retryTurn(turn) {
       if (generation !== page.generation) return;
       applyJob(turn, job);
       updateTurn(turn);
-      page.follower.track(job.id, { turn: job.turn, sequence: job.sequence });
+      page.follower.track(job.id, { turn: job.turn, status: job.status, sequence: job.sequence });
       refreshList();
     } catch (err) {
       if (err instanceof ApiError && err.status === 409) loadHistory(generation);  // retried elsewhere
@@ -404,7 +452,7 @@ const sidebar = new Sidebar({
 const composer = new Composer({
   form: $("composer"), textarea: $("message"), button: $("send"), counter: $("counter"),
   maxChars: Number(document.body.dataset.maxChars) || 8000,
-  onSend: send,
+  onSend: (text) => send(text),
   onTooLong: (length, max) => showNotice(
     `メッセージが長すぎます（${length.toLocaleString("ja-JP")} 文字、送れるのは ${max.toLocaleString("ja-JP")} 文字まで）。短くしてから送ってください。`),
 });

@@ -27,6 +27,9 @@ export class Sidebar {
     this.conversations = [];
     menu.addEventListener("click", () => this.setDrawer(!aside.classList.contains("open")));
     scrim.addEventListener("click", () => this.setDrawer(false));
+    aside.querySelector(".drawer-close").addEventListener("click", () => {
+      this.setDrawer(false, { restoreFocus: true });
+    });
     aside.addEventListener("keydown", (event) => {
       if (event.key === "Escape" && PHONE.matches) this.setDrawer(false, { restoreFocus: true });
     });
