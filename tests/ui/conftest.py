@@ -28,7 +28,14 @@ from tests.conftest import start_stack
 from tests.procs import ROOT, Stack, http_ok, mysisterdb, start, wait_for
 
 try:
-    from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+    from playwright.sync_api import (
+        Browser,
+        BrowserContext,
+        Page,
+        Playwright,
+        expect,
+        sync_playwright,
+    )
 except ImportError:  # the dev extras are not installed: every browser test skips
     sync_playwright = None  # type: ignore[assignment]
 
@@ -81,8 +88,6 @@ def chromium_path() -> str:
 
 @pytest.fixture(scope="session")
 def playwright_browser(chromium_path: str) -> Iterator[Browser]:
-    from playwright.sync_api import expect
-
     expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     with sync_playwright() as playwright:
         browser = launch(playwright, chromium_path)
@@ -153,9 +158,12 @@ class ChatPage:
     def open(self, conversation_id: str | None = None) -> ChatPage:
         query = "" if conversation_id is None else f"/?conversation_id={conversation_id}"
         self.page.goto(f"{self.stack.api_url}{query or '/'}")
-        self.page.wait_for_function("document.querySelector('#composer') && "
-                                    "!document.querySelector('#message').disabled")
+        self.wait_ready()
         return self
+
+    def wait_ready(self) -> None:
+        # A locator, not wait_for_function: the page's CSP forbids the eval the latter uses.
+        expect(self.page.locator("html")).to_have_attribute("data-state", "ready")
 
     def send(self, text: str) -> None:
         self.page.fill("#message", text)

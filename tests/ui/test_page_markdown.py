@@ -120,6 +120,6 @@ def test_the_page_forbids_inline_scripts(open_page: OpenPage) -> None:
       div.innerHTML = '<img src="/nothing-here" onerror="window.__ran = true">';
       document.body.append(div);
     }""")
-    chat.page.wait_for_function("document.querySelector('img[src=\"/nothing-here\"]')?.complete")
+    expect(chat.page.locator("img[src='/nothing-here']")).to_have_js_property("complete", True)
     assert chat.page.evaluate("window.__ran === undefined")
     assert dialogs == []

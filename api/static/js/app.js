@@ -503,4 +503,5 @@ async function start() {
   await openConversation(sidebar.conversations[0]?.id ?? newConversationId(), { replace: true });
 }
 
-start();
+// "ready" once the first conversation is on screen (browser tests wait for it).
+start().finally(() => { document.documentElement.dataset.state = "ready"; });
