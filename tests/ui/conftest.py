@@ -8,11 +8,13 @@ most) is not cut by the read timeout first.
 Chromium comes from PATH (`chromium`, as Debian's package installs it) or from
 MYSISTERDB_TEST_CHROMIUM; without one the tests are skipped with a line saying how to get it
 (failed instead with MYSISTERDB_TEST_REQUIRE_CHROMIUM=1, as CI sets it).
-Every scene saves screenshots under test-artifacts/ui/<test>/ (or MYSISTERDB_TEST_ARTIFACTS).
+Every scene saves screenshots under test-artifacts/ui/<test>/ (or MYSISTERDB_TEST_ARTIFACTS),
+and each page's last state as end.png, whether the test passed or failed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -36,6 +38,7 @@ try:
         expect,
         sync_playwright,
     )
+    from playwright.sync_api import Error as PlaywrightError
 except ImportError:  # the dev extras are not installed: every browser test skips
     sync_playwright = None  # type: ignore[assignment]
 
@@ -206,6 +209,9 @@ def open_page(playwright_browser: Browser, ui_stack: Stack, artifacts_root: Path
         return chat
 
     yield open_one
+    for i, chat in enumerate(pages):  # how each page ended, passed or failed
+        with contextlib.suppress(PlaywrightError):
+            chat.shot(f"end-{i + 1}" if len(pages) > 1 else "end")
     for context in contexts:
         context.close()
     problems = [p for chat in pages for p in chat.problems]

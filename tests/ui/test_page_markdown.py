@@ -83,7 +83,7 @@ def render(chat: ChatPage, texts: list[str]) -> Any:
         one.append(renderMarkdown(text));
         box.append(one);
       }
-      document.body.append(box);
+      document.getElementById('log').append(box);
       return [...box.children].map((one) => one.innerHTML);
     }""", texts)
 
@@ -93,6 +93,7 @@ def test_the_renderer_keeps_markdown_and_drops_anything_active(
     chat = open_page(conversation_id=conversation_id)
     dialogs = watch_dialogs(chat)
     html = render(chat, PAYLOADS)
+    chat.shot("rendered")
     assert chat.page.locator("#rendered").evaluate(ACTIVE_CONTENT) == [], html
     # Raw HTML is shown as text, not dropped: the reader sees what the model wrote.
     expect(chat.page.locator("#rendered .reply").nth(0)).to_have_text("<img src=x onerror=alert(1)>")
