@@ -12,6 +12,7 @@ from api.watch import JobWatcher
 from context.redis_store import RedisHistoryStore
 from mysisterdb.chat import ChatService
 from mysisterdb.conversations import ConversationReader
+from mysisterdb.history import history_store
 from mysisterdb.lifecycle import Lifecycle, Limits
 from mysisterdb.settings import Settings
 
@@ -39,7 +40,7 @@ CeleryDep = Annotated[Celery, Depends(get_celery)]
 
 
 def get_history(client: RedisDep) -> RedisHistoryStore:
-    return RedisHistoryStore(client)
+    return history_store(client)
 
 
 HistoryDep = Annotated[RedisHistoryStore, Depends(get_history)]
@@ -54,7 +55,7 @@ def get_lifecycle(request: Request, client: RedisDep, history: HistoryDep,
 def lifecycle_of(request: Request) -> Lifecycle:
     """The same, outside dependency injection (an async route hands it to a thread)."""
     client = get_redis(request)
-    return get_lifecycle(request, client, RedisHistoryStore(client), get_settings(request))
+    return get_lifecycle(request, client, history_store(client), get_settings(request))
 
 
 def get_reader(client: RedisDep, history: HistoryDep) -> ConversationReader:

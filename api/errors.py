@@ -36,6 +36,7 @@ LABELS = {
     "last-event-id": "Last-Event-ID ヘッダー",
 }
 FORMATS = {
+    "before": "ISO 8601 の日時、例 2025-01-01T00:00:00Z、または seq の数",
     "conversation_id": "英数字・-・_ の1〜64文字",
     "job_id": "32桁の16進数（0-9, a-f）",
     "Last-Event-ID": "数字だけ",

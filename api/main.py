@@ -16,9 +16,10 @@ from api.middleware import RequestTimeoutMiddleware, request_budget
 from api.routes import chat, conversations, health, jobs, ops, ui
 from api.watch import JobWatcher
 from context.builder import max_message_tokens
-from context.redis_store import RedisHistoryStore
 from context.tokens import count_tokens
+from mysisterdb.history import history_store
 from mysisterdb.lifecycle import Lifecycle, Limits
+from mysisterdb.llm_check import LLMCheck
 from mysisterdb.logs import configure_logging
 from mysisterdb.metrics import RedisCollector
 from mysisterdb.queueing import Publish, chat_publisher, create_celery
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         monitor.start()
         sweeper = api_sweeper(settings, publish=chat_publisher(app.state.celery))
         sweeper.start()
+        app.state.llm_check.status()  # the first check of the LLM endpoint starts now
         app.state.watcher.start()
         yield
         await app.state.watcher.stop()
@@ -60,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.redis = connect(settings.redis_url, timeout_s=settings.redis_timeout_s)
     app.state.health_redis = connect(settings.redis_url, timeout_s=HEALTH_REDIS_TIMEOUT_S)
+    app.state.llm_check = LLMCheck.from_settings(settings)
     app.state.watcher = JobWatcher(url=settings.redis_url, timeout_s=settings.redis_timeout_s)
     app.state.metrics_registry = metrics_registry(app.state.redis)
     celery = create_celery(settings, broker_socket_timeout_s=settings.redis_timeout_s)
@@ -88,7 +91,7 @@ def api_sweeper(settings: Settings, *, publish: Publish) -> Sweeper:
     and dead jobs still end, so nobody waits on a job that cannot finish."""
     def make() -> Lifecycle:
         client = connect(settings.redis_url, timeout_s=settings.redis_timeout_s)
-        return Lifecycle(client=client, history=RedisHistoryStore(client),
+        return Lifecycle(client=client, history=history_store(client),
                          limits=Limits.from_settings(settings), publish=publish)
 
     return Sweeper(make_lifecycle=make, interval_s=settings.sweep_interval_s, name="api-sweep")

@@ -260,10 +260,17 @@ class QueueSummary(Contract):
 class LLMInfo(Contract):
     mode: Literal["simulator", "gemini"]
     note: str
+    ok: bool | None = Field(
+        description="the LLM endpoint answered its last check (null: the first is running)")
+    endpoint: str = Field(description="where Gemini requests go")
+    detail: str = Field(description="why the check failed, or ok")
+    checked_s_ago: float | None = Field(description="age of the check's result, in seconds")
 
 
 class HealthOut(Contract):
-    status: Literal["ok", "unavailable"]
+    status: Literal["ok", "degraded", "unavailable"] = Field(
+        description="ok; degraded (200): the stack runs but the LLM endpoint does not answer; "
+                    "unavailable (503): Redis, the workers or consumption is not ok")
     redis: Check
     workers: WorkersCheck | None = None
     consuming: Check | None = None
@@ -292,4 +299,23 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for the error statuses a route can answer, with the real body.
     Every route that reads Redis can answer 503 and every watched request 504: always listed."""
     wanted = sorted(set(statuses) | {422, 503, 504})
-    return {s: {"model": ErrorBody, "description": ERROR_TEXT[s]} for s in wanted}
+    documented: dict[int | str, dict[str, Any]] = {
+        s: {"model": ErrorBody, "description": ERROR_TEXT[s]} for s in wanted}
+    if 429 in documented:
+        documented[429]["headers"] = {"Retry-After": {
+            "description": "Seconds to wait before sending again", "schema": {"type": "integer"}}}
+    return documented
+
+
+ACCEPTED: dict[int | str, dict[str, Any]] = {202: {
+    "description": "Accepted: the job (follow its Location)",
+    "headers": {"Location": {"description": "/api/jobs/{id} of the new job",
+                             "schema": {"type": "string"}}}}}
+
+
+def stream_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The same for a streaming route, whose errors are JSON although its answer is not
+    (and which the request watchdog does not watch: no 504)."""
+    body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    return {s: {"description": ERROR_TEXT[s], "content": body}
+            for s in sorted(set(statuses) | {422, 503})}

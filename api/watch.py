@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections import defaultdict
 
 import redis.asyncio as aredis
@@ -31,13 +32,18 @@ RECHECK_DOWN_S = 0.5
 LISTEN_POLL_S = 1.0  # how long one read of the subscription blocks
 HEALTH_CHECK_S = 5  # PING on the subscription: a silently dead connection is noticed
 RECONNECT_MAX_S = 2.0
+POOL_SIZE = 32  # connections for reads, plus the subscription's own
 
 
 class JobWatcher:
     def __init__(self, *, url: str | None, timeout_s: float) -> None:
-        self.client = aredis.Redis.from_url(
-            url or DEFAULT_URL, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+        # A bounded pool: many waiters share a few connections (each read is short) and
+        # queue for one at most timeout_s, instead of opening a connection each.
+        pool = aredis.BlockingConnectionPool.from_url(
+            url or DEFAULT_URL, max_connections=POOL_SIZE, timeout=timeout_s,
+            socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
             health_check_interval=HEALTH_CHECK_S)
+        self.client = aredis.Redis(connection_pool=pool)
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self.listening = False
@@ -54,6 +60,7 @@ class JobWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.client.aclose()
+        await self.client.connection_pool.disconnect()
 
     async def _listen_forever(self) -> None:
         backoff = 0.1
@@ -119,7 +126,9 @@ class JobWatcher:
                 left = deadline - loop.time()
                 if job is None or job.sequence > after or job.status.is_final or left <= 0:
                     return job
-                recheck = RECHECK_S if self.listening else RECHECK_DOWN_S
+                # Jittered: waiters that arrived together must not all read at once.
+                recheck = (RECHECK_S if self.listening else RECHECK_DOWN_S) * random.uniform(
+                    0.75, 1.25)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), min(left, recheck))
         finally:

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from context.builder import BuiltContext, build_context  # noqa: E402
 from context.redis_store import RedisHistoryStore  # noqa: E402
+from mysisterdb import keys  # noqa: E402
 from mysisterdb.redis_server import start_redis  # noqa: E402
 from tests.context.chatgen import ChatGenerator, make_message  # noqa: E402
 
@@ -84,7 +85,7 @@ def main() -> None:
     server = start_redis()
     try:
         client = redis.Redis(host=server.host, port=server.port, decode_responses=False)
-        store = RedisHistoryStore(client)
+        store = RedisHistoryStore(client, key_of=keys.conv_key)
         generator = ChatGenerator(seed=1)
         queries = _queries(12)
         print(f"machine: {_machine()}")

@@ -3,16 +3,19 @@
 Priority when the budget is short (highest first): persona and the new message (always
 kept; refused up front when they alone do not fit), the last `preserve_recent` exchanges
 verbatim (oldest exchange dropped first), the running summary, then older messages
-recalled by relevance, best first, while they fit.  Prompt order is different:
-persona, summary, recalled (oldest first), recent turns, new message last.
+recalled by relevance, best first, while they fit: first the confident matches (score >=
+`relevance_threshold`), then the next best down to `relevance_floor`, so the budget, not
+the threshold, decides how much comes back.  Prompt order is different: persona, summary,
+recalled (oldest first), recent turns, new message last.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from context.fusion import CandidateSource, reciprocal_rank_fusion
 from context.store import HistoryStore
 from context.tokens import count_fixed_tokens
 from context.types import Message, ScoredMessage, Summary, Turn
@@ -22,12 +25,15 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_TOKENS = 4000
 DEFAULT_PRESERVE_RECENT = 3
 DEFAULT_RELEVANCE_THRESHOLD = 0.4
+# Below the threshold, candidates still fill the unused budget down to this score.
+DEFAULT_RELEVANCE_FLOOR = 0.15
 # Gemini wraps each content (and the system instruction) in role framing our tokenizer
 # does not see; a fixed allowance per content keeps the estimate on the safe side.
 TURN_OVERHEAD_TOKENS = 4
 # The recent window is fetched with slack for exchanges whose reply is split or missing.
 _RECENT_FETCH_FACTOR = 4
-RECALL_LIMIT = 32
+# Candidates considered for recall: more than a 4,000-token budget holds with their exchanges.
+RECALL_LIMIT = 64
 # Text glued to a label can tokenise one token longer than the two counted apart (BPE
 # merges across the seam); one token per seam keeps the stored-count sum an upper bound.
 JOIN_SLACK_TOKENS = 1
@@ -157,10 +163,13 @@ def _fit_recalled(candidates: list[ScoredMessage], budget: _Budget,
                   partner_of: PartnerOf) -> list[Message]:
     """Best first, each with the other half of its exchange when that fits too (a question
     recalled without its answer, or an answer without its question, says little); one that
-    does not fit is skipped, a shorter one after it may still fit."""
+    does not fit is skipped, a shorter one after it may still fit, unless it is superseded
+    by a newer message that did not fit."""
     kept: dict[int, Message] = {}
     header = count_fixed_tokens(RECALL_HEADER) + JOIN_SLACK_TOKENS
     for candidate in candidates:
+        if candidate.superseded_by is not None and candidate.superseded_by not in kept:
+            continue  # what replaced it did not fit: the old version alone would mislead
         for message in (candidate.message, partner_of(candidate.message)):
             if message is None or message.seq in kept:
                 continue
@@ -171,17 +180,37 @@ def _fit_recalled(candidates: list[ScoredMessage], budget: _Budget,
     return sorted(kept.values(), key=lambda m: m.seq)
 
 
-def _partner_finder(store: HistoryStore, conversation_id: str, *, before_seq: int) -> PartnerOf:
-    """The other half of a message's exchange (reply seq = question seq + 1), if stored and
-    older than the recent window."""
+def _partner_seq(message: Message) -> int:
+    return message.seq + 1 if message.role == "user" else message.seq - 1
+
+
+def _partner_finder(store: HistoryStore, conversation_id: str, candidates: list[ScoredMessage],
+                    *, before_seq: int) -> PartnerOf:
+    """The other half of each candidate's exchange (reply seq = question seq + 1), if stored
+    and older than the recent window; all fetched in one read."""
+    wanted = {_partner_seq(c.message) for c in candidates}
+    wanted = {seq for seq in wanted if 1 <= seq < before_seq}
+    found = {m.seq: m for m in store.get_many(conversation_id, sorted(wanted))} if wanted else {}
+
     def partner_of(message: Message) -> Message | None:
-        seq = message.seq + 1 if message.role == "user" else message.seq - 1
-        if seq >= before_seq or seq < 1:
-            return None
-        found = store.between(conversation_id, after_seq=seq - 1, before_seq=seq + 1, limit=1)
-        return found[0] if found and found[0].role != message.role else None
+        partner = found.get(_partner_seq(message))
+        return partner if partner is not None and partner.role != message.role else None
 
     return partner_of
+
+
+def _recall_candidates(
+    store: HistoryStore, conversation_id: str, *, query: str, before_seq: int, floor: float,
+    sources: Sequence[CandidateSource],
+) -> list[ScoredMessage]:
+    """Lexical candidates, merged with any other source's by reciprocal rank fusion."""
+    lexical = store.search(conversation_id, query=query, before_seq=before_seq,
+                           limit=RECALL_LIMIT, threshold=floor)
+    if not sources:
+        return lexical
+    others = [s.candidates(conversation_id=conversation_id, query=query, before_seq=before_seq,
+                           limit=RECALL_LIMIT) for s in sources]
+    return reciprocal_rank_fusion([lexical, *others], limit=RECALL_LIMIT)
 
 
 def _system_instruction(persona: str, summary: Summary | None, recalled: list[Message]) -> str:
@@ -208,10 +237,15 @@ def build_context(
     *, store: HistoryStore, conversation_id: str, new_message: Message, persona: str,
     max_tokens: int = DEFAULT_MAX_TOKENS, preserve_recent: int = DEFAULT_PRESERVE_RECENT,
     relevance_threshold: float = DEFAULT_RELEVANCE_THRESHOLD,
+    relevance_floor: float = DEFAULT_RELEVANCE_FLOOR,
+    sources: Sequence[CandidateSource] = (),
 ) -> BuiltContext:
     """The prompt for `new_message` from history with seq < new_message.seq.
 
-    Raises MessageTooLargeError when persona + new message alone exceed max_tokens.
+    Older messages scoring >= relevance_threshold are confident matches; the budget they
+    leave is filled with the next best down to relevance_floor (no filling when the floor
+    is not below the threshold).  `sources` add candidates (e.g. semantic) to the lexical
+    ones.  Raises MessageTooLargeError when persona + new message alone exceed max_tokens.
     """
     budget = _Budget(limit=max_tokens, used=_fixed_cost(persona, new_message, max_tokens))
     window = _recent_window(store, conversation_id, before_seq=new_message.seq,
@@ -221,15 +255,18 @@ def build_context(
     # Older = before the whole preserved window, even the part dropped for budget, so a
     # recalled message never appears out of order among the recent turns.
     older_than = window[0].seq if window else new_message.seq
-    candidates = store.search(conversation_id, query=new_message.text, before_seq=older_than,
-                              limit=RECALL_LIMIT, threshold=relevance_threshold)
-    recalled = _fit_recalled(candidates, budget,
-                             _partner_finder(store, conversation_id, before_seq=older_than))
+    candidates = _recall_candidates(store, conversation_id, query=new_message.text,
+                                    before_seq=older_than, sources=sources,
+                                    floor=min(relevance_floor, relevance_threshold))
+    recalled = _fit_recalled(candidates, budget, _partner_finder(
+        store, conversation_id, candidates, before_seq=older_than))
+    confident = {c.message.seq for c in candidates if c.score >= relevance_threshold}
     contents = [Turn(role=GEMINI_ROLES[m.role], text=m.text) for m in recent]
     contents.append(Turn(role="user", text=new_message.text))
     detail: dict[str, object] = {
         "kept_recent": len(recent), "dropped_recent": len(window) - len(recent),
         "recalled": len(recalled), "recalled_seqs": [m.seq for m in recalled],
+        "recalled_confident": sum(1 for m in recalled if m.seq in confident),
         "summary_used": summary is not None, "prompt_tokens": budget.used,
         "max_tokens": max_tokens,
     }

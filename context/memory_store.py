@@ -7,8 +7,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from context.relevance import DEFAULT_SEARCH, SearchConfig, search_index
-from context.terms import terms
+from context.relevance import DEFAULT_SEARCH, IndexStats, SearchConfig, search_index
+from context.terms import Analysis, analyse
 from context.types import Message, ScoredMessage, Summary
 
 logger = logging.getLogger(__name__)
@@ -18,7 +18,9 @@ logger = logging.getLogger(__name__)
 class _Conversation:
     seqs: list[int] = field(default_factory=list)
     by_seq: dict[int, Message] = field(default_factory=dict)
+    analyses: dict[int, Analysis] = field(default_factory=dict)
     postings: dict[str, list[int]] = field(default_factory=dict)
+    words: int = 0
     summary: Summary | None = None
 
 
@@ -26,14 +28,16 @@ class _Conversation:
 class _Reader:
     conv: _Conversation
 
-    def doc_stats(self, terms: Sequence[str]) -> tuple[int, list[int]]:
-        return len(self.conv.seqs), [len(self.conv.postings.get(t, ())) for t in terms]
+    def doc_stats(self, terms: Sequence[str]) -> IndexStats:
+        return IndexStats(docs=len(self.conv.seqs), words=self.conv.words,
+                          dfs=[len(self.conv.postings.get(t, ())) for t in terms])
 
     def postings(self, terms: Sequence[str], *, limit: int) -> list[list[int]]:
         return [self.conv.postings.get(t, [])[-limit:] for t in terms]
 
-    def fetch(self, seqs: Sequence[int]) -> list[Message]:
-        return [self.conv.by_seq[s] for s in seqs if s in self.conv.by_seq]
+    def fetch(self, seqs: Sequence[int]) -> list[tuple[Message, Analysis]]:
+        return [(self.conv.by_seq[s], self.conv.analyses[s]) for s in seqs
+                if s in self.conv.by_seq]
 
 
 class InMemoryHistoryStore:
@@ -51,7 +55,10 @@ class InMemoryHistoryStore:
             return
         bisect.insort(conv.seqs, message.seq)
         conv.by_seq[message.seq] = message
-        for term in terms(message.text):
+        analysis = analyse(message.text)
+        conv.analyses[message.seq] = analysis
+        conv.words += analysis.length
+        for term in analysis.weights:
             conv.postings.setdefault(term, []).append(message.seq)
 
     def last(self, conversation_id: str, *, limit: int) -> list[Message]:
@@ -71,6 +78,10 @@ class InMemoryHistoryStore:
         start = bisect.bisect_right(conv.seqs, after_seq)
         end = bisect.bisect_left(conv.seqs, before_seq)
         return [conv.by_seq[s] for s in conv.seqs[start:min(end, start + max(limit, 0))]]
+
+    def get_many(self, conversation_id: str, seqs: Sequence[int]) -> list[Message]:
+        conv = self._conv(conversation_id)
+        return [conv.by_seq[s] for s in sorted(set(seqs)) if s in conv.by_seq]
 
     def search(
         self, conversation_id: str, *, query: str, before_seq: int, limit: int,

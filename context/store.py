@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from context.relevance import SearchConfig
@@ -29,11 +30,16 @@ class HistoryStore(Protocol):
         """The first `limit` messages with after_seq < seq < before_seq, oldest first."""
         ...
 
+    def get_many(self, conversation_id: str, seqs: Sequence[int]) -> list[Message]:
+        """The stored messages with these seqs, in seq order (missing ones skipped)."""
+        ...
+
     def search(
         self, conversation_id: str, *, query: str, before_seq: int, limit: int,
         threshold: float, config: SearchConfig | None = None,
     ) -> list[ScoredMessage]:
-        """Messages with seq < before_seq relevant to `query` (score >= threshold), best first."""
+        """Messages with seq < before_seq relevant to `query` (score >= threshold), best first
+        (see context.relevance: BM25 normalised to 0..1, newer first on the same subject)."""
         ...
 
     def get_summary(self, conversation_id: str) -> Summary | None: ...

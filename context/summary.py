@@ -9,6 +9,11 @@ The Celery task owns the Gemini call; it does, in effect::
 Each run folds one bounded batch of messages that have left the recent window into the
 previous summary, so the cost of a run never depends on the history length; a backlog
 (an imported history) is caught up by successive runs.
+
+The summary is a list of durable facts (names, dates, places, numbers, preferences; a
+changed fact rewritten, not added) followed by a short narrative.  Each run hands the list
+back to the model with the instruction to carry every line over, so facts survive summaries
+of summaries; the list comes first, so a cut to the cap shortens the narrative.
 """
 
 from __future__ import annotations
@@ -27,12 +32,27 @@ DEFAULT_SUMMARY_MAX_TOKENS = 600
 DEFAULT_BATCH_MESSAGES = 40
 DEFAULT_BATCH_TOKENS = 3000
 
+FACTS_HEADER = "## 覚えておく事実"
+FLOW_HEADER = "## 会話の流れ"
+
+# The facts come first: a summary cut to its cap loses the end, i.e. the narrative, and a
+# fact list handed back every time is what survives summaries of summaries.
 _PROMPT = """あなたは会話の記録係です。「これまでの要約」に「新しいやりとり」の内容を加えて、\
-一つの新しい要約を書いてください。
-- 人名・日付・数字・約束・好み・予定などの事実は、古いものも新しいものも必ず残すこと
-- 重要でない雑談や挨拶は省くこと
-- {max_tokens}トークン以内（日本語でおよそ{max_chars}文字以内）に収めること
-- 要約の本文だけを出力すること
+一つの新しい要約を次の形で書いてください。
+
+{facts_header}
+- 長く覚えておくべき事実を、一行に一つ、「誰/何: 事実」の短い形で箇条書きにする
+  （人名・続柄、日付・時刻・曜日、場所、数字・番号・金額、好き嫌い、約束・予定）
+- これまでの要約の事実は、一つも落とさずに引き継ぐこと
+- 新しいやりとりで事実が変わったら（予定の変更、番号の変更、引っ越しなど）、古い行を新しい内容に
+  書き換えること（古い値は残さない）
+- 同じ事実を二度書かないこと
+
+{flow_header}
+- 最近の話題と流れを二、三文で（雑談や挨拶は省く）
+
+全体を{max_tokens}トークン以内（日本語でおよそ{max_chars}文字以内）に収めること。\
+収まらないときは「{flow_header}」を短くし、事実は削らないこと。要約の本文だけを出力すること。
 
 ## これまでの要約
 {previous}
@@ -61,9 +81,13 @@ class SummaryBatch:
 
 
 def finalize_summary(*, text: str, covers_up_to_seq: int, max_tokens: int) -> Summary:
-    """The model's summary, cut to max_tokens if it ran over, with its token count."""
-    capped = truncate_to_tokens(text.strip(), max_tokens)
-    if capped != text.strip():
+    """The model's summary, cut to max_tokens if it ran over (at a line end, so no fact is
+    left half written; the facts come first, so the narrative goes first), with its count."""
+    whole = text.strip()
+    capped = truncate_to_tokens(whole, max_tokens)
+    if capped != whole:
+        if "\n" in capped:
+            capped = capped[: capped.rindex("\n")].rstrip()
         logger.info("summary up to seq %s cut to %d tokens", covers_up_to_seq, max_tokens)
     return Summary(text=capped, covers_up_to_seq=covers_up_to_seq, tokens=count_tokens(capped))
 
@@ -75,6 +99,7 @@ def summary_prompt(
     turns = "\n".join(ROLE_LABELS[m.role] + m.text for m in messages)
     return _PROMPT.format(max_tokens=max_summary_tokens,
                           max_chars=max_summary_tokens,  # ~1 token per Japanese character
+                          facts_header=FACTS_HEADER, flow_header=FLOW_HEADER,
                           previous=previous.text if previous else "（まだありません）",
                           turns=turns)
 

@@ -68,6 +68,9 @@ class ScoredMessage:
 
     message: Message
     score: float
+    # A newer message on the same subject ranked above this one: recall this one only
+    # if that one is recalled too (an old PIN alone would mislead).
+    superseded_by: int | None = None
 
 
 # The one rule tying turns to seqs: turn t holds the user's message at seq 2t-1 and its

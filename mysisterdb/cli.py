@@ -1,4 +1,4 @@
-"""The `mysisterdb` command: up, api, worker, simulator, incidents, check, watchdog."""
+"""The `mysisterdb` command: up, api, worker, simulator, incidents, check, reindex, watchdog."""
 
 from __future__ import annotations
 
@@ -80,6 +80,17 @@ def cmd_check(args: argparse.Namespace) -> int:
                      queue_timeout_s=settings.queue_timeout_s, out=sys.stdout)
 
 
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from mysisterdb.redis_client import connect
+    from mysisterdb.reindex import reindex_all
+
+    settings = get_settings()
+    configure_logging(settings, process="reindex")
+    client = connect(settings.resolved_redis_url(), timeout_s=10)
+    return reindex_all(redis=client, conversation_ids=args.conversation or None,
+                       batch=args.batch, pause_s=args.pause, out=sys.stdout)
+
+
 def cmd_watchdog(args: argparse.Namespace) -> int:
     from mysisterdb.watchdog import Watchdog
 
@@ -101,6 +112,14 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     check.add_argument("--repair", action="store_true",
                        help="fix what can be fixed safely (never deletes a user's message)")
     check.set_defaults(func=cmd_check)
+    reindex = sub.add_parser("reindex", help="re-index stored conversations for recall "
+                             "(after an upgrade of the analyser); the service keeps running")
+    reindex.add_argument("--conversation", action="append", default=[],
+                         help="only this conversation (repeatable; default: all)")
+    reindex.add_argument("--batch", type=int, default=500, help="messages per batch")
+    reindex.add_argument("--pause", type=float, default=0.05,
+                         help="seconds between batches (leaves Redis to the service)")
+    reindex.set_defaults(func=cmd_reindex)
     dog = sub.add_parser("watchdog", help="poll health; run a restart command after N failures")
     dog.add_argument("--url", default=None, help="health URL (default: this API's)")
     dog.add_argument("--restart-command", default=None, help="shell command to run")

@@ -131,6 +131,12 @@ def conv_context(conversation_id: str, name: str) -> str:
     return conv_prefix(conversation_id) + f"ctx:{name}"
 
 
+def conv_key(conversation_id: str, name: str) -> str:
+    """The context library's key layout (`RedisHistoryStore(client, key_of=keys.conv_key)`):
+    "messages" -> conv_messages, "summary" -> conv_summary, "ctx:x" -> conv_context(cid, "x")."""
+    return conv_prefix(conversation_id) + name
+
+
 def incidents() -> str:
     return f"{PREFIX}:incidents"
 

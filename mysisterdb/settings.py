@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     gemini_backoff_s: float = 0.5
     sim_port: int = 8765
     persona_file: Path = DEFAULT_PERSONA
+    # Where the simulator answers when there is no key (compose: http://simulator:8765);
+    # unset: the local one `mysisterdb up` starts, http://127.0.0.1:<sim_port>.
+    simulator_url: str | None = None
+    llm_check_interval_s: float = 10.0  # /api/health re-checks the LLM endpoint this often
+    llm_check_timeout_s: float = 2.0
 
     # Workers and limits
     worker_concurrency: int = 2
@@ -57,6 +62,7 @@ class Settings(BaseSettings):
     max_context_tokens: int = 4000
     preserve_recent: int = 3
     relevance_threshold: float = 0.4
+    relevance_floor: float = 0.15  # recall fills unused budget down to this score
     summary_max_tokens: int = 600
 
     # Operations
@@ -88,6 +94,15 @@ class Settings(BaseSettings):
     @property
     def llm_mode(self) -> str:
         return "simulator" if self.uses_simulator else "gemini"
+
+    def llm_endpoint(self) -> str | None:
+        """Where Gemini requests go: the explicit endpoint, else the simulator when there is
+        no key, else None (Google's own endpoint)."""
+        if self.gemini_endpoint:
+            return self.gemini_endpoint
+        if self.uses_simulator:
+            return self.simulator_url or f"http://127.0.0.1:{self.sim_port}"
+        return None
 
     @property
     def redis_url_file(self) -> Path:

@@ -268,6 +268,11 @@ class Simulator:
     async def hold_state(self, name: str) -> dict[str, str]:
         return {"name": name, "state": self.holds.state(name)}
 
+    async def model_info(self, model: str) -> dict[str, Any]:
+        # What /api/health asks to see whether the endpoint answers (no generation).
+        return {"name": f"models/{model}", "displayName": f"{model} (simulator)",
+                "supportedGenerationMethods": ["generateContent", "streamGenerateContent"]}
+
     async def requests_seen(self) -> list[Any]:
         return [call["body"] for call in self.received]
 
@@ -283,6 +288,7 @@ def create_app() -> FastAPI:
     sim = Simulator()
     for version in API_VERSIONS:
         models = f"/{version}/models/{{model}}"
+        app.add_api_route(models, sim.model_info, methods=["GET"])
         app.add_api_route(f"{models}:generateContent", partial(sim.answer, stream=False),
                           methods=["POST"])
         app.add_api_route(f"{models}:streamGenerateContent", partial(sim.answer, stream=True),

@@ -42,10 +42,11 @@ class Proc:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def start(name: str, argv: list[str], *, env: dict[str, str], log_dir: Path) -> Proc:
+def start(name: str, argv: list[str], *, env: dict[str, str], log_dir: Path,
+          cwd: Path = ROOT) -> Proc:
     log_path = log_dir / f"{name}.out"
     with log_path.open("wb") as out:
-        process = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)
     return Proc(name=name, process=process, log_path=log_path)
 

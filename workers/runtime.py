@@ -10,6 +10,7 @@ import redis
 from celery import current_app
 
 from context.redis_store import RedisHistoryStore
+from mysisterdb.history import history_store
 from mysisterdb.lifecycle import Lifecycle, Limits
 from mysisterdb.metrics import MetricsRecorder
 from mysisterdb.queueing import chat_publisher
@@ -49,9 +50,7 @@ def get_runtime() -> Runtime:
 
 def build_llm(settings: Settings, metrics: MetricsRecorder) -> LLMClient:
     key = settings.gemini_api_key.get_secret_value() if settings.gemini_api_key else SIMULATOR_KEY
-    endpoint = settings.gemini_endpoint
-    if settings.uses_simulator and not endpoint:
-        endpoint = f"http://127.0.0.1:{settings.sim_port}"
+    endpoint = settings.llm_endpoint()
     policy = RetryPolicy(timeout_s=settings.gemini_timeout, retries=settings.gemini_retries,
                          backoff_s=settings.gemini_backoff_s)
 
@@ -78,7 +77,7 @@ def llm_client_class(sdk: str) -> type[GenAIClient] | type[GenerativeAIClient]:
 def build_runtime(settings: Settings) -> Runtime:
     client = connect(settings.redis_url, timeout_s=5.0, retries=3)
     metrics = MetricsRecorder(client)
-    history = RedisHistoryStore(client)
+    history = history_store(client)
     lifecycle = Lifecycle(client=client, history=history, limits=Limits.from_settings(settings),
                           publish=chat_publisher(current_app))
     return Runtime(settings=settings, redis=client, lifecycle=lifecycle, history=history,

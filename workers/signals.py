@@ -15,9 +15,9 @@ import psutil
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from context.redis_store import RedisHistoryStore
 from context.tokens import count_tokens
 from mysisterdb import keys
+from mysisterdb.history import history_store
 from mysisterdb.lifecycle import Lifecycle, Limits
 from mysisterdb.monitoring import WorkerBeat, write_heartbeat
 from mysisterdb.queueing import chat_publisher
@@ -55,7 +55,7 @@ def sweeper_for(app: Celery) -> Sweeper:
 
     def make() -> Lifecycle:
         client = connect(settings.redis_url, timeout_s=SWEEP_REDIS_TIMEOUT_S)
-        return Lifecycle(client=client, history=RedisHistoryStore(client),
+        return Lifecycle(client=client, history=history_store(client),
                          limits=Limits.from_settings(settings), publish=chat_publisher(app))
 
     return Sweeper(make_lifecycle=make, interval_s=settings.sweep_interval_s,

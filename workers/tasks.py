@@ -23,8 +23,8 @@ from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.worker.request import Request
 
-from context.redis_store import RedisHistoryStore
 from mysisterdb.errors import ErrorCode, LLMError
+from mysisterdb.history import history_store
 from mysisterdb.lifecycle import ClaimStatus, JobGone, Lifecycle, Limits, Outcome
 from mysisterdb.logs import job_context
 from mysisterdb.metrics import MetricsRecorder
@@ -51,7 +51,7 @@ def parent_lifecycle() -> Lifecycle:
     that enforces the other children's hard limits."""
     settings = get_settings()
     client = connect(settings.redis_url, timeout_s=PARENT_REDIS_TIMEOUT_S)
-    return Lifecycle(client=client, history=RedisHistoryStore(client),
+    return Lifecycle(client=client, history=history_store(client),
                      limits=Limits.from_settings(settings), publish=None)
 
 

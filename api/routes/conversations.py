@@ -3,7 +3,7 @@ deleting one, and the operators' reset."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
@@ -18,12 +18,13 @@ from api.schemas import (
     errors,
 )
 from mysisterdb.conversations import MAX_CONVERSATIONS, MAX_TURNS
-from mysisterdb.errors import NotFound
+from mysisterdb.errors import InvalidInput, NotFound
 
 router = APIRouter(prefix="/api", tags=["conversations"])
 
 ConversationId = Annotated[str, Path(pattern=CONVERSATION_ID_PATTERN,
                                      description="Letters, digits, - and _ (1-64)")]
+ISO_TIME = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})?$"
 MAX_SEQ = 2**53  # a seq beyond any conversation; bigger numbers are refused
 
 
@@ -32,13 +33,14 @@ def list_conversations(
     reader: ConversationReaderDep,
     limit: Annotated[int, Query(ge=1, le=MAX_CONVERSATIONS,
                                 description="How many (1-100)")] = 20,
-    before: Annotated[datetime | None, Query(
-        description="Only conversations whose last activity is older (the previous page's "
-                    "next_before)")] = None,
+    before: Annotated[str | None, Query(
+        pattern=ISO_TIME, json_schema_extra={"format": "date-time"},
+        description="Only conversations whose last activity is older: an ISO 8601 time, the "
+                    "previous page's next_before")] = None,
 ) -> ConversationListOut:
     """Conversations, newest activity first: id, title (the first user message, shortened),
     message count, last activity, whether a job is queued or running."""
-    views = reader.newest(limit=limit, before=before)
+    views = reader.newest(limit=limit, before=parse_time(before) if before else None)
     out = [ConversationOut.of(v) for v in views]
     return ConversationListOut(conversations=out,
                                next_before=out[-1].last_activity if len(out) == limit else None)
@@ -75,6 +77,15 @@ def delete_conversation(conversation_id: ConversationId, lifecycle: LifecycleDep
     for job_id in deleted.stopped:  # stop the running task now rather than at its next write
         celery.control.revoke(job_id, terminate=True, signal="SIGTERM")
     return Response(status_code=204)
+
+
+def parse_time(text: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InvalidInput("before は ISO 8601 の日時で指定してください（例 2025-01-01T00:00:00Z）。"
+                           ) from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def reset(conversation_id: str, history: HistoryDep) -> ResetOut:

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.schemas import ErrorBody, HealthOut, TimeOut
+from mysisterdb.llm_check import LLMCheck, LLMStatus
 from mysisterdb.models import iso, utcnow
 from mysisterdb.monitoring import QueueStats, queue_stats
 from mysisterdb.settings import Settings
@@ -15,12 +16,24 @@ from mysisterdb.settings import Settings
 router = APIRouter(prefix="/api", tags=["health"])
 
 HEALTH_BUDGET_S = 0.8  # the whole check, whatever is down: health answers within 1 s
+FIRST_LLM_CHECK_WAIT_S = 0.5  # only when the LLM check has no recent result (see LLMCheck.status)
 
 
-def llm_info(settings: Settings) -> dict[str, str]:
+def llm_info(settings: Settings, status: LLMStatus, endpoint: str) -> dict[str, Any]:
     if settings.uses_simulator:
-        return {"mode": "simulator", "note": "replies come from the offline Gemini simulator"}
-    return {"mode": "gemini", "note": "replies come from Google Gemini"}
+        info = {"mode": "simulator", "note": "replies come from the offline Gemini simulator"}
+    else:
+        info = {"mode": "gemini", "note": "replies come from Google Gemini"}
+    return {**info, "ok": status.ok, "endpoint": endpoint, "detail": status.detail,
+            "checked_s_ago": status.age_s()}
+
+
+def overall(healthy: bool, llm: LLMStatus) -> tuple[str, int]:
+    """unavailable (503): nothing can run; degraded (200): the stack runs but the LLM
+    endpoint does not answer, so chats fail until it does (restarting does not help)."""
+    if not healthy:
+        return "unavailable", 503
+    return ("ok", 200) if llm.ok else ("degraded", 200)
 
 
 def check(client: Any, settings: Settings) -> tuple[bool, dict[str, Any]]:
@@ -49,22 +62,31 @@ def consuming_detail(stats: QueueStats, consuming: bool) -> str:
             "and start nothing: restart the worker")
 
 
+async def stack_check(client: Any, settings: Settings) -> tuple[bool, dict[str, Any]]:
+    try:
+        return await asyncio.wait_for(run_in_threadpool(check, client, settings), HEALTH_BUDGET_S)
+    except TimeoutError:
+        return False, {"redis": {"ok": False, "detail": "no answer within the budget"}}
+
+
 @router.get("/health", response_model=HealthOut, responses={
-    503: {"model": HealthOut, "description": "Redis, the workers or consumption is not ok"},
+    503: {"model": HealthOut, "description": "Redis, the workers or consumption is not ok (unavailable)"},
     504: {"model": ErrorBody, "description": "The request took longer than "
                                              "MYSISTERDB_REQUEST_TIMEOUT"}})
 async def health(request: Request) -> JSONResponse:
-    """200 when Redis answers, a worker is alive and prompts get picked up; else 503."""
+    """200 when Redis answers, a worker is alive and prompts get picked up (`degraded`
+    when the LLM endpoint does not answer its check); else 503."""
     settings: Settings = request.app.state.settings
-    try:
-        healthy, body = await asyncio.wait_for(
-            run_in_threadpool(check, request.app.state.health_redis, settings), HEALTH_BUDGET_S)
-    except TimeoutError:
-        healthy, body = False, {"redis": {"ok": False, "detail": "no answer within the budget"}}
-    body.update({"status": "ok" if healthy else "unavailable", "llm": llm_info(settings),
+    llm_check: LLMCheck = request.app.state.llm_check
+    # Both at once, each in a thread: neither may hold the event loop or the other.
+    llm_status, (healthy, body) = await asyncio.gather(
+        run_in_threadpool(llm_check.status, wait_s=FIRST_LLM_CHECK_WAIT_S),
+        stack_check(request.app.state.health_redis, settings))
+    status, code = overall(healthy, llm_status)
+    body.update({"status": status, "llm": llm_info(settings, llm_status, llm_check.url),
                  "time": iso(utcnow())})
     return JSONResponse(HealthOut.model_validate(body).model_dump(mode="json"),
-                        status_code=200 if healthy else 503)
+                        status_code=code)
 
 
 @router.get("/current-time", response_model=TimeOut, responses={

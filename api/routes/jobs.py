@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import CeleryDep, ChatServiceDep, LifecycleDep, WatcherDep, lifecycle_of
 from api.errors import NoContent
-from api.schemas import JOB_ID_PATTERN, MAX_WAIT_S, JobOut, errors
+from api.schemas import ACCEPTED, JOB_ID_PATTERN, MAX_WAIT_S, JobOut, errors, stream_errors
 from api.watch import JobWatcher
 from mysisterdb.errors import NotFound
 from mysisterdb.models import Job, JobStatus
@@ -77,7 +77,7 @@ async def stream_start(
 
 @router.get("/{job_id}/events", response_class=EventSourceResponse,
             responses={204: {"description": "The client already has the final state: "
-                             "EventSource stops reconnecting"}, **errors(404)})
+                             "EventSource stops reconnecting"}, **stream_errors(404)})
 async def job_events(job_id: JobId, watcher: WatcherDep,
                      seen: Annotated[int, Depends(stream_start)]) -> AsyncIterator[JobOut]:
     """Server-Sent Events: one event per change, `id:` = the job's sequence, `data:` = the
@@ -120,7 +120,7 @@ def cancel_job(job_id: JobId, lifecycle: LifecycleDep, celery: CeleryDep) -> Job
 
 
 @router.post("/{job_id}/retry", status_code=202, response_model=JobOut,
-             responses=errors(404, 409, 429))
+             responses={**ACCEPTED, **errors(404, 409, 429)})
 def retry_job(job_id: JobId, service: ChatServiceDep, response: Response) -> JobOut:
     """Send a failed, incomplete or cancelled turn again: a new job for the same turn slot,
     re-using the stored user message. 202 + Location, like a submit."""

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 
 from tests.procs import Stack
 
 
 def test_unknown_job_is_404_with_error_body(stack: Stack) -> None:
-    r = httpx.get(f"{stack.api_url}/api/jobs/doesnotexist", timeout=5)
+    r = httpx.get(f"{stack.api_url}/api/jobs/{'0' * 32}", timeout=5)
     assert r.status_code == 404
     assert r.json()["error"]["code"] == "not_found"
+
+
+def test_a_malformed_job_id_is_422_in_words(stack: Stack) -> None:
+    r = httpx.get(f"{stack.api_url}/api/jobs/doesnotexist", timeout=5)
+    assert r.status_code == 422
+    assert r.json()["error"] == {"code": "invalid_input", "message":
+                                 "ジョブ ID（job_id）の形式が正しくありません（32桁の16進数（0-9, a-f））。"}
 
 
 def test_cancel_running_job(stack: Stack, conversation_id: str) -> None:
@@ -29,6 +34,11 @@ def test_cancel_running_job(stack: Stack, conversation_id: str) -> None:
     assert stack.wait_job(nxt["id"], timeout_s=10)["status"] == "completed"
     assert stack.job(job["id"])["status"] == "cancelled"
     assert stack.job(job["id"])["reply"] is None
+    # The terminated task left no reply in the history: turn 1 is cancelled, without a reply.
+    turns = httpx.get(f"{stack.api_url}/api/conversations/{conversation_id}/messages",
+                      timeout=5).json()["turns"]
+    assert [(t["turn"], t["state"], t["reply"] is None) for t in turns] == [
+        (1, "cancelled", True), (2, "completed", False)]
 
 
 def test_cancel_queued_job_never_runs_it(stack: Stack, conversation_id: str) -> None:
@@ -36,9 +46,12 @@ def test_cancel_queued_job_never_runs_it(stack: Stack, conversation_id: str) -> 
     second = stack.submit(f"取り消す話 {conversation_id}", conversation_id=conversation_id)
     r = httpx.post(f"{stack.api_url}/api/jobs/{second['id']}/cancel", timeout=5)
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    third = stack.submit("その次の話", conversation_id=conversation_id)
     assert stack.wait_job(first["id"])["status"] == "completed"
-    time.sleep(1.0)  # the cancelled job would have started right after the first
-    assert stack.sim_requests_containing(f"取り消す話 {conversation_id}") == []
+    # Turns run in order: had the cancelled one run, it would have run before the third.
+    assert stack.wait_job(third["id"])["status"] == "completed"
+    assert stack.sim_requests_asking(f"取り消す話 {conversation_id}") == []
+    assert stack.sim_requests_asking("その次の話")
 
 
 def test_current_time_is_iso_utc(stack: Stack) -> None:

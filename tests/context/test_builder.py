@@ -15,7 +15,7 @@ from context.builder import (
 )
 from context.memory_store import InMemoryHistoryStore
 from context.tokens import count_tokens
-from context.types import Summary, Turn
+from context.types import ScoredMessage, Summary, Turn
 from tests.context.chatgen import ChatGenerator, make_message
 
 PERSONA = "あなたはユーザーの妹「ミナ」です。明るく、敬語は使わずに話します。"
@@ -44,7 +44,7 @@ def test_empty_history_gives_persona_and_the_new_message() -> None:
     assert built.system_instruction == PERSONA
     assert built.contents == [Turn(role="user", text="こんにちは")]
     assert built.detail == {"kept_recent": 0, "dropped_recent": 0, "recalled": 0,
-                            "recalled_seqs": [], "summary_used": False,
+                            "recalled_seqs": [], "recalled_confident": 0, "summary_used": False,
                             "prompt_tokens": built.total_tokens, "max_tokens": 4000}
     assert built.total_tokens == (persona_tokens(PERSONA) + count_tokens("こんにちは")
                                   + 2 * TURN_OVERHEAD_TOKENS)
@@ -95,7 +95,8 @@ def test_prompt_order_persona_summary_recalled_recent_new() -> None:
     built = _build(store, QUERY, next_seq)
     system = built.system_instruction
     assert system.index(PERSONA) < system.index(SUMMARY_HEADER) < system.index(RECALL_HEADER)
-    assert built.detail["summary_used"] is True and built.detail["recalled"] == 1
+    # The fact, then other birthdays from the filler filling the budget.
+    assert built.detail["summary_used"] is True and 1 in built.detail["recalled_seqs"]  # type: ignore[operator]
     assert built.contents[-1].text == QUERY
     assert "summary yes" in built.describe()
 
@@ -110,19 +111,45 @@ def test_summary_written_after_the_message_is_not_used() -> None:
 def test_irrelevant_old_turns_are_left_out() -> None:
     store = InMemoryHistoryStore()
     store.append("c", make_message(1, "user", "昨日は量子力学の本を読んだ"))
-    next_seq = _exchanges(store, 10, first_seq=2)
-    built = _build(store, QUERY, next_seq)
+    for seq, text in enumerate(["雨がやまないね", "傘を持っていってね", "駅まで走った",
+                                "風邪ひかないでね", "ただいま", "おかえり！"], start=2):
+        store.append("c", make_message(seq, "user" if seq % 2 == 0 else "assistant", text))
+    built = _build(store, QUERY, 8)
+    # Nothing shares a word with the question: no budget filling below the floor either.
     assert built.detail["recalled"] == 0
     assert RECALL_HEADER not in built.system_instruction
+    # Among filler that does share words (other people's birthdays), it stays out.
+    store = InMemoryHistoryStore()
+    store.append("c", make_message(1, "user", "昨日は量子力学の本を読んだ"))
+    next_seq = _exchanges(store, 10, first_seq=2)
+    assert 1 not in _build(store, QUERY, next_seq).detail["recalled_seqs"]  # type: ignore[operator]
 
 
-def test_threshold_parameter_is_honoured() -> None:
+def _build_floor(store: InMemoryHistoryStore, text: str, seq: int, *, threshold: float,
+                 floor: float) -> BuiltContext:
+    return build_context(store=store, conversation_id="c",
+                         new_message=make_message(seq, "user", text), persona=PERSONA,
+                         relevance_threshold=threshold, relevance_floor=floor)
+
+
+def test_threshold_marks_confident_matches_and_the_floor_bounds_filling() -> None:
     store = InMemoryHistoryStore()
     store.append("c", make_message(1, "user", "京都でラーメンを食べた"))
-    next_seq = _exchanges(store, 4, first_seq=2)
-    query = "京都のラーメン屋さんの名前"
-    assert _build(store, query, next_seq, relevance_threshold=0.3).detail["recalled"] == 1
-    assert _build(store, query, next_seq, relevance_threshold=0.9).detail["recalled"] == 0
+    store.append("c", make_message(2, "user", "京都に行きたい"))
+    next_seq = _exchanges(store, 3, first_seq=3)
+    query = "京都のラーメン屋さん"
+    # 1 has every known term of the question (屋 is in no message, so it does not count):
+    # 1.0; 2 has only 京都: about 0.3.
+    filled = _build_floor(store, query, next_seq, threshold=0.5, floor=0.1)
+    assert filled.detail["recalled_seqs"] == [1, 2] and filled.detail["recalled_confident"] == 1
+    loose = _build_floor(store, query, next_seq, threshold=0.2, floor=0.1)
+    assert loose.detail["recalled_seqs"] == [1, 2] and loose.detail["recalled_confident"] == 2
+    # A floor above 2's score leaves it out, and a floor not below the threshold means no
+    # filling: only confident matches.
+    assert _build_floor(store, query, next_seq, threshold=0.5,
+                        floor=0.4).detail["recalled_seqs"] == [1]
+    assert _build_floor(store, query, next_seq, threshold=0.5,
+                        floor=0.9).detail["recalled_seqs"] == [1]
 
 
 def test_recall_is_best_first_until_the_budget_is_spent() -> None:
@@ -217,3 +244,102 @@ def test_no_partner_is_added_when_only_the_candidate_fits() -> None:
     assert FACT in built.system_instruction
     assert "とても長い返事" not in built.system_instruction
     assert built.total_tokens <= tight_limit
+
+
+def _confident_and_weak(store: InMemoryHistoryStore) -> int:
+    """One fact, forty weaker matches on a common word, filler; returns the next seq."""
+    store.append("c", make_message(1, "user", FACT))
+    store.append("c", make_message(2, "assistant", "覚えたよ！"))
+    seq = 3
+    for i in range(40):
+        store.append("c", make_message(seq, "user", f"佐藤さんの誕生日会、{i}人も来たよ"))
+        store.append("c", make_message(seq + 1, "assistant", "にぎやかだね"))
+        seq += 2
+    return _exchanges(store, 20, first_seq=seq)
+
+
+def test_unused_budget_is_filled_with_the_next_best_down_to_the_floor() -> None:
+    store = InMemoryHistoryStore()
+    next_seq = _confident_and_weak(store)  # the birthday parties score about 0.09
+    strict = _build_floor(store, QUERY, next_seq, threshold=0.4, floor=0.4)
+    filled = _build_floor(store, QUERY, next_seq, threshold=0.4, floor=0.05)
+    above = _build_floor(store, QUERY, next_seq, threshold=0.4, floor=0.1)
+    assert strict.detail["recalled_confident"] == filled.detail["recalled_confident"] == 1
+    assert strict.detail["recalled_seqs"] == above.detail["recalled_seqs"] == [1, 2]
+    assert len(filled.detail["recalled_seqs"]) > 40  # type: ignore[arg-type]
+    assert strict.total_tokens < filled.total_tokens <= 4000
+    assert FACT in filled.system_instruction
+    # Every recalled message scores at least the floor, or is the other half of one that does.
+    scores = {h.message.seq: h.score for h in store.search(
+        "c", query=QUERY, before_seq=next_seq, limit=100, threshold=0.0)}
+    recalled = set(filled.detail["recalled_seqs"])  # type: ignore[call-overload]
+    for seq in recalled:
+        partner = seq + 1 if seq % 2 == 1 else seq - 1
+        assert scores.get(seq, 0.0) >= 0.05 or scores.get(partner, 0.0) >= 0.05
+
+
+def test_filling_never_exceeds_a_tight_budget_and_takes_the_best_first() -> None:
+    store = InMemoryHistoryStore()
+    next_seq = _confident_and_weak(store)
+    roomy = _build_floor(store, QUERY, next_seq, threshold=0.4, floor=0.05)
+    for limit in range(roomy.total_tokens - 400, roomy.total_tokens + 1, 37):
+        built = build_context(store=store, conversation_id="c", persona=PERSONA,
+                              new_message=make_message(next_seq, "user", QUERY),
+                              max_tokens=limit, relevance_floor=0.05)
+        assert built.total_tokens <= limit
+        assert FACT in built.system_instruction  # the confident match is taken first
+        assert len(built.detail["recalled_seqs"]) < len(roomy.detail["recalled_seqs"])  # type: ignore[arg-type]
+
+
+def test_the_newer_of_two_conflicting_facts_comes_back_when_only_one_fits() -> None:
+    store = InMemoryHistoryStore()
+    store.append("c", make_message(1, "user", "銀行の暗証番号は4821にした"))
+    store.append("c", make_message(2, "assistant", "覚えたよ"))
+    seq = _exchanges(store, 30, first_seq=3)
+    # The newer statement is the longer one: a budget too small for it must not bring
+    # back the older alone.
+    store.append("c", make_message(seq, "user", "暗証番号、覚えやすいように7356に変えたよ"))
+    store.append("c", make_message(seq + 1, "assistant", "了解！"))
+    next_seq = _exchanges(store, 5, first_seq=seq + 2)
+    query = "銀行の暗証番号なんだっけ？"
+    roomy = _build(store, query, next_seq)
+    assert "7356" in roomy.system_instruction and "4821" in roomy.system_instruction
+    bare = _build_floor(store, query, next_seq, threshold=1.1, floor=1.1)  # nothing recalled
+    # As the budget grows, the newer fact comes back first, and the older never alone
+    # (the older scores higher: it has 銀行 too).
+    seen_newer = False
+    for limit in range(bare.total_tokens, roomy.total_tokens + 1):
+        system = _build(store, query, next_seq, max_tokens=limit).system_instruction
+        assert "4821" not in system or "7356" in system, limit
+        seen_newer = seen_newer or "7356" in system
+    assert seen_newer
+
+
+class _FixedSource:
+    """A stand-in semantic source (pure unit test): returns what it is given."""
+
+    def __init__(self, found: list[ScoredMessage]) -> None:
+        self.found = found
+        self.asked: list[str] = []
+
+    def candidates(self, *, conversation_id: str, query: str, before_seq: int,
+                   limit: int) -> list[ScoredMessage]:
+        self.asked.append(query)
+        return [s for s in self.found if s.message.seq < before_seq][:limit]
+
+
+def test_candidates_from_another_source_are_merged_with_the_lexical_ones() -> None:
+    store = InMemoryHistoryStore()
+    store.append("c", make_message(1, "user", FACT))
+    paraphrase = make_message(2, "user", "車検は来月の10日に予約した")
+    store.append("c", paraphrase)
+    next_seq = _exchanges(store, 10, first_seq=3)
+    question = "車の点検っていつだったっけ？"
+    assert 2 not in _build(store, question, next_seq).detail["recalled_seqs"]  # type: ignore[operator]
+    source = _FixedSource([ScoredMessage(paraphrase, 0.8)])
+    built = build_context(store=store, conversation_id="c", persona=PERSONA,
+                          new_message=make_message(next_seq, "user", question),
+                          sources=[source])
+    assert source.asked == [question]
+    assert 2 in built.detail["recalled_seqs"]  # type: ignore[operator]
+    assert "車検は来月の10日に予約した" in built.system_instruction

@@ -1,7 +1,14 @@
 from __future__ import annotations
 
 from context.memory_store import InMemoryHistoryStore
-from context.summary import finalize_summary, pending_messages, plan_summary, summary_prompt
+from context.summary import (
+    FACTS_HEADER,
+    FLOW_HEADER,
+    finalize_summary,
+    pending_messages,
+    plan_summary,
+    summary_prompt,
+)
 from context.tokens import count_tokens
 from context.types import Summary
 from tests.context.chatgen import ChatGenerator, make_message
@@ -78,3 +85,32 @@ def test_summary_never_goes_backwards() -> None:
     assert store.set_summary("c", Summary(text="新", covers_up_to_seq=20, tokens=1))
     assert not store.set_summary("c", Summary(text="古", covers_up_to_seq=10, tokens=1))
     assert store.get_summary("c") == Summary(text="新", covers_up_to_seq=20, tokens=1)
+
+
+def test_prompt_asks_for_a_fact_list_that_is_carried_over_and_updated() -> None:
+    previous = Summary(text=f"{FACTS_HEADER}\n- ひまり: 五歳\n{FLOW_HEADER}\n京都の話", covers_up_to_seq=4,
+                       tokens=20)
+    prompt = summary_prompt(previous=previous,
+                            messages=[make_message(5, "user", "会議、木曜の15時に変わったんだ")])
+    assert FACTS_HEADER in prompt and FLOW_HEADER in prompt
+    assert prompt.index(FACTS_HEADER) < prompt.index(FLOW_HEADER)
+    for kind in ("人名", "日付", "場所", "数字", "好き嫌い"):
+        assert kind in prompt
+    assert "一つも落とさずに引き継ぐ" in prompt  # survives re-summarising
+    assert "古い行を新しい内容に" in prompt  # an update replaces, never duplicates
+    assert "事実は削らない" in prompt and "600トークン以内" in prompt
+    assert "- ひまり: 五歳" in prompt
+
+
+def test_a_summary_over_its_cap_loses_the_narrative_first_and_never_half_a_fact() -> None:
+    facts = [f"- 人{i}: {i}月{i}日生まれ、好物はラーメン" for i in range(1, 9)]
+    text = "\n".join([FACTS_HEADER, *facts, FLOW_HEADER, "京都旅行の計画を話した。" * 40])
+    cap = count_tokens("\n".join([FACTS_HEADER, *facts, FLOW_HEADER])) + 30
+    summary = finalize_summary(text=text, covers_up_to_seq=9, max_tokens=cap)
+    assert summary.tokens == count_tokens(summary.text) <= cap
+    assert all(fact in summary.text.splitlines() for fact in facts)
+    assert text.startswith(summary.text) and summary.text != text
+    # Too small for every fact: whole lines are kept, the last one is not cut in half.
+    small = finalize_summary(text=text, covers_up_to_seq=9, max_tokens=40)
+    assert small.tokens <= 40
+    assert all(line in [FACTS_HEADER, *facts] for line in small.text.splitlines())

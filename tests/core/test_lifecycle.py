@@ -21,6 +21,7 @@ from mysisterdb import keys
 from mysisterdb.chat import ChatService
 from mysisterdb.conversations import ConversationReader
 from mysisterdb.errors import Conflict, ErrorCode, IdempotencyKeyReused, NotFound, QueueFull
+from mysisterdb.history import history_store
 from mysisterdb.jobs import JobStore
 from mysisterdb.lifecycle import ClaimStatus, JobGone, Lifecycle, Limits, Outcome
 from mysisterdb.models import JobStatus, StepName, StepStatus, iso, utcnow
@@ -45,7 +46,7 @@ class Broker:
 
 def make(client: redis.Redis, broker: Broker | None = None, *,
          limits: Limits = LIMITS) -> Lifecycle:
-    return Lifecycle(client=client, history=RedisHistoryStore(client), limits=limits,
+    return Lifecycle(client=client, history=history_store(client), limits=limits,
                      publish=broker.publish if broker else None)
 
 
@@ -64,7 +65,7 @@ def test_submit_stores_message_and_job_and_dispatches_the_head(redis_client: red
     broker = Broker()
     lc = make(redis_client, broker)
     job_id = submit(lc, "こんにちは")
-    stored = RedisHistoryStore(redis_client).last("c", limit=5)
+    stored = history_store(redis_client).last("c", limit=5)
     assert [(m.seq, m.text, m.job_id) for m in stored] == [(1, "こんにちは", job_id)]
     assert broker.sent == [job_id] and lc.jobs.line("c") == [job_id]
     assert redis_client.zcard(keys.outbox()) == 0  # published, so out of the outbox
@@ -87,7 +88,7 @@ def test_the_end_of_the_head_hands_the_line_to_the_next_turn(redis_client: redis
     ended = lc.end(first, Outcome.completed(reply(lc, first)))
     assert ended is not None and ended.status is JobStatus.COMPLETED
     assert broker.sent == [first, second] and lc.jobs.line("c") == [second, third]
-    history = RedisHistoryStore(redis_client).last("c", limit=10)
+    history = history_store(redis_client).last("c", limit=10)
     assert [(m.seq, m.role) for m in history] == [(1, "user"), (2, "assistant"), (3, "user"),
                                                   (5, "user")]
 
@@ -178,7 +179,7 @@ def test_a_job_ends_once_and_its_end_fills_the_steps(redis_client: redis.Redis) 
     assert [s.status for s in ended.steps] == [StepStatus.CANCELLED, StepStatus.SKIPPED,
                                               StepStatus.SKIPPED, StepStatus.SKIPPED]
     assert lc.end(job_id, Outcome.completed(reply(lc, job_id))) is None  # final stays final
-    assert RedisHistoryStore(redis_client).last("c", limit=5)[-1].role == "user"  # no reply
+    assert history_store(redis_client).last("c", limit=5)[-1].role == "user"  # no reply
     with pytest.raises(JobGone):
         lc.start_step(job_id, StepName.BUILD_CONTEXT)
     assert lc.jobs.active_ids() == [] and lc.jobs.running_ids() == []
@@ -226,8 +227,8 @@ class BrokenHistory(RedisHistoryStore):
 
 
 def test_a_failed_store_leaves_no_key_message_job_or_turn(redis_client: redis.Redis) -> None:
-    broken = Lifecycle(client=redis_client, history=BrokenHistory(redis_client), limits=LIMITS,
-                       publish=Broker().publish)
+    broken = Lifecycle(client=redis_client, limits=LIMITS, publish=Broker().publish,
+                       history=BrokenHistory(redis_client, key_of=keys.conv_key))
     with pytest.raises(redis.ConnectionError):
         submit(broken, "hi", key="k1")
     assert redis_client.get(keys.idempotency("k1")) is None
@@ -273,7 +274,7 @@ def test_concurrent_requests_with_one_key_make_one_job(redis_client: redis.Redis
                                                       idempotency_key="same"), range(8)))
     assert len({r.job.id for r in results}) == 1
     assert sum(r.created for r in results) == 1 and len(broker.sent) == 1
-    assert len(RedisHistoryStore(redis_client).last("c", limit=10)) == 1
+    assert len(history_store(redis_client).last("c", limit=10)) == 1
 
 
 def test_concurrent_messages_of_one_conversation_get_distinct_turns_and_one_head(
@@ -284,7 +285,7 @@ def test_concurrent_messages_of_one_conversation_get_distinct_turns_and_one_head
         jobs = list(pool.map(lambda i: chat.submit(conversation_id="c", text=f"m{i}").job,
                              range(8)))
     assert sorted(j.turn for j in jobs) == list(range(1, 9))
-    seqs = [m.seq for m in RedisHistoryStore(redis_client).last("c", limit=20)]
+    seqs = [m.seq for m in history_store(redis_client).last("c", limit=20)]
     assert seqs == [2 * t - 1 for t in range(1, 9)]
     assert broker.sent == [next(j.id for j in jobs if j.turn == 1)]
 
@@ -356,7 +357,7 @@ def test_retry_fills_the_same_turn_slot_with_the_stored_message(
     assert lc.jobs.job_id_for_turn("c", 1) == retried.id
     assert lc.claim(retried.id).status is ClaimStatus.CLAIMED
     lc.end(retried.id, Outcome.completed(reply(lc, retried.id, "こんどは返事")))
-    history = RedisHistoryStore(redis_client).last("c", limit=5)
+    history = history_store(redis_client).last("c", limit=5)
     assert [(m.seq, m.role, m.text) for m in history] == [(1, "user", "もう一回"),
                                                           (2, "assistant", "こんどは返事")]
 
@@ -446,7 +447,7 @@ def test_delete_cancels_live_jobs_and_leaves_nothing_a_late_worker_can_write_int
     submit(lc, "残す", cid="keep")
     lc.claim(running)
     lc.show_text(running, "途中")
-    history = RedisHistoryStore(redis_client)
+    history = history_store(redis_client)
     assert history.set_summary("c", Summary(text="要約", covers_up_to_seq=1, tokens=1))
     deleted = lc.delete_conversation("c")
     assert deleted is not None and deleted.jobs == 2 and deleted.stopped == [running]
@@ -479,7 +480,7 @@ def test_a_conversation_deleted_and_started_again_begins_at_turn_one(
     lc.delete_conversation("c")
     fresh = lc.jobs.get(submit(lc, "はじめまして"))
     assert fresh.turn == 1
-    assert [m.text for m in RedisHistoryStore(redis_client).last("c", limit=5)] == ["はじめまして"]
+    assert [m.text for m in history_store(redis_client).last("c", limit=5)] == ["はじめまして"]
 
 
 # -- idempotency, cancel, activity ------------------------------------------------------------

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+import uuid
 
 import httpx
 import redis
@@ -29,6 +30,13 @@ def broker_holds(client: redis.Redis, job_id: str) -> bool:
     unacked = client.hvals(keys.BROKER_UNACKED)
     waiting = [m for q in keys.broker_queue_lists("chat") for m in client.lrange(q, 0, -1)]
     return any(job_id.encode() in m for m in [*unacked, *waiting])
+
+
+def incident_of(client: redis.Redis, job_id: str) -> dict[str, str]:
+    found = [json.loads(raw) for raw in client.lrange(keys.incidents(), 0, -1)
+             if job_id.encode() in raw]
+    assert len(found) == 1, found
+    return found[0]  # type: ignore[no-any-return]
 
 
 def send_copy(stack: Stack, job_id: str) -> None:
@@ -65,7 +73,7 @@ def test_a_lost_queued_job_expires_and_frees_its_conversation(
 
     # Turn 1's job was stored long ago but its message never reached the broker (and it is
     # not in the outbox either): the sweep expires it and hands the line to turn 2.
-    lost = Job(id=f"lost-{conversation_id}", conversation_id=conversation_id, turn=1,
+    lost = Job(id=uuid.uuid4().hex, conversation_id=conversation_id, turn=1,
                created_at=utcnow() - timedelta(hours=1))
     with stack_redis.pipeline(transaction=True) as pipe:
         JobStore.create(pipe, lost)
@@ -110,6 +118,19 @@ def test_hard_limit_kills_a_task_that_ignores_every_timeout(stack: Stack,
     assert elapsed < HARD_LIMIT_S + MARGIN_S
     # The parent replaced the killed child: the next prompt is served.
     nxt = stack.submit("次", conversation_id=conversation_id)
+    assert stack.wait_job(nxt["id"])["status"] == "completed"
+
+
+def test_soft_limit_interrupts_a_python_loop_and_the_worker_serves_on(
+        stack: Stack, stack_redis: redis.Redis, conversation_id: str) -> None:
+    job = stack.submit("#worker:spin", conversation_id=conversation_id)
+    done = stack.wait_job(job["id"], timeout_s=HARD_LIMIT_S + MARGIN_S)
+    assert (done["status"], done["error"]["code"]) == ("failed", "timeout")
+    assert [s["status"] for s in done["steps"]][2:] == ["failed", "skipped"]
+    # The soft limit's own path, in the child: not the parent's SIGKILL at the hard limit.
+    assert incident_of(stack_redis, job["id"])["action"].startswith(
+        "task stopped at the soft limit")
+    nxt = stack.submit("まだいる？", conversation_id=conversation_id)
     assert stack.wait_job(nxt["id"])["status"] == "completed"
 
 
@@ -160,6 +181,9 @@ def test_kill_9_of_busy_child_ends_worker_lost_and_is_not_rerun(
     done = stack.wait_job(job["id"], timeout_s=HARD_LIMIT_S + MARGIN_S)
     assert done["status"] == "failed"
     assert done["error"]["code"] == "worker_lost"
+    # Ended by the worker's parent, which saw its child die, not by the sweep later on.
+    assert incident_of(stack_redis, job["id"])["action"] == (
+        "worker process replaced; prompt not run again")
     # Not run again: the broker holds no copy of its message (unacked ones are redelivered).
     wait_for(lambda: not broker_holds(stack_redis, job["id"]), timeout_s=3,
              what="the message acknowledged")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis
 
 from context.redis_store import RedisHistoryStore
+from mysisterdb import keys
 from tests.procs import Stack, wait_for
 
 SUMMARY_MARKER = "記録係"  # words of the summary prompt, not of any chat prompt
@@ -20,7 +21,7 @@ def test_turns_leaving_the_window_are_folded_into_a_summary(stack: Stack,
                                                             conversation_id: str) -> None:
     texts = [f"話題{i}: {conversation_id}" for i in range(5)]
     assert all(j["status"] == "completed" for j in chat(stack, conversation_id, texts))
-    store = RedisHistoryStore(stack_redis)
+    store = RedisHistoryStore(stack_redis, key_of=keys.conv_key)
     wait_for(lambda: store.get_summary(conversation_id) is not None, timeout_s=15,
              what="a summary")
     summary = store.get_summary(conversation_id)
@@ -46,4 +47,4 @@ def test_a_failing_summary_never_fails_chat_jobs(stack: Stack, stack_redis: redi
                          for r in stack.sim_requests_containing(SUMMARY_MARKER)),
              timeout_s=15, what="a summary attempt")
     assert [j["status"] for j in later] == ["completed"] * 5
-    assert RedisHistoryStore(stack_redis).get_summary(conversation_id) is None
+    assert RedisHistoryStore(stack_redis, key_of=keys.conv_key).get_summary(conversation_id) is None

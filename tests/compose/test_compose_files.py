@@ -1,8 +1,9 @@
 """Static checks of docker-compose.yml, the Dockerfile and .dockerignore.
 
-No Docker engine is needed (nor, usually, available): the files are parsed and checked
-against the code they start (the `mysisterdb` parser, the Settings fields, the Celery app).
-`docker compose config` runs too when the compose plugin is installed; it needs no engine.
+No Docker engine is needed: the files are parsed and checked against the code they start
+(the `mysisterdb` parser, the Settings fields, the Celery app).  `docker compose config`
+runs too when the compose plugin is installed; it needs no engine.  The stack itself runs
+for real in test_stack.py.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ from pydantic import AliasChoices
 from mysisterdb.cli import build_parser
 from mysisterdb.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-REQUIRED_SERVICES = ("redis", "api", "worker", "flower")
+REQUIRED_SERVICES = ("redis", "api", "worker", "flower", "simulator")
 APP_SERVICES = ("api", "worker")
+OUR_IMAGE_SERVICES = ("api", "worker", "simulator")
 SECRET_VARS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 GOOGLE_KEY_RE = re.compile(r"AIza[0-9A-Za-z_\-]{20,}")
 INTERPOLATION_RE = re.compile(r"^\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?+])?(?P<arg>[^}]*)\}$")
@@ -126,6 +128,17 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return out
 
 
+def loopback_ports(service: dict[str, Any]) -> dict[int, int]:
+    """{container port: default host port} of the ports published on 127.0.0.1; the host
+    port may be "${VAR:-default}" (another port when the default is taken)."""
+    out = {}
+    for entry in service.get("ports") or []:
+        match = re.fullmatch(r"127\.0\.0\.1:(?:(\d+)|\$\{\w+:-(\d+)\}):(\d+)", str(entry))
+        assert match, f"publish on loopback only, as 127.0.0.1:HOST:CONTAINER, not {entry!r}"
+        out[int(match.group(3))] = int(match.group(1) or match.group(2))
+    return out
+
+
 def assert_parses(argv: list[str], where: str) -> None:
     try:
         args = build_parser().parse_args(argv)
@@ -170,7 +183,7 @@ def test_api_is_reachable_and_checks_its_own_liveness() -> None:
     api = SERVICES["api"]
     assert command(api) == ["mysisterdb", "api"]
     assert environment(api).get("MYSISTERDB_HOST") == "0.0.0.0"
-    assert any(str(p).endswith("8000:8000") for p in api.get("ports") or [])
+    assert loopback_ports(api) == {8000: 8000}
     check = healthcheck_text(api)
     match = re.search(r"http://127\.0\.0\.1:8000(/[^'\" ]*)", check)
     assert match, check
@@ -201,31 +214,48 @@ def test_worker_pings_itself_and_outlives_the_hard_limit() -> None:
 
 def test_flower_watches_the_same_broker() -> None:
     flower = SERVICES["flower"]
-    assert any(str(p).endswith("5555:5555") for p in flower.get("ports") or [])
+    assert loopback_ports(flower) == {5555: 5555}
     assert depends_on_redis_healthy(flower)
     text = " ".join(command(flower)) + " " + json.dumps(environment(flower))
     assert "redis://redis:6379/0" in text
 
 
-def test_offline_simulator_is_optional_and_reachable() -> None:
-    simulator = SERVICES.get("simulator")
-    if simulator is None:
-        pytest.skip("no simulator service")
-    assert "offline" in (simulator.get("profiles") or [])
+def test_simulator_is_the_llm_without_a_key() -> None:
+    """A plain `docker compose up` (no variables) must answer chats: the simulator always
+    runs, and api and worker are told where it is."""
+    simulator = SERVICES["simulator"]
+    assert not simulator.get("profiles"), "the simulator must start without a profile"
     cmd = command(simulator)
     assert cmd[:2] == ["mysisterdb", "simulator"]
     assert "0.0.0.0" in cmd, "inside compose the simulator must listen on all interfaces"
-    for name in REQUIRED_SERVICES:
-        assert "simulator" not in (SERVICES[name].get("depends_on") or {}), (
-            f"{name} must not need the optional simulator")
+    port = cmd[cmd.index("--port") + 1]
+    for name in APP_SERVICES:
+        env = environment(SERVICES[name])
+        assert env.get("MYSISTERDB_SIMULATOR_URL") == f"http://simulator:{port}", name
+        assert env.get("MYSISTERDB_GEMINI_ENDPOINT") is None, (
+            f"{name}: a fixed endpoint would send keyed requests to the simulator too")
+        # With a key, Gemini: the simulator must not be needed then.
+        assert "simulator" not in (SERVICES[name].get("depends_on") or {}), name
 
 
-@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_one_service_builds_the_image_the_others_use() -> None:
+    builders = [name for name, service in SERVICES.items() if "build" in service]
+    assert builders == ["api"], f"exactly one service builds the image, not {builders}"
+    images = {SERVICES[name].get("image") for name in OUR_IMAGE_SERVICES}
+    assert len(images) == 1 and None not in images, images
+    for name in OUR_IMAGE_SERVICES:
+        if name not in builders:
+            assert SERVICES[name].get("pull_policy") == "never", (
+                f"{name}: the image exists only locally; a pull could only fail")
+
+
+MYSISTERDB_SERVICES = sorted(name for name, service in SERVICES.items()
+                             if command(service)[:1] == ["mysisterdb"])
+
+
+@pytest.mark.parametrize("name", MYSISTERDB_SERVICES)
 def test_mysisterdb_commands_exist(name: str) -> None:
-    cmd = command(SERVICES[name])
-    if cmd[:1] != ["mysisterdb"]:
-        pytest.skip(f"{name} does not run mysisterdb")
-    assert_parses(cmd[1:], f"service {name}")
+    assert_parses(command(SERVICES[name])[1:], f"service {name}")
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
@@ -326,13 +356,15 @@ def compose_cli() -> list[str] | None:
     return None
 
 
-@pytest.mark.parametrize("profile_args", [[], ["--profile", "offline"]], ids=["default", "offline"])
-def test_docker_compose_config_accepts_the_file(profile_args: list[str]) -> None:
+@pytest.mark.parametrize("key", [None, "AIza-not-a-real-key"], ids=["no-key", "key"])
+def test_docker_compose_config_accepts_the_file(key: str | None) -> None:
     cli = compose_cli()
     if cli is None:
         pytest.skip("docker compose is not installed")
     env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}  # works without a key
-    done = subprocess.run([*cli, "-f", str(COMPOSE_FILE), *profile_args, "config", "--quiet"],
+    if key:
+        env["GEMINI_API_KEY"] = key
+    done = subprocess.run([*cli, "-f", str(COMPOSE_FILE), "config", "--quiet"],
                           capture_output=True, text=True, timeout=60, env=env, cwd=ROOT,
                           check=False)
     assert done.returncode == 0, done.stderr

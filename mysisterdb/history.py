@@ -1,0 +1,12 @@
+"""The conversation history: the context library's Redis store, given our key layout."""
+
+from __future__ import annotations
+
+import redis
+
+from context.redis_store import RedisHistoryStore
+from mysisterdb import keys
+
+
+def history_store(client: redis.Redis) -> RedisHistoryStore:
+    return RedisHistoryStore(client, key_of=keys.conv_key)

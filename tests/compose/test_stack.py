@@ -1,0 +1,272 @@
+"""The compose stack, for real: the README's commands against a Docker engine.
+
+One stack for the module: free host ports, an empty env file (a developer's `.env` or
+GEMINI_API_KEY cannot turn it into a Gemini stack), and a project name and image tag
+(MYSISTERDB_IMAGE_TAG) of this checkout's own, so it never touches the `mysisterdb` project
+and two checkouts on one engine never run each other's code. Both stay the same from run to
+run: compose labels the image it builds with the project name, so a new name per run would
+leave an untagged copy of the image behind every time. The image stays after the test as
+the build cache of the next run; containers and volumes go (`down -v`, also before `up`, for
+what an interrupted run left). The compose file is used as it is.
+
+Without Docker + Compose v2 the module is skipped with the reason; CI (`.ci/run`) prepares
+Docker and sets MYSISTERDB_TEST_REQUIRE_DOCKER=1, which turns that skip into a failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from mysisterdb.redis_server import free_port
+from tests.procs import ROOT, wait_for
+
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+REQUIRE_DOCKER = "MYSISTERDB_TEST_REQUIRE_DOCKER"
+UP_TIMEOUT_S = 900  # a cold build installs every dependency
+COMMAND_TIMEOUT_S = 180
+FINAL = ("completed", "failed", "cancelled", "incomplete")
+
+pytestmark = pytest.mark.timeout(UP_TIMEOUT_S + 300)
+
+# The worker's main process: the child of the container's init (docker-init, PID 1).
+# Killed from inside the container with SIGKILL, as a crash would: Docker sees the container
+# exit on its own and applies the restart policy (`docker kill` would count as a manual stop).
+KILL_WORKER_MAIN = """
+import os, signal
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    with open(f"/proc/{pid}/stat") as f:
+        ppid = f.read().rsplit(")", 1)[1].split()[1]
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        argv = f.read().split(b"\\0")
+    if ppid == "1" and b"worker" in argv:
+        print(pid, flush=True)
+        os.kill(int(pid), signal.SIGKILL)
+"""
+
+
+def docker_missing() -> str | None:
+    """Why the stack cannot run here, or None."""
+    if shutil.which("docker") is None:
+        return "no `docker` command on PATH"
+    try:
+        info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"],
+                              capture_output=True, text=True, timeout=30, check=False)
+        if info.returncode != 0:
+            return f"the Docker engine does not answer: {info.stderr.strip()[-300:]}"
+        version = subprocess.run(["docker", "compose", "version", "--short"],
+                                 capture_output=True, text=True, timeout=30, check=False)
+    except subprocess.TimeoutExpired as exc:
+        return f"`{' '.join(map(str, exc.cmd))}` did not answer within {exc.timeout} s"
+    major = version.stdout.strip().lstrip("v").split(".")[0]
+    if version.returncode != 0 or not major.isdigit() or int(major) < 2:
+        return "Docker Compose v2 (`docker compose`) is not installed"
+    return None
+
+
+@dataclass
+class Compose:
+    project: str
+    env: dict[str, str]
+    env_file: Path
+    api_url: str
+
+    def run(self, *args: str, timeout_s: float = COMMAND_TIMEOUT_S,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = ["docker", "compose", "-f", str(COMPOSE_FILE), "--env-file", str(self.env_file),
+                "-p", self.project, *args]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s,
+                              env=self.env, cwd=ROOT, check=False)
+        if check and done.returncode != 0:
+            self.print_diagnostics()
+            raise AssertionError(f"`{' '.join(argv)}` exited {done.returncode}:\n"
+                                 f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        return done
+
+    def up(self) -> None:
+        """The README's command."""
+        self.run("up", "-d", "--build", "--wait", timeout_s=UP_TIMEOUT_S)
+
+    def inspect(self, service: str, template: str) -> str:
+        container = self.run("ps", "-a", "-q", service).stdout.strip()
+        assert container, f"no container for {service}"
+        return subprocess.run(["docker", "inspect", "-f", template, container],
+                              capture_output=True, text=True, timeout=30,
+                              check=True).stdout.strip()
+
+    def mounted_volumes(self) -> set[str]:
+        """Every volume a container of the project mounts, anonymous ones included."""
+        containers = self.run("ps", "-a", "-q").stdout.split()
+        if not containers:
+            return set()
+        names = subprocess.run(
+            ["docker", "inspect", "-f",
+             '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}} {{end}}{{end}}', *containers],
+            capture_output=True, text=True, timeout=30, check=True).stdout.split()
+        return set(names)
+
+    def wait(self, check: Callable[[], bool], *, what: str, timeout_s: float = 60) -> None:
+        try:
+            wait_for(check, timeout_s=timeout_s, what=what, interval_s=0.25)
+        except TimeoutError:
+            self.print_diagnostics()
+            raise
+
+    def print_diagnostics(self) -> None:
+        for args in (["ps", "-a"], ["logs", "--no-color", "--tail", "40"]):
+            done = self.run(*args, check=False)
+            print(f"--- docker compose {' '.join(args)} ---\n{done.stdout}{done.stderr}")
+
+    # -- the API, from the host -------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return httpx.get(f"{self.api_url}/api/health", timeout=5).json()  # type: ignore[no-any-return]
+
+    def submit(self, message: str, conversation_id: str) -> dict[str, Any]:
+        r = httpx.post(f"{self.api_url}/api/chat", timeout=10,
+                       json={"message": message, "conversation_id": conversation_id})
+        assert r.status_code == 202, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        r = httpx.get(f"{self.api_url}/api/jobs/{job_id}", timeout=5)
+        return r.json() if r.status_code == 200 else None
+
+    def wait_job(self, job_id: str, *, timeout_s: float = 60) -> dict[str, Any]:
+        seen: list[dict[str, Any]] = []
+
+        def final() -> bool:
+            job = self.job(job_id)
+            seen[:] = [job] if job else []
+            return job is not None and job["status"] in FINAL
+        self.wait(final, what=f"job {job_id} to end", timeout_s=timeout_s)
+        return seen[0]
+
+    def texts(self, conversation_id: str) -> list[str] | None:
+        r = httpx.get(f"{self.api_url}/api/conversations/{conversation_id}/messages",
+                      timeout=5)
+        if r.status_code != 200:
+            return None
+        return [m["text"] for t in r.json()["turns"] for m in (t["user"], t["reply"]) if m]
+
+    def chat(self, message: str, conversation_id: str) -> dict[str, Any]:
+        job = self.wait_job(self.submit(message, conversation_id)["id"])
+        assert job["status"] == "completed", job
+        return job
+
+
+CHECKOUT_ID = hashlib.sha1(str(ROOT).encode()).hexdigest()[:10]
+
+
+def compose_env(api_port: int, flower_port: int) -> dict[str, str]:
+    # Nothing of the caller's MySisterDB, Compose or Gemini settings leaks into the stack.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MYSISTERDB_", "COMPOSE_"))
+           and k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
+    env.update({
+        "MYSISTERDB_API_HOST_PORT": str(api_port),
+        "MYSISTERDB_FLOWER_HOST_PORT": str(flower_port),
+        "MYSISTERDB_IMAGE_TAG": f"test-{CHECKOUT_ID}",
+    })
+    return env
+
+
+@pytest.fixture(scope="module")
+def compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
+    reason = docker_missing()
+    if reason:
+        if os.environ.get(REQUIRE_DOCKER) == "1":
+            pytest.fail(f"{REQUIRE_DOCKER}=1 but Docker cannot run the stack: {reason}")
+        pytest.skip(f"compose stack not tested: {reason} (needs a Docker engine with "
+                    f"Compose v2; CI prepares one with ../shared/tools/docker-standins)")
+    env_file = tmp_path_factory.mktemp("compose") / "empty.env"
+    env_file.write_text("")
+    api_port = free_port()
+    stack = Compose(project=f"mysisterdb-test-{CHECKOUT_ID}",
+                    env=compose_env(api_port, free_port()), env_file=env_file,
+                    api_url=f"http://127.0.0.1:{api_port}")
+    try:
+        stack.run("down", "-v", "--remove-orphans")
+        stack.up()
+        yield stack
+    finally:
+        stack.run("down", "-v", "--remove-orphans", check=False)
+
+
+def test_plain_up_answers_a_chat_from_the_simulator(compose: Compose) -> None:
+    compose.wait(lambda: compose.health()["status"] == "ok", what="health ok")
+    health = compose.health()
+    assert health["llm"]["mode"] == "simulator" and health["llm"]["ok"] is True, health
+    assert health["llm"]["endpoint"].startswith("http://simulator:8765/")
+    job = compose.chat("枡元といえば？ｗ", "compose-first")
+    assert "お兄ちゃん" in job["reply"] and "枡元といえば？ｗ" in job["reply"]
+
+
+def test_a_crashed_worker_is_restarted_and_serves_again(compose: Compose) -> None:
+    restarts = int(compose.inspect("worker", "{{.RestartCount}}"))
+    started = compose.inspect("worker", "{{.State.StartedAt}}")
+    # The exec dies with the container, so its exit status says nothing; the restart does.
+    kill = compose.run("exec", "-T", "worker", "python", "-c", KILL_WORKER_MAIN, check=False)
+    print(f"killed worker main process: {kill.stdout.strip()!r} (exec exit {kill.returncode})")
+
+    def restarted() -> bool:
+        return (int(compose.inspect("worker", "{{.RestartCount}}")) > restarts
+                and compose.inspect("worker", "{{.State.Running}}") == "true"
+                and compose.inspect("worker", "{{.State.StartedAt}}") != started)
+    compose.wait(restarted, what="the restart policy to start the worker again")
+    job = compose.chat("生き返った？", "compose-crash")
+    assert job["reply"]
+
+
+def test_redis_killed_and_started_keeps_history_and_queued_jobs(compose: Compose) -> None:
+    conv = "compose-redis"
+    before = compose.chat("覚えててね", conv)
+    compose.run("stop", "worker")  # so the next prompt stays queued
+    queued = compose.submit("まだ待ってる？", conv)
+    assert compose.job(queued["id"])["status"] == "queued"  # type: ignore[index]
+
+    # AOF: the broker message is in the append-only file before redis dies.
+    def in_aof() -> bool:
+        done = compose.run("exec", "-T", "redis", "sh", "-c",
+                           f"cat /data/appendonlydir/*.aof* /data/*.aof 2>/dev/null "
+                           f"| grep -c {queued['id']}", check=False)
+        return done.stdout.strip() not in ("", "0")
+    compose.wait(in_aof, what="the queued job in the AOF")
+    # SIGKILL: no shutdown save, so only the AOF can bring the data back.  A kill is a
+    # manual stop for Docker, hence the explicit start.
+    compose.run("kill", "-s", "KILL", "redis")
+    compose.run("start", "redis")
+    compose.wait(lambda: compose.texts(conv) is not None, what="the API to reach redis again")
+    assert compose.texts(conv) == ["覚えててね", before["reply"], "まだ待ってる？"]
+    assert compose.job(queued["id"])["status"] == "queued"  # type: ignore[index]
+
+    compose.run("start", "worker")
+    done = compose.wait_job(queued["id"])
+    assert done["status"] == "completed", done
+    assert compose.texts(conv) == ["覚えててね", before["reply"], "まだ待ってる？", done["reply"]]
+
+
+def test_down_then_up_keeps_history_and_down_v_removes_it(compose: Compose) -> None:
+    conv = "compose-down"
+    job = compose.chat("また会おうね", conv)
+    volumes = compose.mounted_volumes()
+    compose.run("down")
+    compose.up()
+    assert compose.texts(conv) == ["また会おうね", job["reply"]]
+    compose.wait(lambda: compose.health()["status"] == "ok", what="health ok after up")
+    volumes |= compose.mounted_volumes()
+
+    compose.run("down", "-v")
+    existing = subprocess.run(["docker", "volume", "ls", "-q"], capture_output=True, text=True,
+                              timeout=30, check=True).stdout.split()
+    # Named and anonymous: nothing the stack ever mounted may outlive `down -v`.
+    assert volumes and not volumes & set(existing), volumes & set(existing)
