@@ -9,8 +9,8 @@ import httpx
 import redis
 from playwright.sync_api import expect
 
-from context.redis_store import RedisHistoryStore
 from context.types import Message
+from mysisterdb.history import history_store
 from mysisterdb.redis_server import RedisServer
 from mysisterdb.simulator import reply_chunks
 from tests.procs import Stack
@@ -123,7 +123,7 @@ def test_a_long_conversation_opens_at_its_end_and_loads_older_turns_on_request(
                         text=f"{'質問' if seq % 2 else '答え'}{(seq + 1) // 2}")
                 for seq in range(1, 121)]
     client = redis.Redis.from_url(ui_redis.url, socket_timeout=5)
-    RedisHistoryStore(client).append_many(conversation_id, messages)
+    history_store(client).append_many(conversation_id, messages)
     client.close()
     chat = open_page(conversation_id=conversation_id)
     expect(chat.turns()).to_have_count(50)
