@@ -333,15 +333,18 @@ async function send(text, { key = null } = {}) {
   }
 }
 
-async function act(turn, action) {
-  if (turn.busy) return;  // one stop or retry at a time
-  turn.busy = true;
-  viewOf(turn).setBusy(true);
+/** Run a stop or a retry of a turn, one of each kind at a time. Each kind on its own: the
+ * reply may show as stopped (and offer a retry) before the stop's own answer arrives. */
+async function act(turn, kind, action) {
+  turn.busy ??= {};
+  if (turn.busy[kind]) return;
+  turn.busy[kind] = true;
+  viewOf(turn).setBusy(kind, true);
   try {
     await action();
   } finally {
-    turn.busy = false;
-    viewOf(turn).setBusy(false);
+    turn.busy[kind] = false;
+    viewOf(turn).setBusy(kind, false);
   }
 }
 
@@ -350,10 +353,11 @@ function stopTurn(turn) {
     turn.abort.abort();
     return;
   }
-  act(turn, async () => {
+  const jobId = turn.job.id;
+  act(turn, "stop", async () => {
     try {
       const { data: job } = await retrying(
-        () => request("POST", `/api/jobs/${turn.job.id}/cancel`), { retryIf: unreachable });
+        () => request("POST", `/api/jobs/${jobId}/cancel`), { retryIf: unreachable });
       onJob(job);
     } catch (err) {
       if (err instanceof ApiError && err.status === 409) page.follower.refresh();  // it had just ended
@@ -364,10 +368,11 @@ function stopTurn(turn) {
 
 function retryTurn(turn) {
   const generation = page.generation;
-  act(turn, async () => {
+  const jobId = turn.job.id;
+  act(turn, "retry", async () => {
     try {
       const { data: job } = await retrying(
-        () => request("POST", `/api/jobs/${turn.job.id}/retry`), { retryIf: unreachable });
+        () => request("POST", `/api/jobs/${jobId}/retry`), { retryIf: unreachable });
       if (generation !== page.generation) return;
       applyJob(turn, job);
       updateTurn(turn);

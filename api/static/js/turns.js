@@ -152,8 +152,8 @@ export class TurnView {
   }
 
   /** While a stop or retry is on its way: announced as unavailable, yet still focusable. */
-  setBusy(busy) {
-    for (const button of [this.stop, this.retry]) button.setAttribute("aria-disabled", String(busy));
+  setBusy(kind, busy) {
+    (kind === "stop" ? this.stop : this.retry).setAttribute("aria-disabled", String(busy));
   }
 
   tick() {
