@@ -1,9 +1,10 @@
 """Browser tests of the chat page: Playwright for Python driving the system's Chromium (never a
 downloaded one) against a real stack (redis-server, Celery worker, API, Gemini simulator).
 
-The stack is the page's own: a private redis-server (so a test can freeze it and see the page
-get a real 503) and Gemini limits long enough that a stream held by the simulator (3 s at
-most) is not cut by the read timeout first.
+The stack is the page's own, started once for tests/ui and stopped when they end (package
+scope: it does not idle beside the rest of the suite): a private redis-server (so a test can
+freeze it and see the page get a real 503) and Gemini limits long enough that a stream held by
+the simulator (3 s at most) is not cut by the read timeout first.
 
 Chromium comes from PATH (`chromium`, as Debian's package installs it) or from
 MYSISTERDB_TEST_CHROMIUM; without one the tests are skipped with a line saying how to get it
@@ -78,7 +79,7 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chromium_path() -> str:
     if sync_playwright is None:
         unavailable("playwright is not installed: `make install` installs the dev extras")
@@ -89,7 +90,7 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def playwright_browser(chromium_path: str) -> Iterator[Browser]:
     expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     with sync_playwright() as playwright:
@@ -103,19 +104,19 @@ def launch(playwright: Playwright, chromium_path: str) -> Browser:
                                       timeout=60000)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ui_redis() -> Iterator[RedisServer]:
     server = start_redis()
     yield server
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ui_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("ui-stack")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ui_stack(ui_redis: RedisServer, ui_logs: Path) -> Iterator[Stack]:
     running = start_stack(redis_url=ui_redis.url, log_dir=ui_logs, extra=UI_LIMITS)
     # Both worker children answer once before the scenes: a scene never waits on a cold start.
@@ -128,7 +129,7 @@ def ui_stack(ui_redis: RedisServer, ui_logs: Path) -> Iterator[Stack]:
     running.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def artifacts_root() -> Path:
     root = Path(os.environ.get(ARTIFACTS_SETTING) or ROOT / "test-artifacts") / "ui"
     shutil.rmtree(root, ignore_errors=True)  # the folder shows this run only
