@@ -10,12 +10,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, ProcessCollector
 from redis import Redis
+from starlette.concurrency import run_in_threadpool
 
 from api.errors import install_error_handlers
 from api.middleware import RequestTimeoutMiddleware, request_budget
 from api.routes import chat, conversations, health, jobs, ops, ui
 from api.watch import JobWatcher
 from context.builder import max_message_tokens
+from context.terms import warm_up as warm_up_terms
 from context.tokens import count_tokens
 from mysisterdb.history import history_store
 from mysisterdb.lifecycle import Lifecycle, Limits
@@ -46,6 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         monitor = ResourceMonitor(label="api", interval_s=settings.resource_log_interval,
                                   warn_mb=settings.memory_warn_mb)
         monitor.start()
+        # Storing a message indexes its terms: load the analysers before the first one.
+        await run_in_threadpool(warm_up_terms)
         sweeper = api_sweeper(settings, publish=chat_publisher(app.state.celery))
         sweeper.start()
         app.state.llm_check.status()  # the first check of the LLM endpoint starts now
@@ -64,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.health_redis = connect(settings.redis_url, timeout_s=HEALTH_REDIS_TIMEOUT_S)
     app.state.llm_check = LLMCheck.from_settings(settings)
     app.state.watcher = JobWatcher(url=settings.redis_url, timeout_s=settings.redis_timeout_s)
-    app.state.metrics_registry = metrics_registry(app.state.redis)
+    app.state.metrics_registry = metrics_registry(app.state.redis, settings)
     celery = create_celery(settings, broker_socket_timeout_s=settings.redis_timeout_s)
     app.state.celery = celery
     app.state.publish = (die_before_publish if settings.debug_die_before_publish
@@ -97,8 +101,9 @@ def api_sweeper(settings: Settings, *, publish: Publish) -> Sweeper:
     return Sweeper(make_lifecycle=make, interval_s=settings.sweep_interval_s, name="api-sweep")
 
 
-def metrics_registry(client: Redis) -> CollectorRegistry:
+def metrics_registry(client: Redis, settings: Settings) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(RedisCollector(client))
+    registry.register(RedisCollector(client, max_wait_s=settings.max_queue_wait_s,
+                                     max_depth=settings.max_queue_depth))
     ProcessCollector(registry=registry)  # process_resident_memory_bytes of the API
     return registry
