@@ -256,4 +256,4 @@ def test_watchdog_leaves_a_healthy_service_alone(tmp_path: Path, ops: Ops) -> No
 
 def test_chat_page_says_gemini_when_a_key_is_set(ops: Ops) -> None:
     page = httpx.get(f"{ops.stack.api_url}/", timeout=5).text
-    assert 'class="gemini"' in page and "Google Gemini" in page and SECRET not in page
+    assert 'data-llm-mode="gemini"' in page and "Google Gemini" in page and SECRET not in page

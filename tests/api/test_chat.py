@@ -181,5 +181,5 @@ def test_submit_rejects_a_message_over_the_token_budget(stack: Stack, stack_redi
 def test_chat_page_says_replies_come_from_the_simulator(stack: Stack) -> None:
     r = httpx.get(f"{stack.api_url}/", timeout=5)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    assert "シミュレーター" in r.text and 'class="simulator"' in r.text
-    assert "/api/chat" in r.text
+    assert "シミュレーター" in r.text and 'data-llm-mode="simulator"' in r.text
+    assert '<script type="module" src="/static/js/app.js">' in r.text
