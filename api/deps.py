@@ -8,8 +8,10 @@ import redis
 from celery import Celery
 from fastapi import Depends, Request
 
+from api.watch import JobWatcher
 from context.redis_store import RedisHistoryStore
 from mysisterdb.chat import ChatService
+from mysisterdb.conversations import ConversationReader
 from mysisterdb.history import history_store
 from mysisterdb.lifecycle import Lifecycle, Limits
 from mysisterdb.settings import Settings
@@ -27,7 +29,12 @@ def get_celery(request: Request) -> Celery:
     return request.app.state.celery  # type: ignore[no-any-return]
 
 
+def get_watcher(request: Request) -> JobWatcher:
+    return request.app.state.watcher  # type: ignore[no-any-return]
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+WatcherDep = Annotated[JobWatcher, Depends(get_watcher)]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 
@@ -43,6 +50,19 @@ def get_lifecycle(request: Request, client: RedisDep, history: HistoryDep,
                   settings: SettingsDep) -> Lifecycle:
     return Lifecycle(client=client, history=history, limits=Limits.from_settings(settings),
                      publish=request.app.state.publish)
+
+
+def lifecycle_of(request: Request) -> Lifecycle:
+    """The same, outside dependency injection (an async route hands it to a thread)."""
+    client = get_redis(request)
+    return get_lifecycle(request, client, history_store(client), get_settings(request))
+
+
+def get_reader(client: RedisDep, history: HistoryDep) -> ConversationReader:
+    return ConversationReader(client=client, history=history)
+
+
+ConversationReaderDep = Annotated[ConversationReader, Depends(get_reader)]
 
 
 LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]

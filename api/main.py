@@ -12,8 +12,9 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from redis import Redis
 
 from api.errors import install_error_handlers
-from api.middleware import RequestTimeoutMiddleware
+from api.middleware import RequestTimeoutMiddleware, request_budget
 from api.routes import chat, conversations, health, jobs, ops, ui
+from api.watch import JobWatcher
 from context.builder import max_message_tokens
 from context.tokens import count_tokens
 from mysisterdb.history import history_store
@@ -30,6 +31,10 @@ from mysisterdb.sweeper import Sweeper
 logger = logging.getLogger(__name__)
 
 HEALTH_REDIS_TIMEOUT_S = 0.3
+API_DESCRIPTION = """Chat with しぃ. `POST /api/chat` answers 202 with the job; follow it by
+long-poll (`GET /api/jobs/{id}?wait=30&after=<sequence>`) or Server-Sent Events
+(`GET /api/jobs/{id}/events`). Every error is `{"error": {"code", "message"}}` with a
+Japanese message for the user. See README.md, "The API"."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -44,17 +49,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sweeper = api_sweeper(settings, publish=chat_publisher(app.state.celery))
         sweeper.start()
         app.state.llm_check.status()  # the first check of the LLM endpoint starts now
+        app.state.watcher.start()
         yield
+        await app.state.watcher.stop()
         sweeper.stop()
         monitor.stop()
         app.state.redis.close()
         app.state.health_redis.close()
 
-    app = FastAPI(title="MySisterDB", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="MySisterDB", version="0.1.0", lifespan=lifespan,
+                  description=API_DESCRIPTION)
     app.state.settings = settings
     app.state.redis = connect(settings.redis_url, timeout_s=settings.redis_timeout_s)
     app.state.health_redis = connect(settings.redis_url, timeout_s=HEALTH_REDIS_TIMEOUT_S)
     app.state.llm_check = LLMCheck.from_settings(settings)
+    app.state.watcher = JobWatcher(url=settings.redis_url, timeout_s=settings.redis_timeout_s)
     app.state.metrics_registry = metrics_registry(app.state.redis)
     celery = create_celery(settings, broker_socket_timeout_s=settings.redis_timeout_s)
     app.state.celery = celery
@@ -67,7 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (chat.router, jobs.router, conversations.router, health.router, ops.router,
                    ui.router):
         app.include_router(router)
-    app.add_middleware(RequestTimeoutMiddleware, timeout_s=settings.request_timeout)
+    app.add_middleware(RequestTimeoutMiddleware, timeout_s=settings.request_timeout,
+                       budget=request_budget(settings.request_timeout))
     return app
 
 

@@ -95,7 +95,9 @@ class InMemoryHistoryStore:
         return self._conv(conversation_id).summary
 
     def set_summary(self, conversation_id: str, summary: Summary) -> bool:
-        conv = self._conv(conversation_id)
+        conv = self._convs.get(conversation_id)
+        if conv is None or not conv.seqs:
+            return False
         if conv.summary is not None and conv.summary.covers_up_to_seq >= summary.covers_up_to_seq:
             return False
         conv.summary = summary

@@ -116,8 +116,10 @@ end
 return out
 """
 
-# Summaries are written by workers that may finish out of order: never go backwards.
+# Summaries are written by workers that may finish out of order: never go backwards. A
+# conversation deleted (or reset) while its summary was being written gets none.
 _SET_SUMMARY_LUA = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 local cur = redis.call('HGET', KEYS[1], 'covers_up_to_seq')
 if cur and tonumber(cur) >= tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'text', ARGV[1], 'covers_up_to_seq', ARGV[2], 'tokens', ARGV[3])
@@ -376,7 +378,8 @@ class RedisHistoryStore:
                        tokens=int(fields["tokens"]))
 
     def set_summary(self, conversation_id: str, summary: Summary) -> bool:
-        stored = self._set_summary(keys=[self.keys(conversation_id).summary()],
+        k = self.keys(conversation_id)
+        stored = self._set_summary(keys=[k.summary(), k.messages()],
                                    args=[summary.text, summary.covers_up_to_seq, summary.tokens])
         return bool(stored)
 
@@ -402,6 +405,23 @@ class RedisHistoryStore:
 
     def _drop_legacy(self, k: StoreKeys) -> None:
         self._drop_terms(k.legacy_vocab(), k.legacy_postings)
+
+    def conversation_keys(self, conversation_id: str, *,
+                          watching: redis.client.Pipeline) -> list[str]:
+        """Every key this store keeps for the conversation, read on a pipeline in WATCH mode
+        and watched, so that the caller can delete them all in its transaction and an append
+        (or a re-index batch) racing it aborts the transaction. Keep it complete when adding
+        a key."""
+        k = self.keys(conversation_id)
+        vocabs = [k.vocab(slot) for slot in SLOTS] + [k.legacy_vocab()]
+        stored = [k.messages(), k.summary(), k.ctx("live"), k.ctx("build"), k.ctx("done"),
+                  *(k.stats(slot) for slot in SLOTS), *(k.docs(slot) for slot in SLOTS),
+                  *vocabs]
+        watching.watch(*stored)
+        postings = [k.postings(slot, _text(t))
+                    for slot in SLOTS for t in watching.smembers(k.vocab(slot))]
+        postings += [k.legacy_postings(_text(t)) for t in watching.smembers(k.legacy_vocab())]
+        return stored + postings
 
     def reset(self, conversation_id: str) -> None:
         """Delete messages, index and summary (not atomic: call it on an idle conversation)."""

@@ -45,7 +45,8 @@ class HistoryStore(Protocol):
     def get_summary(self, conversation_id: str) -> Summary | None: ...
 
     def set_summary(self, conversation_id: str, summary: Summary) -> bool:
-        """Store the summary unless the stored one already covers as far; True if stored."""
+        """Store the summary unless the stored one already covers as far, or the conversation
+        has no messages (deleted while the summary was written); True if stored."""
         ...
 
     def reset(self, conversation_id: str) -> None:

@@ -7,6 +7,8 @@ refused before anything is written.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -15,12 +17,20 @@ from context.tokens import count_tokens
 from mysisterdb import keys
 from mysisterdb.errors import InvalidInput, MessageTooLarge, QueueFull
 from mysisterdb.lifecycle import Lifecycle, Submitted
+from mysisterdb.models import Job
 
 logger = logging.getLogger(__name__)
 
 CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
 RETRY_AFTER_S = 5  # a prompt takes seconds; a client retrying sooner would only add load
+
+
+def request_digest(*, conversation_id: str, text: str) -> str:
+    """What an Idempotency-Key is bound to: the request as sent (before trimming)."""
+    body = json.dumps({"conversation_id": conversation_id, "message": text},
+                      ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 def check_conversation_id(conversation_id: str) -> str:
@@ -53,17 +63,26 @@ class ChatService:
 
     def submit(self, *, conversation_id: str, text: str,
                idempotency_key: str | None = None) -> Submitted:
-        """Store and dispatch a prompt. A known idempotency key returns its job."""
+        """Store and dispatch a prompt. A known idempotency key returns its job; the same key
+        with a different request is refused (IdempotencyKeyReused)."""
+        digest = request_digest(conversation_id=conversation_id, text=text)
         text, tokens = self.validate(conversation_id=conversation_id, text=text)
         if idempotency_key is not None:
             if not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
                 raise InvalidInput("Idempotency-Key は表示可能な ASCII 1〜128 文字にしてください。")
-            known = self.lifecycle.find_by_key(idempotency_key)
+            known = self.lifecycle.find_by_key(idempotency_key, digest=digest)
             if known is not None:
                 return Submitted(job=known, created=False)
         self._check_backpressure()
         return self.lifecycle.submit(conversation_id=conversation_id, text=text, tokens=tokens,
-                                     idempotency_key=idempotency_key)
+                                     idempotency_key=idempotency_key, request_digest=digest)
+
+    def retry(self, job_id: str) -> Job:
+        """Send a failed, incomplete or cancelled turn again; a new job counts against the
+        backlog like a submit."""
+        self.lifecycle.jobs.get(job_id)  # 404 before 429 for an unknown job
+        self._check_backpressure()
+        return self.lifecycle.retry(job_id)
 
     def _check_backpressure(self) -> None:
         # Not started yet: waiting in the broker or for an earlier turn of their conversation.

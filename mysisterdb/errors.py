@@ -5,7 +5,8 @@ worker turns LLM errors into a job's ``error.code``. Messages are for the user, 
 
     MySisterDBError                      500 internal
     ├── InvalidInput                     422 invalid_input
-    │   └── MessageTooLarge              422 message_too_large
+    │   ├── MessageTooLarge              422 message_too_large
+    │   └── IdempotencyKeyReused         422 idempotency_key_reused
     ├── NotFound                         404 not_found
     ├── Conflict                         409 conflict
     ├── QueueFull                        429 queue_full (Retry-After)
@@ -66,6 +67,14 @@ class InvalidInput(MySisterDBError):
 class MessageTooLarge(InvalidInput):
     code = "message_too_large"
     default_message = "メッセージが長すぎます。短くしてもう一度送ってください。"
+
+
+class IdempotencyKeyReused(InvalidInput):
+    """The IETF Idempotency-Key draft: a key reused with a different request is a 422."""
+
+    code = "idempotency_key_reused"
+    default_message = ("この Idempotency-Key は別の内容のリクエストですでに使われています。"
+                       "新しいキーで送ってください。")
 
 
 class NotFound(MySisterDBError):

@@ -7,7 +7,8 @@ primitives to read and write them.
 Every write is a read-modify-write under WATCH, so the API (cancel), the worker's child
 (steps, streamed text), the worker's parent (hard limit, lost child) and the sweep can all
 touch a job without losing each other's updates. Each write stamps the record with a fresh
-`write_id` and bumps its `sequence`.
+`write_id`, bumps its `sequence` and, in the same transaction, publishes "job_id sequence"
+on `keys.job_changes_channel()`: the API's long-polls and SSE streams wake on it.
 """
 
 from __future__ import annotations
@@ -154,6 +155,19 @@ class JobStore:
         job.sequence += 1
         pipe.set(keys.job(job.id), job.model_dump_json(), keepttl=True)
         self.follow_status(pipe, job)
+        pipe.publish(keys.job_changes_channel(), f"{job.id} {job.sequence}")
+
+    @staticmethod
+    def forget(pipe: Pipeline, job_ids: list[str]) -> None:
+        """Delete records and every index entry of these jobs (inside MULTI); whoever follows
+        one of them is woken and finds it gone."""
+        if not job_ids:
+            return
+        pipe.delete(*(keys.job(j) for j in job_ids))
+        for index in (keys.active_jobs(), keys.running_jobs(), keys.outbox()):
+            pipe.zrem(index, *job_ids)
+        for job_id in job_ids:
+            pipe.publish(keys.job_changes_channel(), f"{job_id} 0")
 
     def written(self, job_id: str, write_id: str) -> Job | None:
         """The job if its last write carries our stamp (EXEC applied, reply lost)."""

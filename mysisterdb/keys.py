@@ -6,7 +6,8 @@ data model at a glance.  Lifetimes carry their unit in the name.
 Layout::
 
     msdb:job:{job_id}            string job record JSON (status, steps, text)  job_ttl_s
-    msdb:idem:{key}              string Idempotency-Key -> job id             idempotency_ttl_s
+    msdb:idem:{key}              string Idempotency-Key -> "job id:sha256 of the request"
+                                                                          idempotency_ttl_s
     msdb:conv:{cid}:turn         string last turn handed out (INCR)           kept
     msdb:conv:{cid}:jobs         hash   turn -> job id                        kept
     msdb:conv:{cid}:messages     zset   score = seq, member = message JSON    kept
@@ -19,11 +20,16 @@ Layout::
     msdb:jobs:dispatched         zset   head not yet started -> last sent (epoch) kept
     msdb:conv:{cid}:active       zset   job id -> turn, jobs not yet final    kept
     msdb:conversations           set    every conversation id                 kept
+    msdb:conversations:activity  zset   conversation id -> last activity (epoch) kept
     msdb:incidents               list   incident JSON, newest first          incidents_max
     msdb:worker:heartbeat:{host} string a worker's heartbeat JSON            worker_heartbeat_ttl_s
     msdb:metrics:counters        hash   counter name|labels -> value          kept
     msdb:metrics:hist:{name}     hash   histogram buckets, sum, count         kept
     msdb:jobs:last_started_at    string epoch of the last job start           kept
+
+Pub/sub channel (not a key): `msdb:jobs:changed` carries "job_id sequence" for every job
+write, published in the write's own transaction; API processes wake long-polls and SSE
+streams with it (api/watch.py).
 
 Broker keys (kombu's Redis transport, read by the queue monitor): the queue lists
 `chat`, `summary` and their priority sub-lists `chat\x06\x16{3,6,9}`, and the
@@ -83,6 +89,16 @@ def idempotency(key: str) -> str:
 
 def conversations() -> str:
     return f"{PREFIX}:conversations"
+
+
+def conversations_by_activity() -> str:
+    """Conversation id -> epoch of its last submit or job end: the conversation list's order."""
+    return f"{PREFIX}:conversations:activity"
+
+
+def job_changes_channel() -> str:
+    """Pub/sub channel: "job_id sequence" after every job write (a channel, not a key)."""
+    return f"{PREFIX}:jobs:changed"
 
 
 def conv_prefix(conversation_id: str) -> str:

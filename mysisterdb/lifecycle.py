@@ -25,6 +25,19 @@ Turn order by hand-over, and "stored means dispatched", from one mechanism::
 
 A second broker message for a job is harmless: `claim` starts a job only if it is queued,
 never started, and the head of its line.
+
+Retry (`retry`) puts a new job for the same turn into the line at its turn, re-using the
+user's stored message. If that makes it the head in front of a head that is only queued,
+it is dispatched at once (the old head's broker message then finds NOT_HEAD and the old
+head is handed the line when the retry ends). If the head in front of it is already
+running, the retry waits: a running job that ends while it is not the head hands the line
+to the head, which can only be such a waiting retry. So the line stays in turn order and a
+conversation never runs two jobs at once.
+
+Deleting a conversation (`delete_conversation`) ends its live jobs as cancelled and
+deletes them with every key of the conversation in one transaction: a running job's next
+write finds no record (`JobGone`), and its reply, appended only inside `end` after the
+job's status is checked in the same transaction, can never land.
 """
 
 from __future__ import annotations
@@ -49,7 +62,7 @@ from mysisterdb.broker import (
     forget_reservation,
     stale_chat_reservations,
 )
-from mysisterdb.errors import Conflict, ErrorCode
+from mysisterdb.errors import Conflict, ErrorCode, IdempotencyKeyReused, NotFound
 from mysisterdb.incidents import IncidentLog, is_incident
 from mysisterdb.jobs import JobStore, Skip
 from mysisterdb.metrics import MetricsRecorder
@@ -134,6 +147,25 @@ class Submitted:
     created: bool
 
 
+@dataclass(frozen=True)
+class Deleted:
+    """What deleting a conversation removed; `stopped` were running (their tasks may be
+    terminated)."""
+
+    jobs: int
+    stopped: list[str]
+
+
+def idempotency_value(job_id: str, digest: str | None) -> str:
+    return f"{job_id}:{digest}" if digest else job_id
+
+
+def parse_idempotency_value(raw: bytes | str) -> tuple[str, str | None]:
+    """(job id, request digest); keys stored before digests existed carry none."""
+    job_id, _, digest = to_str(raw).partition(":")
+    return job_id, digest or None
+
+
 @dataclass
 class SweepReport:
     published: list[str] = field(default_factory=list)
@@ -154,35 +186,45 @@ class Lifecycle:
     # -- submit -------------------------------------------------------------------------
 
     def submit(self, *, conversation_id: str, text: str, tokens: int,
-               idempotency_key: str | None = None) -> Submitted:
+               idempotency_key: str | None = None, request_digest: str | None = None) -> Submitted:
         """Store turn, message, job, key and (if it is the head) its outbox entry in one
         transaction, then publish. Stored means it will run: a failed publish stays in the
-        outbox for the sweep, so the answer is still 202."""
+        outbox for the sweep, so the answer is still 202. A key already used for another
+        request (another `request_digest`) raises IdempotencyKeyReused."""
         job_id = uuid.uuid4().hex
         submitted = run_transaction(
             self.redis, lambda pipe: self._submit_once(
                 pipe, conversation_id=conversation_id, job_id=job_id, text=text, tokens=tokens,
-                idempotency_key=idempotency_key),
+                idempotency_key=idempotency_key, digest=request_digest),
             recover=lambda: self._stored(job_id), what=f"submit to {conversation_id}")
         if submitted.created and self.redis.zscore(keys.outbox(), job_id) is not None:
             self.publish_now(job_id)
         return submitted
 
-    def find_by_key(self, idempotency_key: str) -> Job | None:
+    def find_by_key(self, idempotency_key: str, *, digest: str | None = None) -> Job | None:
+        """The job submitted with this key, if it still exists; IdempotencyKeyReused if it
+        was submitted with another request."""
         raw = self.redis.get(keys.idempotency(idempotency_key))
-        return self.jobs.find(to_str(raw)) if raw else None
+        return self._keyed_job(raw, digest) if raw else None
+
+    def _keyed_job(self, raw: bytes | str, digest: str | None) -> Job | None:
+        job_id, stored = parse_idempotency_value(raw)
+        job = self.jobs.find(job_id)
+        if job is not None and digest and stored and stored != digest:
+            raise IdempotencyKeyReused()
+        return job
 
     def _stored(self, job_id: str) -> Submitted | None:
         job = self.jobs.find(job_id)
         return Submitted(job=job, created=True) if job is not None else None
 
     def _submit_once(self, pipe: Pipeline, *, conversation_id: str, job_id: str, text: str,
-                     tokens: int, idempotency_key: str | None) -> Submitted:
+                     tokens: int, idempotency_key: str | None, digest: str | None) -> Submitted:
         turn_key, line_key = keys.conv_turn(conversation_id), keys.conv_active(conversation_id)
         idem_key = keys.idempotency(idempotency_key) if idempotency_key else None
         pipe.watch(turn_key, line_key, *([idem_key] if idem_key else []))
         if idem_key and (known := pipe.get(idem_key)):
-            other = self.jobs.find(to_str(known))
+            other = self._keyed_job(known, digest)
             if other is not None:  # a concurrent request with the same key won
                 return Submitted(job=other, created=False)
         turn = int(pipe.get(turn_key) or 0) + 1
@@ -195,9 +237,10 @@ class Lifecycle:
         pipe.set(turn_key, turn)
         JobStore.create(pipe, job)
         pipe.sadd(keys.conversations(), conversation_id)
+        touch(pipe, conversation_id)
         self.history.append(conversation_id, message, pipe=pipe)
         if idem_key:
-            pipe.set(idem_key, job_id, ex=keys.idempotency_ttl_s)
+            pipe.set(idem_key, idempotency_value(job_id, digest), ex=keys.idempotency_ttl_s)
         if is_head:
             JobStore.put_in_outbox(pipe, job_id, at_epoch=time.time())
         pipe.execute()
@@ -365,12 +408,12 @@ class Lifecycle:
             return None, None
         line_key = keys.conv_active(job.conversation_id)
         pipe.watch(line_key)
-        first_two = [to_str(v) for v in pipe.zrange(line_key, 0, 1)]
-        next_id = first_two[1] if first_two[:1] == [job.id] and len(first_two) > 1 else None
+        next_id = next_head(job, [to_str(v) for v in pipe.zrange(line_key, 0, 1)])
         previous = job.status
         apply_outcome(job, outcome)
         pipe.multi()
         self.jobs.write(pipe, job, write_id=write_id)
+        touch(pipe, job.conversation_id)
         if outcome.reply is not None and job.status is JobStatus.COMPLETED:
             self.history.append(job.conversation_id, outcome.reply, pipe=pipe)
         record_final(self._metrics, job, pipe=pipe)
@@ -399,6 +442,106 @@ class Lifecycle:
         if ended is None:
             raise Conflict(f"ジョブはすでに終了しています（{self.jobs.get(job_id).status.value}）。")
         return ended
+
+    # -- retry ------------------------------------------------------------------------
+
+    def retry(self, job_id: str) -> Job:
+        """A new job for the turn of a failed, incomplete or cancelled job, re-using its
+        stored message, placed in the line at its turn (see the module docstring)."""
+        new_id = uuid.uuid4().hex
+        job, dispatch = run_transaction(
+            self.redis, lambda pipe: self._retry_once(pipe, job_id, new_id),
+            recover=lambda: self._retried(new_id), what=f"retry {job_id}")
+        logger.info("job %s retries %s (turn %d)%s", job.id, job_id, job.turn,
+                    "" if dispatch else ", waiting for its turn")
+        if dispatch and self.redis.zscore(keys.outbox(), job.id) is not None:
+            self.publish_now(job.id)
+        return job
+
+    def _retried(self, new_id: str) -> tuple[Job, bool] | None:
+        job = self.jobs.find(new_id)
+        return (job, True) if job is not None else None  # the sweep publishes if needed
+
+    def _retry_once(self, pipe: Pipeline, job_id: str, new_id: str) -> tuple[Job, bool]:
+        pipe.watch(keys.job(job_id))
+        old = JobStore.read_watched(pipe, job_id)
+        if old is None:
+            raise NotFound("指定されたジョブは見つかりませんでした。")
+        if not old.status.is_retryable:
+            raise Conflict(f"このジョブはやり直せません（{old.status.value}）。やり直せるのは "
+                           "failed・incomplete・cancelled のジョブだけです。")
+        cid, turn = old.conversation_id, old.turn
+        jobs_key, line_key = keys.conv_jobs(cid), keys.conv_active(cid)
+        pipe.watch(jobs_key, line_key, keys.conv_messages(cid))
+        current = pipe.hget(jobs_key, str(turn))
+        if current is None or to_str(current) != job_id:
+            raise Conflict("このターンはすでにやり直されています。新しいジョブを確認してください。")
+        if not pipe.zcount(keys.conv_messages(cid), user_seq(turn), user_seq(turn)):
+            raise Conflict("元のメッセージが残っていないため、やり直せません。")
+        dispatch = self._retry_dispatches(pipe, line_key, turn)
+        job = Job(id=new_id, conversation_id=cid, turn=turn, input_preview=old.input_preview,
+                  retry_of=job_id)
+        pipe.multi()
+        JobStore.create(pipe, job)
+        touch(pipe, cid)
+        if dispatch:
+            JobStore.put_in_outbox(pipe, new_id, at_epoch=time.time())
+        pipe.execute()
+        return job, dispatch
+
+    def _retry_dispatches(self, pipe: Pipeline, line_key: str, turn: int) -> bool:
+        """Whether the retry of `turn` is dispatched now: it becomes the head, and the head it
+        goes in front of (if any) has not started. A running head keeps running; its end
+        hands the line to the retry (`next_head`)."""
+        head = pipe.zrange(line_key, 0, 0, withscores=True)
+        if not head:
+            return True
+        head_id, head_turn = to_str(head[0][0]), float(head[0][1])
+        if head_turn < turn:
+            return False  # an earlier turn runs first; the hand-over reaches the retry
+        pipe.watch(keys.job(head_id))  # its claim must not slip between our read and EXEC
+        current = JobStore.read_watched(pipe, head_id)
+        return current is None or current.status is JobStatus.QUEUED
+
+    # -- deleting a conversation --------------------------------------------------------
+
+    def delete_conversation(self, conversation_id: str) -> Deleted | None:
+        """End its live jobs as cancelled and delete them, its messages, index, summary,
+        line, turn counter and list entries in one transaction; None if nothing existed."""
+        deleted = run_transaction(self.redis,
+                                  lambda pipe: self._delete_once(pipe, conversation_id),
+                                  what=f"delete {conversation_id}")
+        if deleted is not None:
+            logger.info("conversation %s deleted (%d jobs, %d stopped)", conversation_id,
+                        deleted.jobs, len(deleted.stopped))
+        return deleted
+
+    def _delete_once(self, pipe: Pipeline, cid: str) -> Deleted | None:
+        own = [keys.conv_turn(cid), keys.conv_jobs(cid), keys.conv_active(cid),
+               keys.conv_summarizing(cid)]
+        pipe.watch(*own)
+        store_keys = self.history.conversation_keys(cid, watching=pipe)
+        job_ids = sorted({to_str(v) for v in pipe.hvals(keys.conv_jobs(cid))}
+                         | {to_str(v) for v in pipe.zrange(keys.conv_active(cid), 0, -1)})
+        listed = pipe.zscore(keys.conversations_by_activity(), cid) is not None
+        if not job_ids and not listed and not pipe.exists(*own, *store_keys):
+            return None
+        pipe.watch(*(keys.job(j) for j in job_ids))
+        live = [job for j in job_ids if (job := JobStore.read_watched(pipe, j)) is not None
+                and not job.status.is_final]
+        for job in live:
+            job.previous_status = job.status
+            apply_outcome(job, Outcome.cancelled())
+        pipe.multi()
+        for job in live:
+            record_final(self._metrics, job, pipe=pipe)
+        JobStore.forget(pipe, job_ids)
+        pipe.delete(*own, *store_keys)
+        pipe.srem(keys.conversations(), cid)
+        pipe.zrem(keys.conversations_by_activity(), cid)
+        pipe.execute()
+        return Deleted(jobs=len(job_ids), stopped=[j.id for j in live
+                                                   if j.previous_status is JobStatus.IN_PROGRESS])
 
     # -- the dead-job rules and the sweep -----------------------------------------------
 
@@ -504,6 +647,30 @@ def apply_outcome(job: Job, outcome: Outcome) -> None:
             step.status, step.completed_at = step_end_status(status), now
         elif step.status is StepStatus.PENDING:
             step.status = StepStatus.SKIPPED
+    if status is JobStatus.CANCELLED and StepStatus.CANCELLED not in {s.status for s in job.steps}:
+        # Cancelled before a step started: the step it was waiting for says so.
+        waiting = next((s for s in job.steps if s.status is StepStatus.SKIPPED), None)
+        if waiting is not None:
+            waiting.status = StepStatus.CANCELLED
+
+
+def next_head(job: Job, first_two: list[str]) -> str | None:
+    """Whom the end of `job` hands the line to, given the line's first two members.
+
+    The head hands over to the second. A running job that is not the head had a retried
+    earlier turn put in front of it while it ran; that retry waits for this end."""
+    if first_two[:1] == [job.id]:
+        return first_two[1] if len(first_two) > 1 else None
+    if job.status is JobStatus.IN_PROGRESS and first_two:
+        return first_two[0]
+    return None
+
+
+def touch(pipe: Pipeline, conversation_id: str) -> None:
+    """The conversation's last activity (inside MULTI), in whole milliseconds (the list's
+    `before` cursor is an ISO time with milliseconds): never moves back."""
+    pipe.zadd(keys.conversations_by_activity(), {conversation_id: round(time.time(), 3)},
+              gt=True)
 
 
 def step_end_status(status: JobStatus) -> StepStatus:

@@ -36,6 +36,11 @@ class JobStatus(StrEnum):
     def is_final(self) -> bool:
         return self not in (JobStatus.QUEUED, JobStatus.IN_PROGRESS)
 
+    @property
+    def is_retryable(self) -> bool:
+        """Ended without a reply: the turn can be sent again (POST /api/jobs/{id}/retry)."""
+        return self in (JobStatus.FAILED, JobStatus.INCOMPLETE, JobStatus.CANCELLED)
+
 
 class StepStatus(StrEnum):
     PENDING = "pending"
@@ -87,6 +92,7 @@ class Job(BaseModel):
     worker_pid: int | None = None
     write_id: str = ""  # stamp of the last write, to recognise our own after a lost reply
     sequence: int = 0  # grows with every write: clients follow a job by it
+    retry_of: str | None = None  # the failed, incomplete or cancelled job this one retries
     # Set by the lifecycle's end on the returned object only; never stored.
     previous_status: JobStatus | None = Field(default=None, exclude=True)
 
@@ -99,26 +105,6 @@ class Job(BaseModel):
             if s.status in (StepStatus.IN_PROGRESS, StepStatus.PENDING, StepStatus.FAILED):
                 return s.name
         return None
-
-    def public(self) -> dict[str, Any]:
-        """The job as the API shows it (timestamps ISO 8601 UTC)."""
-        return {
-            "id": self.id,
-            "conversation_id": self.conversation_id,
-            "status": self.status.value,
-            "sequence": self.sequence,
-            "steps": [
-                {"name": s.name, "status": s.status.value, "started_at": iso(s.started_at),
-                 "completed_at": iso(s.completed_at), "detail": s.detail}
-                for s in self.steps
-            ],
-            "partial_reply": self.partial_reply,
-            "reply": self.reply,
-            "error": self.error.model_dump(mode="json") if self.error else None,
-            "created_at": iso(self.created_at),
-            "started_at": iso(self.started_at),
-            "completed_at": iso(self.completed_at),
-        }
 
 
 def dumps(value: Any) -> str:

@@ -117,13 +117,13 @@ def test_queue_depth_with_a_stopped_worker_and_429_at_the_cap(ops: Ops) -> None:
         assert q["workers_online"] == 0 and q["running"] == 0
         assert isinstance(q["oldest_waiting_age_s"], float) and q["oldest_waiting_age_s"] > 0
         before = httpx.get(f"{ops.stack.api_url}/api/conversations/full/messages",
-                           timeout=5).json()["messages"]
+                           timeout=5).json()["turns"]
         r = httpx.post(f"{ops.stack.api_url}/api/chat", timeout=5,
                        json={"message": "もう一つ", "conversation_id": "full"})
         assert r.status_code == 429
         assert r.json()["error"]["code"] == "queue_full" and int(r.headers["Retry-After"]) > 0
         after = httpx.get(f"{ops.stack.api_url}/api/conversations/full/messages",
-                          timeout=5).json()["messages"]
+                          timeout=5).json()["turns"]
         assert before == after == []
         r, elapsed = timed_health(ops.stack)
         assert r.status_code == 503 and elapsed < 1.0 and r.json()["workers"]["ok"] is False

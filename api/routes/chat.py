@@ -1,27 +1,26 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
-from pydantic import BaseModel
 
 from api.deps import ChatServiceDep
+from api.schemas import IDEMPOTENCY_KEY_PATTERN, ChatRequest, JobOut, errors
 
 router = APIRouter(prefix="/api", tags=["chat"])
 
 
-class ChatRequest(BaseModel):
-    message: str
-    conversation_id: str = "default"
-
-
-@router.post("/chat", status_code=202)
+@router.post("/chat", status_code=202, response_model=JobOut, responses=errors(429))
 def submit_chat(
     body: ChatRequest, service: ChatServiceDep, response: Response,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-) -> dict[str, Any]:
-    """Store the message, queue its job and answer at once; poll the Location for the reply."""
+    idempotency_key: Annotated[str | None, Header(
+        alias="Idempotency-Key", pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="Makes a resend safe: the same key with the same body returns the first "
+                    "job (24 h); with a different body, 422 idempotency_key_reused")] = None,
+) -> JobOut:
+    """Store the message, queue its job and answer at once; follow the Location
+    (long-poll `?wait=&after=`, or `/events` for Server-Sent Events)."""
     submitted = service.submit(conversation_id=body.conversation_id, text=body.message,
                                idempotency_key=idempotency_key)
     response.headers["Location"] = f"/api/jobs/{submitted.job.id}"
-    return submitted.job.public()
+    return JobOut.of(submitted.job)

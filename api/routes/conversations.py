@@ -1,42 +1,110 @@
+"""Conversations: the list by last activity, a conversation's turns with their state,
+deleting one, and the operators' reset."""
+
 from __future__ import annotations
 
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query, Response
 
-from api.deps import HistoryDep
-from mysisterdb.chat import check_conversation_id
+from api.deps import CeleryDep, ConversationReaderDep, HistoryDep, LifecycleDep
+from api.schemas import (
+    CONVERSATION_ID_PATTERN,
+    ConversationListOut,
+    ConversationOut,
+    HistoryOut,
+    ResetOut,
+    errors,
+)
+from mysisterdb.conversations import MAX_CONVERSATIONS, MAX_TURNS
+from mysisterdb.errors import InvalidInput, NotFound
 
 router = APIRouter(prefix="/api", tags=["conversations"])
 
-
-@router.get("/conversations/{conversation_id}/messages")
-def list_messages(conversation_id: str, history: HistoryDep,
-                  limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
-    """The last `limit` messages, oldest first."""
-    check_conversation_id(conversation_id)
-    messages = history.last(conversation_id, limit=limit)
-    return {"messages": [
-        {"seq": m.seq, "role": m.role, "text": m.text, "created_at": m.created_at,
-         "job_id": m.job_id}
-        for m in messages
-    ]}
+ConversationId = Annotated[str, Path(pattern=CONVERSATION_ID_PATTERN,
+                                     description="Letters, digits, - and _ (1-64)")]
+ISO_TIME = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})?$"
+MAX_SEQ = 2**53  # a seq beyond any conversation; bigger numbers are refused
 
 
-def reset(conversation_id: str, history: HistoryDep) -> dict[str, Any]:
-    check_conversation_id(conversation_id)
+@router.get("/conversations", response_model=ConversationListOut, responses=errors())
+def list_conversations(
+    reader: ConversationReaderDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_CONVERSATIONS,
+                                description="How many (1-100)")] = 20,
+    before: Annotated[str | None, Query(
+        pattern=ISO_TIME, json_schema_extra={"format": "date-time"},
+        description="Only conversations whose last activity is older: an ISO 8601 time, the "
+                    "previous page's next_before")] = None,
+) -> ConversationListOut:
+    """Conversations, newest activity first: id, title (the first user message, shortened),
+    message count, last activity, whether a job is queued or running."""
+    views = reader.newest(limit=limit, before=parse_time(before) if before else None)
+    out = [ConversationOut.of(v) for v in views]
+    return ConversationListOut(conversations=out,
+                               next_before=out[-1].last_activity if len(out) == limit else None)
+
+
+@router.get("/conversations/{conversation_id}/messages", response_model=HistoryOut,
+            responses=errors())
+def list_turns(
+    conversation_id: ConversationId, reader: ConversationReaderDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_TURNS, description="How many turns (1-100)")] = 50,
+    before: Annotated[int | None, Query(ge=0, le=MAX_SEQ, description=(
+        "Only turns whose user message seq is below this (page back with turns[0].user.seq)"))
+    ] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_SEQ, description=(
+        "Only turns whose user message seq is above this (page on with turns[-1].user.seq)"))
+    ] = None,
+) -> HistoryOut:
+    """Every turn as it is, oldest first: the user's message, then the reply, or the job
+    still running (status, partial text), or the failure (error code and message, partial
+    text for incomplete; retryable). Without cursors: the newest `limit` turns."""
+    page = reader.turns(conversation_id, limit=limit, before=before, after=after)
+    return HistoryOut.of(conversation_id, page)
+
+
+@router.delete("/conversations/{conversation_id}", status_code=204, response_class=Response,
+               responses=errors(404))
+def delete_conversation(conversation_id: ConversationId, lifecycle: LifecycleDep,
+                        celery: CeleryDep) -> Response:
+    """Delete the conversation: messages, index, summary, jobs. Its queued and running jobs
+    end cancelled first, in the same transaction, so none can write into it afterwards."""
+    deleted = lifecycle.delete_conversation(conversation_id)
+    if deleted is None:
+        raise NotFound("指定された会話は見つかりませんでした。")
+    for job_id in deleted.stopped:  # stop the running task now rather than at its next write
+        celery.control.revoke(job_id, terminate=True, signal="SIGTERM")
+    return Response(status_code=204)
+
+
+def parse_time(text: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InvalidInput("before は ISO 8601 の日時で指定してください（例 2025-01-01T00:00:00Z）。"
+                           ) from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def reset(conversation_id: str, history: HistoryDep) -> ResetOut:
     history.reset(conversation_id)
-    return {"conversation_id": conversation_id, "reset": True}
+    return ResetOut(conversation_id=conversation_id, reset=True)
 
 
-@router.post("/conversations/{conversation_id}/reset")
-def reset_conversation(conversation_id: str, history: HistoryDep) -> dict[str, Any]:
-    """Forget the conversation's messages and summary."""
+@router.post("/conversations/{conversation_id}/reset", response_model=ResetOut,
+             responses=errors())
+def reset_conversation(conversation_id: ConversationId, history: HistoryDep) -> ResetOut:
+    """Operators: forget the conversation's messages, index and summary (jobs and the turn
+    counter stay). Clients delete with DELETE /api/conversations/{id}."""
     return reset(conversation_id, history)
 
 
-@router.get("/reset_conversation")
-def reset_conversation_legacy(history: HistoryDep,
-                              conversation_id: str = "default") -> dict[str, Any]:
+@router.get("/reset_conversation", response_model=ResetOut, responses=errors())
+def reset_conversation_legacy(
+    history: HistoryDep,
+    conversation_id: Annotated[str, Query(pattern=CONVERSATION_ID_PATTERN)] = "default",
+) -> ResetOut:
     """The old runbook's emergency reset, kept for operators who know it."""
     return reset(conversation_id, history)

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from api.schemas import ErrorBody, HealthOut, TimeOut
 from mysisterdb.llm_check import LLMCheck, LLMStatus
 from mysisterdb.models import iso, utcnow
 from mysisterdb.monitoring import QueueStats, queue_stats
@@ -68,7 +69,10 @@ async def stack_check(client: Any, settings: Settings) -> tuple[bool, dict[str, 
         return False, {"redis": {"ok": False, "detail": "no answer within the budget"}}
 
 
-@router.get("/health")
+@router.get("/health", response_model=HealthOut, responses={
+    503: {"model": HealthOut, "description": "Redis, the workers or consumption is not ok"},
+    504: {"model": ErrorBody, "description": "The request took longer than "
+                                             "MYSISTERDB_REQUEST_TIMEOUT"}})
 async def health(request: Request) -> JSONResponse:
     """200 when Redis answers, a worker is alive and prompts get picked up (`degraded`
     when the LLM endpoint does not answer its check); else 503."""
@@ -81,9 +85,12 @@ async def health(request: Request) -> JSONResponse:
     status, code = overall(healthy, llm_status)
     body.update({"status": status, "llm": llm_info(settings, llm_status, llm_check.url),
                  "time": iso(utcnow())})
-    return JSONResponse(body, status_code=code)
+    return JSONResponse(HealthOut.model_validate(body).model_dump(mode="json"),
+                        status_code=code)
 
 
-@router.get("/current-time")
-def current_time() -> dict[str, Any]:
-    return {"time": iso(utcnow())}
+@router.get("/current-time", response_model=TimeOut, responses={
+    504: {"model": ErrorBody, "description": "The request took longer than "
+                                             "MYSISTERDB_REQUEST_TIMEOUT"}})
+def current_time() -> TimeOut:
+    return TimeOut(time=iso(utcnow()) or "")

@@ -1,26 +1,129 @@
+"""Follow a job: read it, long-poll it (?wait=&after=), stream it (SSE), cancel or retry it.
+
+Long-polls and streams are async and wait on `api.watch.JobWatcher` (pub/sub): a waiting
+client holds neither a thread nor a worker.
+"""
+
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated, cast
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from starlette.concurrency import run_in_threadpool
 
-from api.deps import CeleryDep, LifecycleDep
-from mysisterdb.models import JobStatus
+from api.deps import CeleryDep, ChatServiceDep, LifecycleDep, WatcherDep, lifecycle_of
+from api.errors import NoContent
+from api.schemas import JOB_ID_PATTERN, MAX_WAIT_S, JobOut, errors, stream_errors
+from api.watch import JobWatcher
+from mysisterdb.errors import NotFound
+from mysisterdb.models import Job, JobStatus
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
+JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="A job id (32 hex digits)")]
+SSE_RETRY_MS = 1000  # how soon EventSource reconnects after a dropped stream
+SSE_MAX_S = 300.0  # a stream ends after this; EventSource resumes it with Last-Event-ID
+SSE_WAIT_S = 15.0  # one wait inside a stream (the keep-alive comes from FastAPI)
 
-@router.get("/{job_id}")
-def get_job(job_id: str, lifecycle: LifecycleDep) -> dict[str, Any]:
-    # A reader may be the first to notice that a job's worker died with it.
-    return lifecycle.reap(lifecycle.jobs.get(job_id), by="a reader of the job").public()
+
+async def current(request: Request, job: Job | None) -> Job:
+    """The job, 404 if gone; a job whose worker died with it is ended first."""
+    if job is None:
+        raise NotFound("指定されたジョブは見つかりませんでした。")
+    lifecycle = lifecycle_of(request)
+    if not job.status.is_final and lifecycle.death(job) is not None:
+        return await run_in_threadpool(lifecycle.reap, job, by="a reader of the job")
+    return job
 
 
-@router.post("/{job_id}/cancel")
-def cancel_job(job_id: str, lifecycle: LifecycleDep, celery: CeleryDep) -> dict[str, Any]:
-    """Cancel a queued or running job (the running task is terminated, best effort)."""
+@router.get("/{job_id}", response_model=JobOut, responses=errors(404))
+async def get_job(
+    job_id: JobId, request: Request, watcher: WatcherDep,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description=(
+        "Seconds to wait for a change (0-30). Answers as soon as the job's sequence is past "
+        "`after` or the job is final, else with the job as it is when the wait ends"))] = 0,
+    after: Annotated[int | None, Query(ge=0, description=(
+        "The sequence the client has; without it, `wait` waits for the next change"))] = None,
+) -> JobOut:
+    """The job: status, steps, text so far, reply or error. Long-poll with `wait` and
+    `after`; plain polling (no parameters) answers at once."""
+    job = await current(request, await watcher.read(job_id))
+    if wait > 0:
+        seen = job.sequence if after is None else after
+        job = await current(request, await watcher.wait_past(job_id, after=seen, timeout_s=wait))
+    return JobOut.of(job)
+
+
+async def stream_start(
+    job_id: JobId, request: Request, watcher: WatcherDep,
+    last_event_id: Annotated[str | None, Header(
+        alias="Last-Event-ID", pattern=r"^\d{1,18}$",
+        description="The last event id received (sent back by EventSource on reconnect)")] = None,
+    after: Annotated[int | None, Query(ge=0, description=(
+        "Same as Last-Event-ID, for clients that cannot set headers"))] = None,
+) -> int:
+    """Where the stream starts (the sequence the client has); 404 for an unknown job, 204
+    when the client already has the final state (EventSource then stops reconnecting)."""
+    seen = int(last_event_id) if last_event_id is not None else (after if after is not None
+                                                                  else -1)
+    job = await current(request, await watcher.read(job_id))
+    if job.status.is_final and job.sequence <= seen:
+        raise NoContent()
+    return seen
+
+
+@router.get("/{job_id}/events", response_class=EventSourceResponse,
+            responses={204: {"description": "The client already has the final state: "
+                             "EventSource stops reconnecting"}, **stream_errors(404)})
+async def job_events(job_id: JobId, watcher: WatcherDep,
+                     seen: Annotated[int, Depends(stream_start)]) -> AsyncIterator[JobOut]:
+    """Server-Sent Events: one event per change, `id:` = the job's sequence, `data:` = the
+    whole job (changes that land together arrive as one event). Resumes after
+    `Last-Event-ID`; ends after the final state (and after 300 s: EventSource reconnects)."""
+    async for job in changes(watcher, job_id, seen=seen):
+        yield event(job)
+
+
+async def changes(watcher: JobWatcher, job_id: str, *, seen: int) -> AsyncIterator[Job]:
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + SSE_MAX_S
+    while (left := ends - loop.time()) > 0:
+        job = await watcher.wait_past(job_id, after=seen, timeout_s=min(left, SSE_WAIT_S))
+        if job is None:
+            return  # deleted: a reconnect gets 404
+        if job.sequence > seen:
+            seen = job.sequence
+            yield job
+        if job.status.is_final:
+            return
+
+
+def event(job: Job) -> JobOut:
+    # FastAPI documents `data` from the route's item type (JobOut) and passes a
+    # ServerSentEvent through as it is: that is how the event gets its id.
+    return cast(JobOut, ServerSentEvent(data=JobOut.of(job), id=str(job.sequence),
+                                        retry=SSE_RETRY_MS))
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, responses=errors(404, 409))
+def cancel_job(job_id: JobId, lifecycle: LifecycleDep, celery: CeleryDep) -> JobOut:
+    """Cancel a queued or running job (the running task is terminated, best effort). The job
+    ends `cancelled` with no error; the step it was in (or waiting for) is `cancelled`."""
     ended = lifecycle.cancel(job_id)
     # The status it had when *we* ended it decides whether a process must be stopped.
     if ended.previous_status is not JobStatus.QUEUED:
         celery.control.revoke(job_id, terminate=True, signal="SIGTERM")
-    return ended.public()
+    return JobOut.of(ended)
+
+
+@router.post("/{job_id}/retry", status_code=202, response_model=JobOut,
+             responses=errors(404, 409, 429))
+def retry_job(job_id: JobId, service: ChatServiceDep, response: Response) -> JobOut:
+    """Send a failed, incomplete or cancelled turn again: a new job for the same turn slot,
+    re-using the stored user message. 202 + Location, like a submit."""
+    job = service.retry(job_id)
+    response.headers["Location"] = f"/api/jobs/{job.id}"
+    return JobOut.of(job)

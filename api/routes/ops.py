@@ -2,34 +2,32 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.deps import RedisDep
+from api.schemas import IncidentListOut, IncidentOut, QueueOut, errors
 from mysisterdb.incidents import IncidentLog
 from mysisterdb.monitoring import queue_stats
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/api/queue")
-def queue(client: RedisDep) -> dict[str, Any]:
+@router.get("/api/queue", response_model=QueueOut, responses=errors())
+def queue(client: RedisDep) -> QueueOut:
     """Waiting (all priority sub-lists), reserved-not-started, running, workers, oldest age."""
-    stats = queue_stats(client)
-    body = asdict(stats)
-    if stats.oldest_waiting_age_s is not None:
-        body["oldest_waiting_age_s"] = round(stats.oldest_waiting_age_s, 3)
-    return body
+    return QueueOut.of(queue_stats(client))
 
 
-@router.get("/api/incidents")
+@router.get("/api/incidents", response_model=IncidentListOut, responses=errors())
 def incidents(client: RedisDep,
-              limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict[str, Any]:
+              limit: Annotated[int, Query(ge=1, le=1000, description="How many (1-1000)")] = 50,
+              ) -> IncidentListOut:
     """Time limits hit, workers lost, LLM failures, processes restarted: newest first."""
-    return {"incidents": [asdict(i) for i in IncidentLog(client).newest(limit=limit)]}
+    return IncidentListOut(incidents=[IncidentOut.of(i)
+                                      for i in IncidentLog(client).newest(limit=limit)])
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -13,9 +13,16 @@ STEP_NAMES = ["load_history", "build_context", "generate", "save"]
 
 
 def messages(stack: Stack, conversation_id: str) -> list[dict[str, object]]:
+    """The history's turns as the messages they hold, with the turn's job id."""
     r = httpx.get(f"{stack.api_url}/api/conversations/{conversation_id}/messages", timeout=5)
     assert r.status_code == 200, r.text
-    return r.json()["messages"]  # type: ignore[no-any-return]
+    flat: list[dict[str, object]] = []
+    for turn in r.json()["turns"]:
+        job_id = turn["job"]["id"] if turn["job"] else None
+        for role, message in (("user", turn["user"]), ("assistant", turn["reply"])):
+            if message is not None:
+                flat.append({"role": role, "job_id": job_id, **message})
+    return flat
 
 
 def test_submit_answers_202_with_location_and_completes_every_step(stack: Stack,
@@ -89,12 +96,13 @@ def test_second_job_sees_first_reply_in_its_prompt(stack: Stack, conversation_id
     assert texts[-3:] == ["猫の名前はミケだよ #sim:sleep=0.5", reply, f"ミケの話 {conversation_id}"]
 
 
-def test_messages_limit_returns_the_last_ones(stack: Stack, conversation_id: str) -> None:
-    job = stack.submit("a", conversation_id=conversation_id)
-    stack.wait_job(job["id"])
+def test_messages_limit_returns_the_last_turns(stack: Stack, conversation_id: str) -> None:
+    stack.wait_job(stack.submit("a", conversation_id=conversation_id)["id"])
+    stack.wait_job(stack.submit("b", conversation_id=conversation_id)["id"])
     r = httpx.get(f"{stack.api_url}/api/conversations/{conversation_id}/messages",
                   params={"limit": 1}, timeout=5)
-    assert [m["role"] for m in r.json()["messages"]] == ["assistant"]
+    body = r.json()
+    assert [t["user"]["text"] for t in body["turns"]] == ["b"] and body["has_more_before"]
 
 
 @pytest.mark.parametrize("path", ["/api/conversations/{cid}/reset",

@@ -93,7 +93,7 @@ def end_of(job: dict[str, Any]) -> tuple[str, str | None]:
 
 def user_texts(stack: Stack, cid: str) -> list[str]:
     r = httpx.get(f"{stack.api_url}/api/conversations/{cid}/messages", timeout=5)
-    return [m["text"] for m in r.json()["messages"] if m["role"] == "user"]
+    return [t["user"]["text"] for t in r.json()["turns"]]
 
 
 def test_kill_9_of_redis_under_concurrent_submits_loses_nothing_and_blocks_nothing(

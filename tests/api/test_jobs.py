@@ -8,9 +8,16 @@ from tests.procs import Stack
 
 
 def test_unknown_job_is_404_with_error_body(stack: Stack) -> None:
-    r = httpx.get(f"{stack.api_url}/api/jobs/doesnotexist", timeout=5)
+    r = httpx.get(f"{stack.api_url}/api/jobs/{'0' * 32}", timeout=5)
     assert r.status_code == 404
     assert r.json()["error"]["code"] == "not_found"
+
+
+def test_a_malformed_job_id_is_422_in_words(stack: Stack) -> None:
+    r = httpx.get(f"{stack.api_url}/api/jobs/doesnotexist", timeout=5)
+    assert r.status_code == 422
+    assert r.json()["error"] == {"code": "invalid_input", "message":
+                                 "ジョブ ID（job_id）の形式が正しくありません（32桁の16進数（0-9, a-f））。"}
 
 
 def test_cancel_running_job(stack: Stack, conversation_id: str) -> None:

@@ -73,6 +73,9 @@ def test_reset_removes_messages_index_and_summary_only_of_that_conversation(
 def test_summary_round_trip_and_monotonic(redis_client: redis.Redis) -> None:
     store = RedisHistoryStore(redis_client, key_of=keys.conv_key)
     assert store.get_summary("c") is None
+    # A conversation without messages (deleted while its summary was written) gets none.
+    assert not store.set_summary("c", Summary(text="消えた会話", covers_up_to_seq=8, tokens=3))
+    store.append_many("c", ChatGenerator().messages(8))
     assert store.set_summary("c", Summary(text="お兄ちゃんは猫が好き", covers_up_to_seq=8,
                                           tokens=9))
     assert not store.set_summary("c", Summary(text="古い", covers_up_to_seq=8, tokens=1))

@@ -80,6 +80,8 @@ def test_prompt_names_the_cap_and_labels_roles() -> None:
 
 def test_summary_never_goes_backwards() -> None:
     store = InMemoryHistoryStore()
+    assert not store.set_summary("c", Summary(text="空", covers_up_to_seq=20, tokens=1))
+    store.append("c", make_message(1, "user", "やあ"))
     assert store.set_summary("c", Summary(text="新", covers_up_to_seq=20, tokens=1))
     assert not store.set_summary("c", Summary(text="古", covers_up_to_seq=10, tokens=1))
     assert store.get_summary("c") == Summary(text="新", covers_up_to_seq=20, tokens=1)

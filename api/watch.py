@@ -1,0 +1,140 @@
+"""Waiting for a job to change without holding a thread or a worker.
+
+Every job write publishes "job_id sequence" on one pub/sub channel in its own transaction
+(`JobStore.write`). Each API process keeps one subscription (one Redis connection) and wakes
+the waiters of that job: a long-poll or an SSE stream is an asyncio Event, not a thread.
+
+A notification can be lost (the subscription reconnecting, Redis restarted): waiters also
+read the job again every RECHECK_S, and every RECHECK_DOWN_S while the subscription is
+down, and all of them read again when it comes back. So a lost notification delays an
+answer by at most a recheck; it never loses a change, because the job record is the truth
+and each read compares its sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+
+import redis.asyncio as aredis
+
+from mysisterdb import keys
+from mysisterdb.models import Job
+from mysisterdb.redis_client import DEFAULT_URL
+
+logger = logging.getLogger(__name__)
+
+RECHECK_S = 5.0
+RECHECK_DOWN_S = 0.5
+LISTEN_POLL_S = 1.0  # how long one read of the subscription blocks
+HEALTH_CHECK_S = 5  # PING on the subscription: a silently dead connection is noticed
+RECONNECT_MAX_S = 2.0
+POOL_SIZE = 32  # connections for reads, plus the subscription's own
+
+
+class JobWatcher:
+    def __init__(self, *, url: str | None, timeout_s: float) -> None:
+        # A bounded pool: many waiters share a few connections (each read is short) and
+        # queue for one at most timeout_s, instead of opening a connection each.
+        pool = aredis.BlockingConnectionPool.from_url(
+            url or DEFAULT_URL, max_connections=POOL_SIZE, timeout=timeout_s,
+            socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            health_check_interval=HEALTH_CHECK_S)
+        self.client = aredis.Redis(connection_pool=pool)
+        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+        self.listening = False
+
+    # -- the subscription ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._listen_forever(),
+                                                            name="job-watcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.client.aclose()
+        await self.client.connection_pool.disconnect()
+
+    async def _listen_forever(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self._listen()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis went away: waiters recheck until we are back
+                logger.warning("job change subscription lost (%s); retrying in %.1f s",
+                               exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RECONNECT_MAX_S)
+            else:
+                backoff = 0.1
+
+    async def _listen(self) -> None:
+        pubsub = self.client.pubsub()
+        try:
+            await pubsub.subscribe(keys.job_changes_channel())
+            while True:
+                message = await pubsub.get_message(timeout=LISTEN_POLL_S)
+                if message is None:
+                    continue
+                if message["type"] == "subscribe":
+                    self.listening = True
+                    self._wake_all()  # changes while we were away were not announced
+                elif message["type"] == "message":
+                    self._wake(message["data"])
+        finally:
+            self.listening = False
+            self._wake_all()
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    def _wake(self, data: bytes | str) -> None:
+        raw = data.decode() if isinstance(data, bytes) else data
+        for event in self._waiters.get(raw.split(" ", 1)[0], ()):
+            event.set()
+
+    def _wake_all(self) -> None:
+        for events in self._waiters.values():
+            for event in events:
+                event.set()
+
+    # -- waiting ------------------------------------------------------------------------
+
+    async def read(self, job_id: str) -> Job | None:
+        raw = await self.client.get(keys.job(job_id))
+        return Job.model_validate_json(raw) if raw else None
+
+    async def wait_past(self, job_id: str, *, after: int, timeout_s: float) -> Job | None:
+        """The job as soon as its sequence is past `after`, it is final, or it is gone
+        (None); else as it is when `timeout_s` has passed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        event = asyncio.Event()
+        self._waiters[job_id].add(event)  # before the read: no change can slip in between
+        try:
+            while True:
+                event.clear()
+                job = await self.read(job_id)
+                left = deadline - loop.time()
+                if job is None or job.sequence > after or job.status.is_final or left <= 0:
+                    return job
+                recheck = RECHECK_S if self.listening else RECHECK_DOWN_S
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(left, recheck))
+        finally:
+            waiting = self._waiters.get(job_id)
+            if waiting is not None:
+                waiting.discard(event)
+                if not waiting:
+                    del self._waiters[job_id]
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(events) for events in self._waiters.values())
