@@ -7,22 +7,27 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry, ProcessCollector
 from redis import Redis
 
+from api.auth import authenticate, document_security
 from api.errors import install_error_handlers
 from api.middleware import RequestTimeoutMiddleware, request_budget
-from api.routes import chat, conversations, health, jobs, ops, ui
+from api.routes import chat, conversations, health, jobs, ops, signin, ui
+from api.security import SameOrigin, SecurityHeaders, TrustedHosts
 from api.watch import JobWatcher
 from context.builder import max_message_tokens
 from context.tokens import count_tokens
+from mysisterdb.access import load_access
 from mysisterdb.history import history_store
 from mysisterdb.lifecycle import Lifecycle, Limits
 from mysisterdb.llm_check import LLMCheck
 from mysisterdb.logs import configure_logging
 from mysisterdb.metrics import RedisCollector
 from mysisterdb.queueing import Publish, chat_publisher, create_celery
+from mysisterdb.ratelimit import SubmitLimiter
 from mysisterdb.redis_client import connect
 from mysisterdb.resources import ResourceMonitor
 from mysisterdb.settings import Settings, get_settings
@@ -58,12 +63,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.health_redis.close()
 
     app = FastAPI(title="MySisterDB", version="0.1.0", lifespan=lifespan,
-                  description=API_DESCRIPTION)
+                  description=API_DESCRIPTION, dependencies=[Depends(authenticate)])
     app.state.settings = settings
+    app.state.access = load_access(settings, announce=announce)
     app.state.redis = connect(settings.redis_url, timeout_s=settings.redis_timeout_s)
     app.state.health_redis = connect(settings.redis_url, timeout_s=HEALTH_REDIS_TIMEOUT_S)
     app.state.llm_check = LLMCheck.from_settings(settings)
     app.state.watcher = JobWatcher(url=settings.redis_url, timeout_s=settings.redis_timeout_s)
+    app.state.limiter = SubmitLimiter(client=app.state.redis, rate=settings.rate_limit)
     app.state.metrics_registry = metrics_registry(app.state.redis)
     celery = create_celery(settings, broker_socket_timeout_s=settings.redis_timeout_s)
     app.state.celery = celery
@@ -74,11 +81,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_tokens=settings.max_context_tokens)
     install_error_handlers(app)
     for router in (chat.router, jobs.router, conversations.router, health.router, ops.router,
-                   ui.router):
+                   signin.router, ui.router):
         app.include_router(router)
+    add_middlewares(app, settings)
+    document_security(app)
+    return app
+
+
+def add_middlewares(app: FastAPI, settings: Settings) -> None:
+    """Innermost first: the last one added sees a request first (the Host check)."""
     app.add_middleware(RequestTimeoutMiddleware, timeout_s=settings.request_timeout,
                        budget=request_budget(settings.request_timeout))
-    return app
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(SameOrigin, allowed_origins=settings.cors_list())
+    if settings.cors_list():  # off unless configured: no other site reads our answers
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_list(),
+                           allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type", "Idempotency-Key",
+                                          "Last-Event-ID"],
+                           expose_headers=["Location", "Retry-After"], max_age=600)
+    app.add_middleware(TrustedHosts, allowed=settings.host_list())
+
+
+def announce(text: str) -> None:
+    # stdout, not the log: the sign-in URL carries the token, and log files never do.
+    print(text, flush=True)
 
 
 def die_before_publish(job_id: str) -> None:
