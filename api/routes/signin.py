@@ -1,7 +1,8 @@
 """Signing in: a person's token, once, for a session cookie the chat page then sends itself.
 
     GET    /signin            a plain form (and a sign-in URL's #token=… filled in by script)
-    POST   /api/session       JSON {"token"} -> 204, or the form -> 303 to `next`; the cookie
+    POST   /signin            the form: 303 to `next` with the cookie, or the form again (401)
+    POST   /api/session       JSON {"token"} -> 204 with the cookie (for a script); the cookie
                               is HttpOnly, SameSite=Strict, Secure on HTTPS
     GET    /api/session       who the session (or token) is: {person, operator, mode}
     DELETE /api/session       signs out (the cookie is cleared)
@@ -41,7 +42,7 @@ PAGE = """<!doctype html>
 <main>
 <h1>サインイン</h1>
 <p>{notice}</p>
-<form id="signin" method="post" action="/api/session">
+<form id="signin" method="post" action="/signin">
 <label>アクセストークン <input name="token" type="password" autocomplete="current-password"
  required autofocus></label>
 <input type="hidden" name="next" value="{next}">
@@ -90,46 +91,50 @@ def set_session(request: Request, response: Response, access: Access, person: st
                         samesite="strict", secure=request.url.scheme == "https")
 
 
-async def read_sign_in(request: Request) -> tuple[str, str | None]:
-    """(token, next) from JSON, or from the form (next is then where to go)."""
+async def read_form(request: Request) -> tuple[str, str]:
+    """(token, next) from the sign-in form."""
     body = await request.body()
     if len(body) > MAX_FORM_BYTES:
         raise InvalidInput("リクエストが大きすぎます。")
-    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-        fields = parse_qs(body.decode("utf-8", errors="replace"))
-        return fields.get("token", [""])[0].strip(), local_path(fields.get("next", ["/"])[0])
-    try:
-        return SignInRequest.model_validate_json(body).token.strip(), None
-    except ValueError as exc:
-        raise InvalidInput("本文は {\"token\": \"…\"} の JSON にしてください。") from exc
+    fields = parse_qs(body.decode("utf-8", errors="replace"))
+    return fields.get("token", [""])[0].strip(), local_path(fields.get("next", ["/"])[0])
 
 
-@router.post("/api/session", status_code=204, response_class=Response,
-             responses={303: {"description": "Signed in from the form: on to `next`"},
-                        **errors(401)},
-             openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/json": {"schema": {"$ref": "#/components/schemas/SignInRequest"}},
-                 "application/x-www-form-urlencoded": {"schema": {
-                     "type": "object", "properties": {"token": {"type": "string"},
-                                                      "next": {"type": "string"}},
-                     "required": ["token"]}}}}})
-async def sign_in(request: Request) -> Response:
-    """Sign in with a person's token: sets the session cookie (HttpOnly, SameSite=Strict,
-    Secure on HTTPS) that the chat page's requests then carry."""
-    access: Access = request.app.state.access
-    token, next_path = await read_sign_in(request)
+def person_of(access: Access, token: str) -> str | None:
     caller = access.identify(token) if token else None
     if caller is None or caller.person is None:
         logger.warning("sign-in refused: %s", "no such token" if caller is None
                        else "an operator token has no conversations")
-        if next_path is not None:
-            return form_page(next_path, notice=WRONG, status=401)
-        raise Unauthorized("トークンが違います。")
-    response: Response = (RedirectResponse(next_path, status_code=303) if next_path is not None
-                          else Response(status_code=204))
-    if access.needs_credentials:
-        set_session(request, response, access, caller.person)
+        return None
     logger.info("%s signed in", caller.person)
+    return caller.person
+
+
+@router.post(SIGN_IN_PATH, include_in_schema=False)
+async def sign_in_form(request: Request) -> Response:
+    """The form's POST: on to `next` with the cookie, or the form again with a notice."""
+    access: Access = request.app.state.access
+    token, next_path = await read_form(request)
+    person = person_of(access, token)
+    if person is None:
+        return form_page(next_path, notice=WRONG, status=401)
+    response = RedirectResponse(next_path, status_code=303)
+    if access.needs_credentials:
+        set_session(request, response, access, person)
+    return response
+
+
+@router.post("/api/session", status_code=204, response_class=Response, responses=errors(401))
+def sign_in(body: SignInRequest, request: Request) -> Response:
+    """Sign in with a person's token: sets the session cookie (HttpOnly, SameSite=Strict,
+    Secure on HTTPS) that the chat page's requests then carry."""
+    access: Access = request.app.state.access
+    person = person_of(access, body.token.strip())
+    if person is None:
+        raise Unauthorized("トークンが違います。")
+    response = Response(status_code=204)
+    if access.needs_credentials:
+        set_session(request, response, access, person)
     return response
 
 

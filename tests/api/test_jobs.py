@@ -35,9 +35,10 @@ def test_cancel_running_job(stack: Stack, conversation_id: str) -> None:
     assert stack.job(job["id"])["status"] == "cancelled"
     assert stack.job(job["id"])["reply"] is None
     # The terminated task left no reply in the history: turn 1's reply slot (seq 2) is empty.
-    history = httpx.get(f"{stack.api_url}/api/conversations/{conversation_id}/messages",
-                        timeout=5).json()["messages"]
-    assert [(m["seq"], m["role"]) for m in history] == [(1, "user"), (3, "user"), (4, "assistant")]
+    turns = httpx.get(f"{stack.api_url}/api/conversations/{conversation_id}/messages",
+                      timeout=5).json()["turns"]
+    assert [(t["user"]["seq"], t["reply"] and t["reply"]["seq"]) for t in turns] == [(1, None),
+                                                                                   (3, 4)]
 
 
 def test_cancel_queued_job_never_runs_it(stack: Stack, conversation_id: str) -> None:
