@@ -14,7 +14,7 @@ from redis import Redis
 
 from api.auth import authenticate, document_security
 from api.errors import install_error_handlers
-from api.middleware import RequestTimeoutMiddleware, request_budget
+from api.middleware import RequestTimeoutMiddleware, StoreMonitor, request_budget
 from api.routes import chat, conversations, health, jobs, ops, signin, ui
 from api.security import SameOrigin, SecurityHeaders, TrustedHosts
 from api.watch import JobWatcher
@@ -55,7 +55,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sweeper.start()
         app.state.llm_check.status()  # the first check of the LLM endpoint starts now
         app.state.watcher.start()
+        app.state.store_monitor.start()
         yield
+        await app.state.store_monitor.stop()
         await app.state.watcher.stop()
         sweeper.stop()
         monitor.stop()
@@ -70,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.health_redis = connect(settings.redis_url, timeout_s=HEALTH_REDIS_TIMEOUT_S)
     app.state.llm_check = LLMCheck.from_settings(settings)
     app.state.watcher = JobWatcher(url=settings.redis_url, timeout_s=settings.redis_timeout_s)
+    app.state.store_monitor = StoreMonitor(url=settings.redis_url)
     app.state.limiter = SubmitLimiter(client=app.state.redis, rate=settings.rate_limit)
     app.state.metrics_registry = metrics_registry(app.state.redis)
     celery = create_celery(settings, broker_socket_timeout_s=settings.redis_timeout_s)
@@ -83,15 +86,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (chat.router, jobs.router, conversations.router, health.router, ops.router,
                    signin.router, ui.router):
         app.include_router(router)
-    add_middlewares(app, settings)
+    add_middlewares(app, settings, store=app.state.store_monitor)
     document_security(app)
     return app
 
 
-def add_middlewares(app: FastAPI, settings: Settings) -> None:
+def add_middlewares(app: FastAPI, settings: Settings, *, store: StoreMonitor) -> None:
     """Innermost first: the last one added sees a request first (the Host check)."""
     app.add_middleware(RequestTimeoutMiddleware, timeout_s=settings.request_timeout,
-                       budget=request_budget(settings.request_timeout))
+                       budget=request_budget(settings.request_timeout), store=store)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(SameOrigin, allowed_origins=settings.cors_list())
     if settings.cors_list():  # off unless configured: no other site reads our answers
