@@ -317,7 +317,18 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     Every route that reads Redis can answer 503 and every watched request 504, and every
     route that needs a token 400, 401 and 403: always listed."""
     wanted = sorted(set(statuses) | {400, 401, 403, 422, 503, 504})
-    return {s: {"model": ErrorBody, "description": ERROR_TEXT[s]} for s in wanted}
+    documented: dict[int | str, dict[str, Any]] = {
+        s: {"model": ErrorBody, "description": ERROR_TEXT[s]} for s in wanted}
+    if 429 in documented:
+        documented[429]["headers"] = {"Retry-After": {
+            "description": "Seconds to wait before sending again", "schema": {"type": "integer"}}}
+    return documented
+
+
+ACCEPTED: dict[int | str, dict[str, Any]] = {202: {
+    "description": "Accepted: the job (follow its Location)",
+    "headers": {"Location": {"description": "/api/jobs/{id} of the new job",
+                             "schema": {"type": "string"}}}}}
 
 
 def stream_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:

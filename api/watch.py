@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections import defaultdict
 
 import redis.asyncio as aredis
@@ -125,7 +126,9 @@ class JobWatcher:
                 left = deadline - loop.time()
                 if job is None or job.sequence > after or job.status.is_final or left <= 0:
                     return job
-                recheck = RECHECK_S if self.listening else RECHECK_DOWN_S
+                # Jittered: waiters that arrived together must not all read at once.
+                recheck = (RECHECK_S if self.listening else RECHECK_DOWN_S) * random.uniform(
+                    0.75, 1.25)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), min(left, recheck))
         finally:

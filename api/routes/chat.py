@@ -5,12 +5,12 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response
 
 from api.deps import ChatServiceDep
-from api.schemas import IDEMPOTENCY_KEY_PATTERN, ChatRequest, JobOut, errors
+from api.schemas import ACCEPTED, IDEMPOTENCY_KEY_PATTERN, ChatRequest, JobOut, errors
 
 router = APIRouter(prefix="/api", tags=["chat"])
 
 
-@router.post("/chat", status_code=202, response_model=JobOut, responses=errors(429))
+@router.post("/chat", status_code=202, response_model=JobOut, responses={**ACCEPTED, **errors(429)})
 def submit_chat(
     body: ChatRequest, service: ChatServiceDep, response: Response,
     idempotency_key: Annotated[str | None, Header(

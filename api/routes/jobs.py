@@ -23,7 +23,7 @@ from api.deps import (
     lifecycle_of,
 )
 from api.errors import NoContent
-from api.schemas import JOB_ID_PATTERN, MAX_WAIT_S, JobOut, errors, stream_errors
+from api.schemas import ACCEPTED, JOB_ID_PATTERN, MAX_WAIT_S, JobOut, errors, stream_errors
 from api.watch import JobWatcher
 from mysisterdb.access import Caller
 from mysisterdb.errors import JOB_NOT_FOUND, NotFound
@@ -132,7 +132,7 @@ def cancel_job(job_id: JobId, lifecycle: LifecycleDep, celery: CeleryDep,
 
 
 @router.post("/{job_id}/retry", status_code=202, response_model=JobOut,
-             responses=errors(404, 409, 429))
+             responses={**ACCEPTED, **errors(404, 409, 429)})
 def retry_job(job_id: JobId, service: ChatServiceDep, response: Response) -> JobOut:
     """Send a failed, incomplete or cancelled turn again: a new job for the same turn slot,
     re-using the stored user message. 202 + Location, like a submit."""

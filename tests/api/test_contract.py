@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +19,29 @@ import pytest
 import redis
 import schemathesis
 
+from mysisterdb.redis_server import RedisServer
+from tests.conftest import start_stack
 from tests.procs import Stack
 
+CONTRACT_DB = 3  # schemathesis submits many prompts: its own stack, so no one waits behind them
 SCHEMATHESIS_EXAMPLES = 25  # per operation and phase: the whole run stays near a minute
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
           "response_schema_conformance,negative_data_rejection")
 
 
+@pytest.fixture(scope="module")
+def fuzzed_stack(redis_server: RedisServer,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    url = f"redis://{redis_server.host}:{redis_server.port}/{CONTRACT_DB}"
+    running = start_stack(redis_url=url, log_dir=tmp_path_factory.mktemp("contract"))
+    yield running
+    running.stop()
+
+
 def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(
-        stack: Stack, tmp_path: Path) -> None:
+        fuzzed_stack: Stack, tmp_path: Path) -> None:
     run = subprocess.run(
-        [str(Path(sys.executable).with_name("st")), "run", f"{stack.api_url}/openapi.json",
+        [str(Path(sys.executable).with_name("st")), "run", f"{fuzzed_stack.api_url}/openapi.json",
          "--checks", CHECKS, "--max-examples", str(SCHEMATHESIS_EXAMPLES), "--workers", "2",
          "--phases", "examples,coverage,fuzzing", "--request-timeout", "45",
          "--generation-database", "none", "--no-color", "--seed", "9",

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+import uuid
 
 import httpx
 import redis
@@ -72,7 +73,7 @@ def test_a_lost_queued_job_expires_and_frees_its_conversation(
 
     # Turn 1's job was stored long ago but its message never reached the broker (and it is
     # not in the outbox either): the sweep expires it and hands the line to turn 2.
-    lost = Job(id=f"lost-{conversation_id}", conversation_id=conversation_id, turn=1,
+    lost = Job(id=uuid.uuid4().hex, conversation_id=conversation_id, turn=1,
                created_at=utcnow() - timedelta(hours=1))
     with stack_redis.pipeline(transaction=True) as pipe:
         JobStore.create(pipe, lost)
