@@ -95,7 +95,9 @@ class Settings(BaseSettings):
     # How people reach the API (e.g. https://chat.example.com behind a proxy): the printed
     # sign-in URL uses it. Unset: http://localhost:<port>.
     public_url: str | None = None
-    # The Redis password when MYSISTERDB_REDIS_URL carries none (compose: a secret file).
+    # The Redis password when MYSISTERDB_REDIS_URL carries none: the variable, or a file
+    # (compose: the secrets volume).
+    redis_password: SecretStr | None = None
     redis_password_file: Path | None = None
 
     @model_validator(mode="after")
@@ -119,8 +121,11 @@ class Settings(BaseSettings):
     def _redis_password_into_url(self) -> Settings:
         # Every process connects with settings.redis_url: put the secret file's password in
         # it once, here, rather than in each place that connects.
-        if self.redis_url and self.redis_password_file is not None:
-            self.redis_url = with_password(self.redis_url, self.redis_password_file)
+        if self.redis_url and self.redis_password is not None:
+            self.redis_url = with_password(self.redis_url, self.redis_password.get_secret_value())
+        elif self.redis_url and self.redis_password_file is not None:
+            password = self.redis_password_file.read_text(encoding="utf-8").strip()
+            self.redis_url = with_password(self.redis_url, password)
         return self
 
     def secret_values(self) -> list[str]:
@@ -183,15 +188,12 @@ class Settings(BaseSettings):
         return self.persona_file.read_text(encoding="utf-8").strip()
 
 
-def with_password(url: str, password_file: Path | None) -> str:
-    """The URL with the password read from `password_file` (when it has none of its own)."""
-    if password_file is None:
-        return url
+def with_password(url: str, password: str) -> str:
+    """The URL with `password` (when it has none of its own)."""
     parts = urlsplit(url)
-    if parts.password:
+    if parts.password or not password:
         return url
-    password = quote(password_file.read_text().strip(), safe="")
-    netloc = f"{parts.username or ''}:{password}@{parts.hostname}"
+    netloc = f"{parts.username or ''}:{quote(password, safe='')}@{parts.hostname}"
     if parts.port:
         netloc += f":{parts.port}"
     return urlunsplit(parts._replace(netloc=netloc))
