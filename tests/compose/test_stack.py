@@ -48,7 +48,7 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
         ppid = f.read().rsplit(")", 1)[1].split()[1]
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         argv = f.read().split(b"\\0")
-    if ppid == "1" and b"worker" in argv:
+    if ppid == "1" and (b"worker" in argv or b"workers" in argv):  # `python -m workers`
         print(pid, flush=True)
         os.kill(int(pid), signal.SIGKILL)
 """
