@@ -275,16 +275,17 @@ class QueueSummary(Contract):
 class LLMInfo(Contract):
     mode: Literal["simulator", "gemini"]
     note: str
-    ok: bool | None = Field(description="Whether the LLM endpoint answered its last check "
-                                        "(null while the first check runs)")
-    endpoint: str
-    detail: str
-    checked_s_ago: float | None
+    ok: bool | None = Field(
+        description="the LLM endpoint answered its last check (null: the first is running)")
+    endpoint: str = Field(description="where Gemini requests go")
+    detail: str = Field(description="why the check failed, or ok")
+    checked_s_ago: float | None = Field(description="age of the check's result, in seconds")
 
 
 class HealthOut(Contract):
     status: Literal["ok", "degraded", "unavailable"] = Field(
-        description="degraded: the stack runs but the LLM endpoint does not answer")
+        description="ok; degraded (200): the stack runs but the LLM endpoint does not answer; "
+                    "unavailable (503): Redis, the workers or consumption is not ok")
     redis: Check
     workers: WorkersCheck | None = None
     consuming: Check | None = None

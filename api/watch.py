@@ -20,6 +20,8 @@ import random
 from collections import defaultdict
 
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 
 from mysisterdb import keys
 from mysisterdb.models import Job
@@ -39,10 +41,13 @@ class JobWatcher:
     def __init__(self, *, url: str | None, timeout_s: float) -> None:
         # A bounded pool: many waiters share a few connections (each read is short) and
         # queue for one at most timeout_s, instead of opening a connection each.
+        # As the sync clients (mysisterdb.redis_client.connect): a connection that broke
+        # while idle (Redis restarted) is replaced once; a timeout is never repeated.
         pool = aredis.BlockingConnectionPool.from_url(
             url or DEFAULT_URL, max_connections=POOL_SIZE, timeout=timeout_s,
             socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            health_check_interval=HEALTH_CHECK_S)
+            health_check_interval=HEALTH_CHECK_S,
+            retry=AsyncRetry(NoBackoff(), 1, supported_errors=(aredis.ConnectionError,)))
         self.client = aredis.Redis(connection_pool=pool)
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None

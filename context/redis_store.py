@@ -30,6 +30,7 @@ so it is never stored unindexed nor indexed twice.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -127,6 +128,21 @@ return 1
 """
 
 
+# Drop exact copies of a member (ARGV[1], kept) that sit at its score, only while it is
+# still stored: a copy is never removed unless its twin stays.  KEYS: messages.
+_DROP_COPIES_LUA = """
+local at = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not at then return 0 end
+local dropped = 0
+for i = 2, #ARGV do
+  if ARGV[i] ~= ARGV[1] and redis.call('ZSCORE', KEYS[1], ARGV[i]) == at then
+    dropped = dropped + redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return dropped
+"""
+
+
 def pack_seq(seq: int) -> bytes:
     return seq.to_bytes(POSTING_BYTES, "little", signed=True)
 
@@ -146,6 +162,14 @@ def other_slot(slot: str) -> str:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def with_seq(raw: bytes | str, seq: int) -> str:
+    """A stored member with a new seq and every other field as it was (also fields this
+    version does not know)."""
+    data = json.loads(raw)
+    data["seq"] = seq
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
 def _int(value: Any) -> int:
@@ -280,6 +304,7 @@ class RedisHistoryStore:
         self._switch = redis.register_script(_SWITCH_LUA)
         self._fetch = redis.register_script(_FETCH_LUA)
         self._set_summary = redis.register_script(_SET_SUMMARY_LUA)
+        self._drop_copies = redis.register_script(_DROP_COPIES_LUA)
 
     def keys(self, conversation_id: str) -> StoreKeys:
         return StoreKeys(self._key_of, conversation_id)
@@ -410,16 +435,14 @@ class RedisHistoryStore:
                           watching: redis.client.Pipeline) -> list[str]:
         """Every key this store keeps for the conversation, read on a pipeline in WATCH mode
         and watched, so that the caller can delete them all in its transaction and an append
-        (or a re-index batch) racing it aborts the transaction. Keep it complete when adding
-        a key."""
+        racing it aborts the transaction. Keep it complete when adding a key."""
         k = self.keys(conversation_id)
         vocabs = [k.vocab(slot) for slot in SLOTS] + [k.legacy_vocab()]
         stored = [k.messages(), k.summary(), k.ctx("live"), k.ctx("build"), k.ctx("done"),
-                  *(k.stats(slot) for slot in SLOTS), *(k.docs(slot) for slot in SLOTS),
-                  *vocabs]
+                  *(key for slot in SLOTS for key in (k.stats(slot), k.docs(slot))), *vocabs]
         watching.watch(*stored)
-        postings = [k.postings(slot, _text(t))
-                    for slot in SLOTS for t in watching.smembers(k.vocab(slot))]
+        postings = [k.postings(slot, _text(t)) for slot in SLOTS
+                    for t in watching.smembers(k.vocab(slot))]
         postings += [k.legacy_postings(_text(t)) for t in watching.smembers(k.legacy_vocab())]
         return stored + postings
 
@@ -534,3 +557,60 @@ class RedisHistoryStore:
             report.dangling += 1
             if len(report.dangling_examples) < examples:
                 report.dangling_examples.append((term, seq))
+
+    # -- stored members as they are (for `check`: it judges what does not parse) -------
+
+    def watched_keys(self, conversation_id: str) -> tuple[str, str]:
+        """The keys `renumber` rewrites: WATCH them from the reads it is based on."""
+        k = self.keys(conversation_id)
+        return k.messages(), k.summary()
+
+    def raw_members(self, conversation_id: str, *, client: redis.Redis | None = None,
+                    batch: int = 4 * _BATCH) -> Iterator[tuple[bytes, float]]:
+        """Every stored member as stored (bytes, score), in seq order, read `batch` at a
+        time; `client` may be a WATCHing pipeline."""
+        reader, key, start = client or self._redis, self.keys(conversation_id).messages(), 0
+        while True:
+            rows: list[Any] = list(reader.zrange(key, start, start + batch - 1, withscores=True))
+            yield from rows
+            if len(rows) < batch:
+                return
+            start += len(rows)
+
+    def summary_seq(self, conversation_id: str, *,
+                    client: redis.Redis | None = None) -> int | None:
+        """The seq the summary covers up to, None without a summary; `client` may be a
+        WATCHing pipeline."""
+        raw = (client or self._redis).hget(self.keys(conversation_id).summary(),
+                                           "covers_up_to_seq")
+        return None if raw is None else int(raw)
+
+    def drop_copies(self, conversation_id: str, *, keep: bytes, copies: Sequence[bytes]) -> int:
+        """Remove members that are the same message as `keep` (same seq, role and text;
+        other bytes) stored at its score, only while `keep` itself is still stored;
+        returns how many were removed.  ValueError for a member that is not such a copy."""
+        kept = Message.from_json(keep)
+        for raw in copies:
+            copy = Message.from_json(raw)
+            if (copy.seq, copy.role, copy.text) != (kept.seq, kept.role, kept.text):
+                raise ValueError(f"conversation {conversation_id}: {raw!r} is not a copy of "
+                                 f"seq {kept.seq}")
+        if not copies:
+            return 0
+        return int(self._drop_copies(keys=[self.keys(conversation_id).messages()],
+                                     args=[keep, *copies]))
+
+    def renumber(self, conversation_id: str, moves: Iterable[tuple[bytes, int]], *,
+                 pipe: redis.client.Pipeline, covers_up_to_seq: int | None = None) -> None:
+        """Queue, in the caller's MULTI, moving each stored member (raw bytes) to a new seq
+        with every other field kept, and with `covers_up_to_seq` the summary's coverage
+        (which may go backwards here, unlike `set_summary`; only for a summary that
+        exists).  The caller WATCHes `watched_keys` from its reads, and calls
+        `rebuild_index` after EXEC: until then the index points at the old seqs."""
+        k, moved = self.keys(conversation_id), list(moves)
+        for raw, _ in moved:
+            pipe.zrem(k.messages(), raw)
+        for raw, seq in moved:
+            pipe.zadd(k.messages(), {with_seq(raw, seq): seq})
+        if covers_up_to_seq is not None:
+            pipe.hset(k.summary(), "covers_up_to_seq", covers_up_to_seq)

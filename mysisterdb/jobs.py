@@ -14,10 +14,11 @@ on `keys.job_changes_channel()`: the API's long-polls and SSE streams wake on it
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import redis
+from redis import Redis
 from redis.client import Pipeline
 
 from mysisterdb import keys
@@ -28,6 +29,16 @@ from mysisterdb.redis_client import run_transaction, to_str
 T = TypeVar("T")
 Mutation = Callable[[Job], None]
 AfterWrite = Callable[[Pipeline, Job], object]  # more commands for the same transaction
+
+
+SCAN_BATCH = 500
+
+# Raise the turn counter, never lower it: a submit may INCR it while we look.
+_RAISE_COUNTER_LUA = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]); return tonumber(ARGV[1]) end
+return cur
+"""
 
 
 class Skip(Exception):
@@ -186,3 +197,87 @@ class JobStore:
             if remove:
                 pipe.zrem(key, *remove)
             pipe.execute()
+
+    def in_index(self, key: str, job_id: str) -> bool:
+        return self._redis.zscore(key, job_id) is not None
+
+    @staticmethod
+    def index_entries(job: Job) -> dict[str, float | None]:
+        """Where the indexes that follow a job's status should list it: index key -> its
+        score there, or None where it should not be listed."""
+        unfinished = not job.status.is_final
+        running = job.status is JobStatus.IN_PROGRESS
+        started = (job.started_at or job.created_at).timestamp()
+        return {keys.active_jobs(): job.created_at.timestamp() if unfinished else None,
+                keys.running_jobs(): started if running else None,
+                keys.conv_active(job.conversation_id): float(job.turn) if unfinished else None}
+
+    def scan_records(self, *, batch: int = SCAN_BATCH) -> Iterator[tuple[str, bytes | None]]:
+        """Every job record as stored (id, raw JSON; None if it expired while we scanned),
+        unparsed: a record that does not parse is for the caller to report."""
+        ids: list[str] = []
+        prefix = len(keys.job(""))
+        for key in self._redis.scan_iter(match=keys.job_pattern(), count=1000):
+            ids.append(to_str(key)[prefix:])
+            if len(ids) >= batch:
+                yield from self.raw_records(ids)
+                ids = []
+        yield from self.raw_records(ids)
+
+    def raw_records(self, job_ids: Iterable[str], *, client: Redis | None = None,
+                    batch: int = SCAN_BATCH) -> list[tuple[str, bytes | None]]:
+        """The stored JSON of each job (None when gone), `batch` per MGET; `client` may be a
+        WATCHing pipeline."""
+        reader, ids, found = client or self._redis, list(job_ids), []
+        for start in range(0, len(ids), batch):
+            chunk = ids[start:start + batch]
+            values: list[Any] = list(reader.mget([keys.job(i) for i in chunk]))
+            found += list(zip(chunk, values, strict=True))
+        return found
+
+    # -- turns: counter and turn -> job map (check's renumbering) -----------------------
+
+    @staticmethod
+    def turn_keys(conversation_id: str) -> tuple[str, str]:
+        """The turn counter and the turn -> job map: WATCH them from the reads a
+        `remap_turns` is based on."""
+        return keys.conv_turn(conversation_id), keys.conv_jobs(conversation_id)
+
+    def turn_counter(self, conversation_id: str, *, client: Redis | None = None) -> int:
+        """The last turn handed out (0 before the first); `client` may be a WATCHing pipeline."""
+        return int((client or self._redis).get(keys.conv_turn(conversation_id)) or 0)
+
+    def turn_map(self, conversation_id: str, *,
+                 client: Redis | None = None) -> dict[int, str]:
+        """Turn -> job id; `client` may be a WATCHing pipeline.  A field that is not a turn
+        number is not ours to judge and is left out."""
+        raw: dict[Any, Any] = (client or self._redis).hgetall(keys.conv_jobs(conversation_id))
+        return {int(to_str(turn)): to_str(job_id) for turn, job_id in raw.items()
+                if to_str(turn).isdigit()}
+
+    def raise_turn_counter(self, conversation_id: str, at_least: int) -> int:
+        """Raise the counter to `at_least`, never lowering it (a submit may INCR it
+        meanwhile); returns the counter after."""
+        return int(self._redis.eval(_RAISE_COUNTER_LUA, 1, keys.conv_turn(conversation_id),
+                                    at_least))
+
+    @staticmethod
+    def remap_turns(pipe: Pipeline, conversation_id: str, *, unmap: Iterable[int],
+                    mapping: Mapping[int, str], counter: int) -> None:
+        """Queue, in the caller's MULTI, dropping the turns `unmap`, mapping turns to jobs,
+        and setting the counter (lowering it too: only for renumbering, with
+        `turn_keys` WATCHed from the reads it is based on)."""
+        turns_key, jobs_key = JobStore.turn_keys(conversation_id)
+        dropped = [str(t) for t in unmap]
+        if dropped:
+            pipe.hdel(jobs_key, *dropped)
+        if mapping:
+            pipe.hset(jobs_key, mapping={str(t): job_id for t, job_id in mapping.items()})
+        pipe.set(turns_key, counter)
+
+    def set_turn(self, job_id: str, turn: int) -> Job | None:
+        """Move a job record to another turn (after a renumbering); None when it is gone."""
+        def mutate(job: Job) -> None:
+            job.turn = turn
+
+        return self.update(job_id, mutate, only_active=False)

@@ -583,7 +583,7 @@ class Lifecycle:
     def death(self, job: Job) -> ErrorCode | None:
         """Why a job can no longer end by itself, or None while it still can."""
         now, lim = utcnow(), self.limits
-        running_for = now - (job.started_at or now)
+        running_for = now - (job.started_at or job.created_at)
         if (job.status is JobStatus.IN_PROGRESS
                 and running_for > timedelta(seconds=lim.hard_limit_s + lim.grace_s)):
             return ErrorCode.WORKER_LOST  # the hard limit would have killed it

@@ -17,11 +17,13 @@ T = TypeVar("T")
 def connect(url: str | None, *, timeout_s: float, retries: int = 0) -> redis.Redis:
     """A client whose every command ends within about timeout_s * (retries + 1).
 
-    The API uses retries=0 so that a dead Redis gives a 503 in under 2 s; workers allow a
-    few retries with backoff to ride out a Redis restart.
+    The API uses retries=0 so that a hung Redis gives a 503 in under 2 s; workers allow a
+    few retries with backoff to ride out a Redis restart. Even with retries=0 a command on
+    a connection that broke while idle (Redis restarted) is sent once more on a fresh one:
+    a broken connection fails at once, and only a timeout may not be repeated.
     """
     retry = Retry(ExponentialBackoff(cap=1.0, base=0.1), retries) if retries else Retry(
-        NoBackoff(), 0)
+        NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
     return redis.Redis.from_url(
         url or DEFAULT_URL,
         socket_timeout=timeout_s,

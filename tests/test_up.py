@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import stat
@@ -16,7 +17,8 @@ import psutil
 import pytest
 import redis
 
-from mysisterdb.redis_server import free_port
+from mysisterdb import keys
+from mysisterdb.redis_server import free_port, start_redis
 from tests.procs import ROOT, mysisterdb, wait_for
 
 
@@ -161,3 +163,21 @@ def redis_restarted(url: str) -> bool:
     r = httpx.get(f"{url}/api/incidents", timeout=2)
     return r.status_code == 200 and any(
         i["kind"] == "process_exit" and i["step"] == "redis" for i in r.json()["incidents"])
+
+
+def test_ctrl_c_lets_a_running_prompt_finish_before_everything_stops(up: tuple) -> None:  # type: ignore[type-arg]
+    proc, url, tmp_path = up
+    wait_for(lambda: healthy(url), timeout_s=40, what="mysisterdb up")
+    job = httpx.post(f"{url}/api/chat", timeout=5,
+                     json={"message": "ゆっくり答えて #sim:sleep=2"}).json()
+    wait_for(lambda: httpx.get(f"{url}/api/jobs/{job['id']}", timeout=2).json()["status"]
+             == "in_progress", timeout_s=20, what="the prompt to start")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 0
+    # Everything has stopped; the private Redis's append-only file tells how the job ended.
+    server = start_redis(data_dir=tmp_path / "data")
+    try:
+        raw = redis.Redis.from_url(server.url, socket_timeout=5).get(keys.job(job["id"]))
+        assert raw is not None and json.loads(raw)["status"] == "completed", raw
+    finally:
+        server.stop()

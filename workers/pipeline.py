@@ -24,6 +24,7 @@ from workers.runtime import Runtime
 logger = logging.getLogger(__name__)
 
 STUCK_DIRECTIVE = "#worker:stuck"
+SPIN_DIRECTIVE = "#worker:spin"
 
 
 @contextmanager
@@ -71,8 +72,11 @@ def build(rt: Runtime, job: Job, message: Message) -> BuiltContext:
 
 
 def generate(rt: Runtime, job: Job, built: BuiltContext, *, deadline: float) -> str:
-    if rt.settings.debug_directives and STUCK_DIRECTIVE in built.contents[-1].text:
+    asked = built.contents[-1].text
+    if rt.settings.debug_directives and STUCK_DIRECTIVE in asked:
         stuck_in_c()
+    if rt.settings.debug_directives and SPIN_DIRECTIVE in asked:
+        spin_in_python()
     return rt.llm.stream(system_instruction=built.system_instruction,
                          contents=list(built.contents), deadline=deadline,
                          on_text=partial_writer(rt, job.id))
@@ -100,6 +104,14 @@ def commit_reply(rt: Runtime, job: Job, reply: str) -> None:
     if save.started_at and save.completed_at:
         rt.metrics.observe("step_duration",
                            (save.completed_at - save.started_at).total_seconds(), "save")
+
+
+def spin_in_python() -> None:
+    """Test aid (MYSISTERDB_DEBUG_DIRECTIVES only): a loop in Python that never ends by
+    itself, like an infinite loop in our own code; the soft limit interrupts it."""
+    logger.warning("debug directive: looping in Python until the soft time limit")
+    while True:
+        time.sleep(0.01)
 
 
 def stuck_in_c() -> None:

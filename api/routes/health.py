@@ -91,7 +91,7 @@ async def llm_status(llm_check: LLMCheck) -> LLMStatus:
 
 
 @router.get("/health", response_model=HealthOut, responses={
-    503: {"model": HealthOut, "description": "Redis, the workers or consumption is not ok"},
+    503: {"model": HealthOut, "description": "Redis, the workers or consumption is not ok (unavailable)"},
     504: {"model": ErrorBody, "description": "The request took longer than "
                                              "MYSISTERDB_REQUEST_TIMEOUT"}})
 async def health(request: Request) -> JSONResponse:

@@ -8,25 +8,35 @@ import redis
 
 from context.redis_store import RedisHistoryStore
 from context.tokens import count_tokens
+from context.types import Summary
 from mysisterdb import keys
 from tests.context.chatgen import ChatGenerator, make_message
-from tests.procs import Stack
+from tests.procs import Stack, wait_for
 
 TURNS = 3000
 FACT_TURN = 5
 FACT = "枡元さんの誕生日は3月12日だよ"
 QUESTION = "枡元さんの誕生日いつだっけ？"
+SUMMARY = "お兄ちゃんとしぃは毎日いろいろな話をしてきた。"
 
 
 def plant_history(client: redis.Redis, conversation_id: str) -> None:
-    """TURNS exchanges (6,000 messages) with one fact near the start, as if typed long ago."""
+    """TURNS exchanges (6,000 messages) with one fact near the start, as if typed long ago,
+    and summarised long ago too: otherwise the summary task would fold thousands of turns in
+    the background, keeping a worker and the simulator busy under the tests that follow."""
     store = RedisHistoryStore(client, key_of=keys.conv_key)
     chat = ChatGenerator(seed=7)
     messages = list(chat.messages(count=2 * TURNS, first_seq=1))
     messages[2 * FACT_TURN - 2] = make_message(2 * FACT_TURN - 1, "user", FACT)
     store.append_many(conversation_id, messages)
+    store.set_summary(conversation_id, Summary(text=SUMMARY, tokens=count_tokens(SUMMARY),
+                                               covers_up_to_seq=2 * TURNS - 6))
     client.set(keys.conv_turn(conversation_id), TURNS)
     client.sadd(keys.conversations(), conversation_id)
+
+
+def no_summary_pending(client: redis.Redis, conversation_id: str) -> bool:
+    return not client.exists(keys.conv_summarizing(conversation_id))
 
 
 def prompt_texts(body: dict[str, Any]) -> list[str]:
@@ -47,6 +57,8 @@ def test_fact_from_thousands_of_turns_ago_is_in_the_prompt(stack: Stack, stack_r
     assert any(FACT in t for t in texts), "the planted fact was recalled"
     assert texts[-1] == f"{QUESTION} {conversation_id}"
     assert sum(count_tokens(t) for t in texts) <= 4000
+    wait_for(lambda: no_summary_pending(stack_redis, conversation_id), timeout_s=30,
+             what="the summary of the new turns")
 
 
 def test_prompt_keeps_the_last_three_exchanges_verbatim(stack: Stack, stack_redis: redis.Redis,
@@ -58,3 +70,5 @@ def test_prompt_keeps_the_last_three_exchanges_verbatim(stack: Stack, stack_redi
     body = stack.sim_requests_containing(f"ところで {conversation_id}")[-1]
     contents = [p["text"] for c in body["contents"] for p in c["parts"]]
     assert contents[-7:-1] == [m.text for m in recent]
+    wait_for(lambda: no_summary_pending(stack_redis, conversation_id), timeout_s=30,
+             what="the summary of the new turns")

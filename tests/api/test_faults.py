@@ -251,3 +251,27 @@ def test_a_prompt_cut_by_redis_dying_ends_with_a_documented_code_and_an_incident
     incidents = httpx.get(f"{stack.api_url}/api/incidents", timeout=5).json()["incidents"]
     assert [i["kind"] for i in incidents if i["job_id"] == running["id"]] == [
         ended["error"]["code"]]
+
+
+def test_a_dead_worker_s_prompt_ends_worker_lost_and_the_next_turn_waits_for_a_worker(
+        faults: FaultStack, tmp_path: Path) -> None:
+    """The whole worker dies (parent and pool): nobody is left to end its running prompt but
+    the sweep (or a reader), after the hard limit + grace; the conversation's next turn is
+    handed over then, and the next worker serves it."""
+    stack, cid = faults.stack, f"dead-{uuid.uuid4().hex[:8]}"
+    stuck = stack.submit("#worker:stuck", conversation_id=cid)["id"]  # blocked in C
+    stack.wait_job(stuck, until=lambda j: j["steps"][2]["status"] == "in_progress")
+    waiting = stack.submit("待ってるよ", conversation_id=cid)["id"]  # its turn comes next
+    worker = stack.procs["worker"]
+    os.killpg(worker.process.pid, signal.SIGKILL)  # the parent and its pool, at once
+    worker.process.wait(timeout=10)
+    ended = final(stack, stuck)
+    assert end_of(ended) == ("failed", "worker_lost"), ended
+    incidents = [i for i in httpx.get(f"{stack.api_url}/api/incidents", timeout=5)
+                 .json()["incidents"] if i["job_id"] == stuck]
+    assert len(incidents) == 1 and incidents[0]["action"].split(";")[0] in (
+        "marked failed by the sweep", "marked failed by a reader of the job")
+    assert stack.job(waiting)["status"] == "queued"  # handed over, waiting in the broker
+    stack.procs["worker"] = start("worker", mysisterdb("worker"), env=stack.env,
+                                  log_dir=tmp_path)
+    assert end_of(final(stack, waiting)) == ("completed", None)

@@ -34,11 +34,11 @@ def test_cancel_running_job(stack: Stack, conversation_id: str) -> None:
     assert stack.wait_job(nxt["id"], timeout_s=10)["status"] == "completed"
     assert stack.job(job["id"])["status"] == "cancelled"
     assert stack.job(job["id"])["reply"] is None
-    # The terminated task left no reply in the history: turn 1's reply slot (seq 2) is empty.
+    # The terminated task left no reply in the history: turn 1 is cancelled, without a reply.
     turns = httpx.get(f"{stack.api_url}/api/conversations/{conversation_id}/messages",
                       timeout=5).json()["turns"]
-    assert [(t["user"]["seq"], t["reply"] and t["reply"]["seq"]) for t in turns] == [(1, None),
-                                                                                   (3, 4)]
+    assert [(t["turn"], t["state"], t["reply"] is None) for t in turns] == [
+        (1, "cancelled", True), (2, "completed", False)]
 
 
 def test_cancel_queued_job_never_runs_it(stack: Stack, conversation_id: str) -> None:

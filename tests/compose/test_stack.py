@@ -38,7 +38,8 @@ FINAL = ("completed", "failed", "cancelled", "incomplete")
 
 pytestmark = pytest.mark.timeout(UP_TIMEOUT_S + 300)
 
-# The worker's main process: the child of the container's init (docker-init, PID 1).
+# The worker's main process: the child of the container's init (docker-init, PID 1);
+# `mysisterdb worker` execs `python -m workers`, so its argv names "workers".
 # Killed from inside the container with SIGKILL, as a crash would: Docker sees the container
 # exit on its own and applies the restart policy (`docker kill` would count as a manual stop).
 KILL_WORKER_MAIN = """
@@ -48,7 +49,7 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
         ppid = f.read().rsplit(")", 1)[1].split()[1]
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         argv = f.read().split(b"\\0")
-    if ppid == "1" and (b"worker" in argv or b"workers" in argv):  # `python -m workers`
+    if ppid == "1" and b"workers" in argv:
         print(pid, flush=True)
         os.kill(int(pid), signal.SIGKILL)
 """
@@ -162,8 +163,7 @@ class Compose:
                       timeout=5, headers=self.auth)
         if r.status_code != 200:
             return None
-        return [text for t in r.json()["turns"]
-                for text in (t["user"]["text"], (t["reply"] or {}).get("text")) if text]
+        return [m["text"] for t in r.json()["turns"] for m in (t["user"], t["reply"]) if m]
 
     def chat(self, message: str, conversation_id: str) -> dict[str, Any]:
         job = self.wait_job(self.submit(message, conversation_id)["id"])

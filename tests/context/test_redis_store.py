@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
 import redis
 
 from context.builder import build_context
-from context.redis_store import RedisHistoryStore, StoreKeys, pack_seq
+from context.redis_store import RedisHistoryStore, StoreKeys, pack_seq, with_seq
 from context.terms import terms
 from context.types import Message, Summary
 from mysisterdb import keys
@@ -239,3 +240,143 @@ def test_the_application_layout_matches_its_key_functions() -> None:
     assert keys.conv_key("x", "messages") == keys.conv_messages("x")
     assert keys.conv_key("x", "summary") == keys.conv_summary("x")
     assert keys.conv_key("x", "ctx:1:vocab") == keys.conv_context("x", "1:vocab")
+
+
+# -- members as stored, copies, renumbering (what `mysisterdb check` repairs through) -------
+
+
+def _members(client: redis.Redis, cid: str) -> list[tuple[bytes, float]]:
+    return list(client.zrange(keys.conv_messages(cid), 0, -1, withscores=True))
+
+
+def test_raw_members_gives_every_member_as_stored_in_batches(redis_client: redis.Redis) -> None:
+    store = RedisHistoryStore(redis_client, key_of=keys.conv_key)
+    store.append_many("c", [make_message(s, "user" if s % 2 else "assistant", f"第{s}話")
+                            for s in range(1, 6)])
+    redis_client.zadd(keys.conv_messages("c"), {b"{not json": 6})
+    expected = _members(redis_client, "c")
+    assert len(expected) == 6
+    assert list(store.raw_members("c", batch=2)) == expected
+    assert list(store.raw_members("c", batch=6)) == expected
+    with redis_client.pipeline() as pipe:
+        pipe.watch(*store.watched_keys("c"))
+        assert list(store.raw_members("c", client=pipe, batch=4)) == expected
+    assert list(store.raw_members("none")) == []
+
+
+def test_summary_seq_is_the_coverage_or_none(redis_client: redis.Redis) -> None:
+    store = RedisHistoryStore(redis_client, key_of=keys.conv_key)
+    assert store.summary_seq("c") is None
+    store.append("c", Message(seq=1, role="user", text="こんにちは", tokens=3, created_at="t"))
+    store.set_summary("c", Summary(text="要約", covers_up_to_seq=8, tokens=2))
+    assert store.summary_seq("c") == 8
+    with redis_client.pipeline() as pipe:
+        pipe.watch(*store.watched_keys("c"))
+        assert store.summary_seq("c", client=pipe) == 8
+
+
+def test_drop_copies_removes_copies_only_beside_the_kept_member(
+    redis_client: redis.Redis,
+) -> None:
+    store = RedisHistoryStore(redis_client, key_of=keys.conv_key)
+    kept = make_message(3, "user", FACT)
+    store.append("c", kept)
+    copy = Message(seq=3, role="user", text=FACT, tokens=kept.tokens, created_at="2027",
+                   job_id="other").to_json().encode()
+    elsewhere = Message(seq=3, role="user", text=FACT, tokens=1, created_at="x",
+                        job_id=None).to_json().encode()
+    redis_client.zadd(keys.conv_messages("c"), {copy: 3, elsewhere: 5})
+    keep = kept.to_json().encode()
+    with pytest.raises(ValueError):
+        store.drop_copies("c", keep=keep, copies=[make_message(3, "user", "別").to_json().encode()])
+    assert len(_members(redis_client, "c")) == 3
+    assert store.drop_copies("c", keep=keep, copies=[copy, elsewhere, keep]) == 1
+    assert _members(redis_client, "c") == [(keep, 3.0), (elsewhere, 5.0)]
+
+
+def test_drop_copies_keeps_every_copy_when_the_kept_member_is_gone(
+    redis_client: redis.Redis,
+) -> None:
+    store = RedisHistoryStore(redis_client, key_of=keys.conv_key)
+    kept, copy = make_message(1, "user", FACT), make_message(1, "user", FACT, tokens=1)
+    redis_client.zadd(keys.conv_messages("c"), {copy.to_json(): 1})
+    assert store.drop_copies("c", keep=kept.to_json().encode(),
+                             copies=[copy.to_json().encode()]) == 0
+    assert len(_members(redis_client, "c")) == 1
+
+
+def test_renumber_moves_members_with_every_field_and_the_summary_in_one_multi(
+    redis_client: redis.Redis,
+) -> None:
+    store = RedisHistoryStore(redis_client, key_of=keys.conv_key)
+    store.append("c", make_message(1, "user", "こんにちは"))
+    store.append("c", make_message(5, "user", FACT))
+    store.append("c", make_message(6, "assistant", "覚えたよ"))
+    store.set_summary("c", Summary(text="要約", covers_up_to_seq=6, tokens=2))
+    # A field this version does not know (written by a newer one) must survive the move.
+    extra = json.loads(_members(redis_client, "c")[1][0]) | {"later_field": [1, "二"]}
+    redis_client.zremrangebyscore(keys.conv_messages("c"), 5, 5)
+    redis_client.zadd(keys.conv_messages("c"), {json.dumps(extra, ensure_ascii=False): 5})
+    old = {int(score): json.loads(raw) for raw, score in _members(redis_client, "c")}
+    with redis_client.pipeline() as pipe:
+        pipe.watch(*store.watched_keys("c"))
+        moves = [(raw, int(score) - 2) for raw, score in store.raw_members("c", client=pipe)
+                 if score > 1]
+        pipe.multi()
+        store.renumber("c", moves, pipe=pipe, covers_up_to_seq=4)
+        assert [m.seq for m in store.last("c", limit=5)] == [1, 5, 6]  # queued, not applied
+        pipe.execute()
+    new = {int(score): json.loads(raw) for raw, score in _members(redis_client, "c")}
+    assert sorted(new) == [1, 3, 4]
+    assert new[1] == old[1]
+    for before, after in ((5, 3), (6, 4)):
+        assert new[after] == old[before] | {"seq": after}
+    assert new[3]["later_field"] == [1, "二"]
+    assert store.get_summary("c") == Summary(text="要約", covers_up_to_seq=4, tokens=2)
+    store.rebuild_index("c")
+    assert store.check_index("c").ok
+    hits = store.search("c", query=QUERY, before_seq=100, limit=1, threshold=0.1)
+    assert hits and hits[0].message.seq == 3
+
+
+@pytest.mark.parametrize("racing_write", ["message", "summary"])
+def test_a_write_to_a_watched_key_aborts_a_renumber(
+    redis_client: redis.Redis, racing_write: str,
+) -> None:
+    store = RedisHistoryStore(redis_client, key_of=keys.conv_key)
+    store.append("c", make_message(3, "user", FACT))
+    store.set_summary("c", Summary(text="要約", covers_up_to_seq=3, tokens=2))
+    with redis_client.pipeline() as pipe:
+        pipe.watch(*store.watched_keys("c"))
+        moves = [(raw, 1) for raw, _ in store.raw_members("c", client=pipe)]
+        if racing_write == "message":
+            store.append("c", make_message(4, "assistant", "はーい"))
+        else:
+            store.set_summary("c", Summary(text="新しい", covers_up_to_seq=4, tokens=2))
+        pipe.multi()
+        store.renumber("c", moves, pipe=pipe, covers_up_to_seq=1)
+        with pytest.raises(redis.WatchError):
+            pipe.execute()
+    assert 3 in [m.seq for m in store.last("c", limit=5)]
+    summary = store.get_summary("c")
+    assert summary is not None and summary.covers_up_to_seq >= 3
+
+
+def test_with_seq_changes_the_seq_alone() -> None:
+    raw = '{"seq":5,"role":"user","text":"猫","tokens":1,"created_at":"t","job_id":"j","x":2}'
+    assert json.loads(with_seq(raw.encode(), 3)) == json.loads(raw) | {"seq": 3}
+    assert "猫" in with_seq(raw, 3)  # kept readable, as append stores it
+
+
+def test_reads_given_a_client_go_through_it_alone(redis_client: redis.Redis) -> None:
+    """What check reads under WATCH is read on the WATCHing connection, not the store's."""
+    RedisHistoryStore(redis_client, key_of=keys.conv_key).append("c", make_message(1, "user", FACT))
+    redis_client.hset(keys.conv_summary("c"), "covers_up_to_seq", 1)
+    unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
+    store = RedisHistoryStore(unreachable, key_of=keys.conv_key)
+    with redis_client.pipeline() as pipe:
+        pipe.watch(*store.watched_keys("c"))
+        assert list(store.raw_members("c", client=pipe)) == _members(redis_client, "c")
+        assert store.summary_seq("c", client=pipe) == 1
+    with pytest.raises(redis.ConnectionError):
+        store.summary_seq("c")

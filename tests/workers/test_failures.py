@@ -121,6 +121,19 @@ def test_hard_limit_kills_a_task_that_ignores_every_timeout(stack: Stack,
     assert stack.wait_job(nxt["id"])["status"] == "completed"
 
 
+def test_soft_limit_interrupts_a_python_loop_and_the_worker_serves_on(
+        stack: Stack, stack_redis: redis.Redis, conversation_id: str) -> None:
+    job = stack.submit("#worker:spin", conversation_id=conversation_id)
+    done = stack.wait_job(job["id"], timeout_s=HARD_LIMIT_S + MARGIN_S)
+    assert (done["status"], done["error"]["code"]) == ("failed", "timeout")
+    assert [s["status"] for s in done["steps"]][2:] == ["failed", "skipped"]
+    # The soft limit's own path, in the child: not the parent's SIGKILL at the hard limit.
+    assert incident_of(stack_redis, job["id"])["action"].startswith(
+        "task stopped at the soft limit")
+    nxt = stack.submit("まだいる？", conversation_id=conversation_id)
+    assert stack.wait_job(nxt["id"])["status"] == "completed"
+
+
 def test_stall_after_first_chunk_ends_incomplete_with_the_text(stack: Stack,
                                                                conversation_id: str) -> None:
     job = stack.submit("#sim:stall", conversation_id=conversation_id)
