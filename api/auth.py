@@ -40,7 +40,7 @@ class SignInRequired(MySisterDBError):
 
     def __init__(self, next_path: str) -> None:
         super().__init__("サインインしてください。")
-        self.location = f"{SIGN_IN_PATH}?next={quote(next_path, safe='/')}"
+        self.location = f"{SIGN_IN_PATH}?next={quote(next_path, safe='/')}"  # ?, &, = encoded
 
 
 def route_path(request: Request) -> str:
@@ -75,8 +75,9 @@ async def authenticate(request: Request) -> None:
     if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
         return
     if caller is None:
-        if path in PAGE_PATHS:
-            raise SignInRequired(request.url.path)
+        if path in PAGE_PATHS:  # back to the same page (its conversation) once signed in
+            query = request.url.query
+            raise SignInRequired(request.url.path + (f"?{query}" if query else ""))
         raise Unauthorized()
     if path in OPERATOR_PATHS:
         if not caller.operator:

@@ -223,6 +223,10 @@ def test_the_page_signs_in_once_with_a_strict_http_only_cookie(
     cid, _ = alices
     page = httpx.get(f"{secured.url}/", timeout=5)
     assert page.status_code == 303 and page.headers["location"] == "/signin?next=/"
+    deep = httpx.get(f"{secured.url}/", params={"conversation_id": cid}, timeout=5)
+    assert deep.headers["location"] == f"/signin?next=/%3Fconversation_id%3D{cid}"
+    back = httpx.get(f"{secured.url}{deep.headers['location']}", timeout=5)
+    assert f'value="/?conversation_id={cid}"' in back.text  # signed in, back to it
     form = httpx.get(f"{secured.url}/signin", params={"next": "//evil.example/"}, timeout=5)
     assert form.status_code == 200 and 'value="/"' in form.text  # never off-site
     csp = form.headers["content-security-policy"]
