@@ -27,10 +27,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check api workers context mysisterdb tests bench
 	$(BIN)/mypy
 
+# About 9 minutes on a 2-core box; the capacity table is written into docs/performance.md.
 bench: $(STAMP)
 	$(BIN)/python bench/context_bench.py
 	$(BIN)/python bench/failure_bench.py
 	$(BIN)/python bench/stream_bench.py
+	$(BIN)/python bench/capacity_bench.py --write
 
 clean:
 	rm -rf $(VENV) data/*.rdb data/appendonly*

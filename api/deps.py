@@ -76,7 +76,8 @@ def get_chat_service(request: Request, lifecycle: LifecycleDep, settings: Settin
                      caller: CallerDep) -> ChatService:
     return ChatService(lifecycle=lifecycle, max_message_chars=settings.max_message_chars,
                        max_message_tokens=request.app.state.max_message_tokens,
-                       max_queue_depth=settings.max_queue_depth, person=caller.person or "",
+                       max_queue_depth=settings.max_queue_depth,
+                       max_queue_wait_s=settings.max_queue_wait_s, person=caller.person or "",
                        limiter=request.app.state.limiter)
 
 

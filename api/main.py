@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry, ProcessCollector
 from redis import Redis
+from starlette.concurrency import run_in_threadpool
 
 from api.auth import authenticate, document_security
 from api.errors import install_error_handlers
@@ -19,6 +20,7 @@ from api.routes import chat, conversations, health, jobs, ops, signin, ui
 from api.security import SameOrigin, SecurityHeaders, TrustedHosts
 from api.watch import JobWatcher
 from context.builder import max_message_tokens
+from context.terms import warm_up as warm_up_terms
 from context.tokens import count_tokens
 from mysisterdb.access import load_access
 from mysisterdb.history import history_store
@@ -51,6 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         monitor = ResourceMonitor(label="api", interval_s=settings.resource_log_interval,
                                   warn_mb=settings.memory_warn_mb)
         monitor.start()
+        # Storing a message indexes its terms: load the analysers before the first one.
+        await run_in_threadpool(warm_up_terms)
         sweeper = api_sweeper(settings, publish=chat_publisher(app.state.celery))
         sweeper.start()
         app.state.llm_check.status()  # the first check of the LLM endpoint starts now
@@ -74,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.watcher = JobWatcher(url=settings.redis_url, timeout_s=settings.redis_timeout_s)
     app.state.store_monitor = StoreMonitor(url=settings.redis_url)
     app.state.limiter = SubmitLimiter(client=app.state.redis, rate=settings.rate_limit)
-    app.state.metrics_registry = metrics_registry(app.state.redis)
+    app.state.metrics_registry = metrics_registry(app.state.redis, settings)
     celery = create_celery(settings, broker_socket_timeout_s=settings.redis_timeout_s)
     app.state.celery = celery
     app.state.publish = (die_before_publish if settings.debug_die_before_publish
@@ -127,8 +131,9 @@ def api_sweeper(settings: Settings, *, publish: Publish) -> Sweeper:
     return Sweeper(make_lifecycle=make, interval_s=settings.sweep_interval_s, name="api-sweep")
 
 
-def metrics_registry(client: Redis) -> CollectorRegistry:
+def metrics_registry(client: Redis, settings: Settings) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(RedisCollector(client))
+    registry.register(RedisCollector(client, max_wait_s=settings.max_queue_wait_s,
+                                     max_depth=settings.max_queue_depth))
     ProcessCollector(registry=registry)  # process_resident_memory_bytes of the API
     return registry

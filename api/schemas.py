@@ -212,6 +212,13 @@ class SessionOut(Contract):
 # -- operations -----------------------------------------------------------------------------
 
 
+class SlotsOut(Contract):
+    total: int = Field(description="The online chat workers' maximum pool size")
+    busy: int
+    free: int
+    forked: int = Field(description="Pool processes that exist now")
+
+
 class QueueOut(Contract):
     # The monitor may learn more figures than listed here: they pass through.
     model_config = ConfigDict(extra="allow")
@@ -225,6 +232,15 @@ class QueueOut(Contract):
     capacity: int
     oldest_waiting_age_s: float | None
     last_job_started_age_s: float | None
+    slots: SlotsOut
+    not_started: int = Field(description="Stored prompts not started: in the broker or "
+                                         "typed ahead, waiting for their turn")
+    recent_reply_s: float = Field(description="Mean time of the recent prompts, in seconds")
+    reply_samples: int
+    expected_wait_s: float | None = Field(description="For a prompt arriving now (null: no "
+                                                      "chat slot online)")
+    admission_cap: int = Field(description="429 from this many prompts not started")
+    retry_after_s: int
     workers: list[dict[str, Any]]
 
     @classmethod

@@ -1,5 +1,10 @@
 """Submitting a prompt: validate, refuse when the backlog is full, hand it to the lifecycle.
 
+"Full" is derived from real capacity (`mysisterdb/capacity.py`): the chat slots online and the
+recent reply time say how long a new prompt would wait; past MYSISTERDB_MAX_QUEUE_WAIT_S
+(or MYSISTERDB_MAX_QUEUE_DEPTH prompts) the answer is 429 with the time the backlog needs to
+drain back under that bound as Retry-After.
+
 The lifecycle stores the message and the job in one transaction before the 202 leaves: a
 message that got a 202 is never lost, and it runs (or ends with a clear error). Bad input is
 refused before anything is written.
@@ -14,18 +19,17 @@ import re
 from dataclasses import dataclass
 
 from context.tokens import count_tokens
-from mysisterdb import keys
 from mysisterdb.access import OWNER
 from mysisterdb.errors import JOB_NOT_FOUND, InvalidInput, MessageTooLarge, NotFound, QueueFull
 from mysisterdb.lifecycle import Lifecycle, Submitted, owned_by
 from mysisterdb.models import Job
+from mysisterdb.monitoring import read_admission
 from mysisterdb.ratelimit import SubmitLimiter
 
 logger = logging.getLogger(__name__)
 
 CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
-RETRY_AFTER_S = 5  # a prompt takes seconds; a client retrying sooner would only add load
 
 
 def request_digest(*, conversation_id: str, text: str) -> str:
@@ -47,6 +51,7 @@ class ChatService:
     max_message_chars: int
     max_message_tokens: int
     max_queue_depth: int
+    max_queue_wait_s: float = 60.0
     person: str = OWNER  # who submits: the conversation's owner, or NotFound
     limiter: SubmitLimiter | None = None  # the person's own rate, besides the global cap
 
@@ -96,12 +101,11 @@ class ChatService:
         if self.limiter is not None:
             self.limiter.hit(self.person)
         # Not started yet: waiting in the broker or for an earlier turn of their conversation.
-        client = self.lifecycle.redis
-        with client.pipeline(transaction=False) as pipe:
-            pipe.zcard(keys.active_jobs())
-            pipe.zcard(keys.running_jobs())
-            active, running = pipe.execute()
-        waiting = int(active) - int(running)
-        if waiting >= self.max_queue_depth:
-            logger.warning("queue full (%d waiting): refusing a prompt with 429", waiting)
-            raise QueueFull(retry_after_s=RETRY_AFTER_S)
+        decision = read_admission(self.lifecycle.redis, max_wait_s=self.max_queue_wait_s,
+                                  max_depth=self.max_queue_depth)
+        if decision.full:
+            logger.warning("queue full (%d waiting, cap %d from %d slots x %.1f s replies): "
+                           "429, retry after %d s", decision.waiting, decision.cap,
+                           decision.capacity.slots, decision.capacity.reply_s,
+                           decision.retry_after_s)
+            raise QueueFull(retry_after_s=decision.retry_after_s)

@@ -36,7 +36,8 @@ def cmd_api(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     # exec, not import: the core does not depend on the workers package, and the process
     # (its PID, its signals) stays the one the supervisor or compose started.
-    os.execv(sys.executable, [sys.executable, "-m", "workers", *args.celery_args])
+    os.execv(sys.executable, [sys.executable, "-m", "workers", "--role", args.role,
+                              *args.celery_args])
     return 0  # not reached
 
 
@@ -161,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(func=cmd_up)
     sub.add_parser("api", help="run the HTTP API (uvicorn)").set_defaults(func=cmd_api)
     worker = sub.add_parser("worker", help="run a Celery worker (prefork pool)")
+    worker.add_argument("--role", choices=("chat", "summary", "all"), default="all",
+                        help="chat: the chat queue, autoscaled pool; summary: the summary "
+                             "queue, its own small pool; all (default): both in one pool")
     worker.add_argument("celery_args", nargs=argparse.REMAINDER,
                         help="extra arguments passed to `celery worker`")
     worker.set_defaults(func=cmd_worker)
@@ -175,7 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     private_umask()  # data, logs, AOF, token and password files: 0600, this user's only
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command == "worker":  # `mysisterdb worker --loglevel=DEBUG`
+        args.celery_args = [*unknown, *args.celery_args]
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return int(args.func(args) or 0)
 
 

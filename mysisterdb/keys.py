@@ -26,6 +26,8 @@ Layout::
     msdb:ratelimit/...           the `limits` library's counters (per person)  its window
     msdb:incidents               list   incident JSON, newest first          incidents_max
     msdb:worker:heartbeat:{host} string a worker's heartbeat JSON            worker_heartbeat_ttl_s
+    msdb:workers                 set    hostnames that sent a heartbeat (readers drop expired) kept
+    msdb:jobs:recent_reply_s     list   seconds recent prompts held a slot, newest first  recent_replies_max
     msdb:metrics:counters        hash   counter name|labels -> value          kept
     msdb:metrics:hist:{name}     hash   histogram buckets, sum, count         kept
     msdb:jobs:last_started_at    string epoch of the last job start           kept
@@ -50,6 +52,7 @@ idempotency_ttl_s = 24 * 3600
 worker_heartbeat_ttl_s = 10
 incidents_max = 1000
 summary_pending_ttl_s = 900  # above the longest retry chain of a summary task
+recent_replies_max = 50  # the window of the reply time behind 429 (mysisterdb/capacity.py)
 
 
 def job(job_id: str) -> str:
@@ -162,8 +165,14 @@ def worker_heartbeat(hostname: str) -> str:
     return f"{PREFIX}:worker:heartbeat:{hostname}"
 
 
-def worker_heartbeat_pattern() -> str:
-    return f"{PREFIX}:worker:heartbeat:*"
+def workers() -> str:
+    """Index of heartbeat keys: health and every submit read the heartbeats without a SCAN
+    of the whole keyspace (which grows with every job)."""
+    return f"{PREFIX}:workers"
+
+
+def recent_reply_s() -> str:
+    return f"{PREFIX}:jobs:recent_reply_s"
 
 
 def metrics_counters() -> str:

@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from redis.client import Pipeline
 
 from mysisterdb import keys
-from mysisterdb.monitoring import queue_stats
+from mysisterdb.monitoring import QueueStats, queue_stats
 from mysisterdb.redis_client import to_str
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,22 @@ def counter_field(name: str, labels: tuple[str, ...]) -> str:
     return "|".join((name, *labels))
 
 
+def bucket_field(seconds: float) -> str:
+    bound = next((b for b in DURATION_BUCKETS if seconds <= b), None)
+    return f"in:{bound}" if bound is not None else "in:+Inf"
+
+
+def cumulative_buckets(data: dict[str, float]) -> list[tuple[str, float]]:
+    """Prometheus buckets from the stored ones: `in:` counts added up, plus any cumulative
+    `le:` counts written before (by an older version)."""
+    buckets, running = [], 0.0
+    for bound in DURATION_BUCKETS:
+        running += data.get(f"in:{bound}", 0.0)
+        buckets.append((str(bound), running + data.get(f"le:{bound}", 0.0)))
+    buckets.append(("+Inf", data.get("count", 0.0)))
+    return buckets
+
+
 class MetricsRecorder:
     """Cheap writes from any process. With `pipe`, the writes join the caller's transaction
     (so a job's final status and its counters appear together); alone, they are best effort."""
@@ -61,12 +77,13 @@ class MetricsRecorder:
 
     def observe(self, name: str, seconds: float, label: str = "", *,
                 pipe: Pipeline | None = None) -> None:
+        """Three commands per sample: its one bucket (`in:` the smallest bound it fits, not
+        cumulative), count and sum; the collector adds the buckets up. A prompt records
+        several samples, so writing every cumulative bucket cost it ~40 Redis commands."""
         key = keys.metrics_histogram(f"{name}|{label}")
 
         def write(p: Pipeline) -> None:
-            for bound in DURATION_BUCKETS:
-                if seconds <= bound:
-                    p.hincrby(key, f"le:{bound}", 1)
+            p.hincrby(key, bucket_field(seconds), 1)
             p.hincrby(key, "count", 1)
             p.hincrbyfloat(key, "sum", seconds)
 
@@ -88,8 +105,10 @@ class MetricsRecorder:
 class RedisCollector(Collector):
     """Collects on scrape: nothing is cached in the API process."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, max_wait_s: float, max_depth: int) -> None:
         self._redis = client
+        self._max_wait_s = max_wait_s
+        self._max_depth = max_depth
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -115,14 +134,12 @@ class RedisCollector(Collector):
             for key in self._redis.scan_iter(match=keys.metrics_histogram(f"{name}|*")):
                 label_value = to_str(key).split("|", 1)[1]
                 data = {to_str(k): float(v) for k, v in self._redis.hgetall(key).items()}
-                buckets = [(str(b), data.get(f"le:{b}", 0.0)) for b in DURATION_BUCKETS]
-                buckets.append(("+Inf", data.get("count", 0.0)))
-                family.add_metric([label_value] if label else [], buckets,
+                family.add_metric([label_value] if label else [], cumulative_buckets(data),
                                   sum_value=data.get("sum", 0.0))
             yield family
 
     def _live(self) -> Iterator[Metric]:
-        stats = queue_stats(self._redis)
+        stats = queue_stats(self._redis, max_wait_s=self._max_wait_s, max_depth=self._max_depth)
         length = GaugeMetricFamily("celery_queue_length", "Messages waiting in a queue.",
                                    labels=["queue_name"])
         for queue, n in stats.waiting_by_queue.items():
@@ -134,6 +151,7 @@ class RedisCollector(Collector):
                                 value=stats.running)
         yield GaugeMetricFamily("mysisterdb_workers_online", "Workers with a fresh heartbeat.",
                                 value=stats.workers_online)
+        yield from self._capacity(stats)
         up = GaugeMetricFamily("celery_worker_up", "A worker's heartbeat is fresh.",
                                labels=["hostname"])
         memory = GaugeMetricFamily("mysisterdb_worker_memory_bytes",
@@ -143,3 +161,26 @@ class RedisCollector(Collector):
             memory.add_metric([w["hostname"]], w["rss_mb"] * 1024 * 1024)
         yield up
         yield memory
+
+    @staticmethod
+    def _capacity(stats: QueueStats) -> Iterator[Metric]:
+        slots = GaugeMetricFamily("mysisterdb_chat_slots",
+                                  "Chat slots of the online workers, by state.", labels=["state"])
+        slots.add_metric(["busy"], stats.slots.busy)
+        slots.add_metric(["free"], stats.slots.free)
+        yield slots
+        yield GaugeMetricFamily("mysisterdb_chat_processes",
+                                "Chat pool processes forked now (autoscale).",
+                                value=stats.slots.forked)
+        yield GaugeMetricFamily("mysisterdb_queue_oldest_wait_seconds",
+                                "Age of the oldest prompt waiting in the chat queue.",
+                                value=stats.oldest_waiting_age_s or 0.0)
+        yield GaugeMetricFamily("mysisterdb_queue_not_started",
+                                "Stored prompts not started (in the broker or typed ahead).",
+                                value=stats.not_started)
+        yield GaugeMetricFamily("mysisterdb_queue_admission_cap",
+                                "Prompts not started at which submits get 429.",
+                                value=stats.admission_cap)
+        yield GaugeMetricFamily("mysisterdb_reply_seconds_recent",
+                                "Mean time recent prompts held a slot (s).",
+                                value=stats.recent_reply_s)

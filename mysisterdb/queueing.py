@@ -8,7 +8,9 @@ The choices here are what makes a hung prompt harmless:
 - task_acks_late + task_reject_on_worker_lost=False: a message is acked only once its task
   ended, so a worker that dies before *starting* a prompt loses nothing, while a task whose
   child was killed is acked (not redelivered again and again: no poison loop);
-- worker_prefetch_multiplier=1: a busy worker does not hoard prompts others could run;
+- worker_prefetch_multiplier=1: a busy worker does not hoard prompts others could run (with
+  the chat worker's autoscale it reserves up to its maximum slots, and forks a process for each
+  reserved prompt it has none for: it runs everything it reserves at once);
 - visibility_timeout above the hard limit: Redis does not hand a running prompt to a
   second worker while the first is still within its limit.
 """

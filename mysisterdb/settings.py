@@ -49,7 +49,13 @@ class Settings(BaseSettings):
     llm_check_timeout_s: float = 2.0
 
     # Workers and limits
-    worker_concurrency: int = 2
+    # Chat slots follow the load (Celery's autoscaler): at most worker_concurrency pool
+    # processes, at least worker_min_concurrency. A slot mostly waits on Gemini (I/O), and a
+    # preloaded child costs ~20 MB of its own (docs/performance.md), so a 2-core box holds 32.
+    worker_concurrency: int = Field(default=32, ge=1)
+    worker_min_concurrency: int = Field(default=2, ge=1)
+    # The summary queue has its own worker process and pool: it never takes a chat slot.
+    summary_concurrency: int = Field(default=1, ge=1)
     task_time_limit: float = 60.0
     task_soft_time_limit: float = 50.0
     summary_time_limit: float = 60.0
@@ -68,7 +74,10 @@ class Settings(BaseSettings):
 
     # Operations
     redis_timeout_s: float = 1.5
-    max_queue_depth: int = 1000
+    max_queue_depth: int = 1000  # the absolute cap on prompts not yet started
+    # 429 once the prompts not yet started would wait longer than this for a slot, estimated
+    # from the online chat slots and the recent reply time (mysisterdb/capacity.py).
+    max_queue_wait_s: float = Field(default=60.0, gt=0)
     queue_timeout_s: float = 600.0  # a prompt not started by then fails as `expired`
     outbox_grace_s: float = 2.0  # a publish not confirmed by then is sent again by the sweep
     sweep_interval_s: float = 1.0  # the sweep: lost publishes, dead and expired jobs
@@ -107,6 +116,13 @@ class Settings(BaseSettings):
             raise ValueError("need 0 < MYSISTERDB_TASK_SOFT_TIME_LIMIT < MYSISTERDB_TASK_TIME_LIMIT")
         if self.gemini_timeout >= self.task_soft_time_limit:
             raise ValueError("MYSISTERDB_GEMINI_TIMEOUT must be below the task's soft time limit")
+        if self.worker_min_concurrency > self.worker_concurrency:
+            # A lower maximum alone (e.g. MYSISTERDB_WORKER_CONCURRENCY=1) lowers the default
+            # minimum with it; a minimum set above the maximum is a mistake.
+            if "worker_min_concurrency" in self.model_fields_set:
+                raise ValueError(
+                    "need MYSISTERDB_WORKER_MIN_CONCURRENCY <= MYSISTERDB_WORKER_CONCURRENCY")
+            self.worker_min_concurrency = self.worker_concurrency
         return self
 
     @field_validator("rate_limit")

@@ -15,6 +15,9 @@ message make it misbehave on purpose, in either format:
                          "released" or "expired", so a test can see a chunk arrive while the
                          stream is still open
     #sim:garbage         answers with a malformed body
+    #sim:pace=SECONDS    the whole reply takes that long, its chunks evenly spread (the first
+                         after SECONDS/4, like a model that thinks, then streams); 0 answers at
+                         once with no gap between chunks (the benchmarks' zero-delay Gemini)
 
 The embedding endpoints (`:embedContent`, `:batchEmbedContents`) answer deterministically:
 a hashed bag of character n-grams of the normalized text (see `embed_text`), so similar texts
@@ -43,7 +46,8 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-DIRECTIVES = r"(hang|stall|garbage|sleep=(\d+(?:\.\d+)?)|error=(\d{3})|hold=([\w-]{1,64}))"
+DIRECTIVES = (r"(hang|stall|garbage|sleep=(\d+(?:\.\d+)?)|error=(\d{3})|hold=([\w-]{1,64})"
+              r"|pace=(\d+(?:\.\d+)?))")
 DIRECTIVE = re.compile(r"#sim:" + DIRECTIVES)
 EMBED_DIRECTIVE = re.compile(r"#sim-embed:" + DIRECTIVES)
 HANG_FOREVER_S = 24 * 3600
@@ -105,17 +109,26 @@ def array_frame(data: bytes, index: int) -> bytes:
 
 async def stream_body(chunks: list[str], *, sse: bool,
                       after_first: Callable[[], Awaitable[None]] | None = None,
-                      ) -> AsyncIterator[bytes]:
-    """The reply as a JSON array streamed piece by piece, or as one SSE event per chunk."""
+                      pace_s: float | None = None) -> AsyncIterator[bytes]:
+    """The reply as a JSON array streamed piece by piece, or as one SSE event per chunk.
+    Chunks are CHUNK_GAP_S apart, or `pace_s` / len(chunks) apart starting after that long."""
+    gap_s = CHUNK_GAP_S if pace_s is None else pace_s / len(chunks)
+    if pace_s:
+        await asyncio.sleep(gap_s)
     for i, text in enumerate(chunks):
         data = json.dumps(chunk_payload(text, last=i == len(chunks) - 1),
                           ensure_ascii=False).encode()
         yield sse_frame(data) if sse else array_frame(data, i)
         if i == 0 and after_first is not None:
             await after_first()
-        await asyncio.sleep(CHUNK_GAP_S)
+        if gap_s and i < len(chunks) - 1:
+            await asyncio.sleep(gap_s)
     if not sse:
         yield b"]"
+
+
+def pace_of(match: re.Match[str] | None) -> float | None:
+    return float(match.group(5)) if match is not None and match.group(5) else None
 
 
 @dataclass
@@ -244,10 +257,13 @@ class Simulator:
         failure = await misbehave(match, sse=sse)
         if failure is not None:
             return failure
-        chunks = reply_chunks(text)
+        chunks, pace_s = reply_chunks(text), pace_of(match)
         if not stream:
+            if pace_s:
+                await asyncio.sleep(pace_s)
             return JSONResponse(chunk_payload("".join(chunks), last=True))
-        return StreamingResponse(stream_body(chunks, sse=sse, after_first=self.after_first(match)),
+        return StreamingResponse(stream_body(chunks, sse=sse, after_first=self.after_first(match),
+                                             pace_s=pace_s),
                                  media_type=SSE_MEDIA if sse else "application/json")
 
     async def embed(self, request: Request, *, batch: bool) -> Response:

@@ -1,7 +1,9 @@
 """`mysisterdb up`: start, supervise and cleanly stop the whole stack on one machine.
 
 Children: a private redis-server (when MYSISTERDB_REDIS_URL is unset), the Gemini simulator
-(when no API key is set), the Celery worker (prefork) and the API. A child that dies is
+(when no API key is set), two Celery workers (prefork): the chat worker, whose pool follows the
+load, and the summary worker with its own small pool, so that summaries never take a chat
+slot; and the API. A child that dies is
 restarted with backoff. Ctrl+C (or SIGTERM) stops them in reverse order.
 """
 
@@ -113,8 +115,10 @@ def plan_children(settings: Settings, env: dict[str, str]) -> list[Child]:
         env["MYSISTERDB_GEMINI_ENDPOINT"] = f"http://127.0.0.1:{settings.sim_port}"
         children.append(Child("simulator", self_command("simulator"), env))
     # Warm shutdown: let a running prompt finish (it cannot outlive its hard limit).
-    children.append(Child("worker", self_command("worker"), env,
+    children.append(Child("worker", self_command("worker", "--role", "chat"), env,
                           stop_timeout_s=settings.task_time_limit + 5))
+    children.append(Child("summary-worker", self_command("worker", "--role", "summary"), env,
+                          stop_timeout_s=settings.summary_time_limit + 5))
     children.append(Child("api", self_command("api"), env))
     return children
 

@@ -68,7 +68,9 @@ def stack_env(*, redis_url: str, api_port: int, sim_port: int, log_dir: Path,
     return env
 
 
-def start_stack(*, redis_url: str, log_dir: Path, extra: dict[str, str] | None = None) -> Stack:
+def start_stack(*, redis_url: str, log_dir: Path, extra: dict[str, str] | None = None,
+                worker_roles: tuple[str, ...] = ("all",)) -> Stack:
+    """One worker on both queues by default; ("chat", "summary") is `mysisterdb up`'s layout."""
     api_port, sim_port = free_port(), free_port()
     env = stack_env(redis_url=redis_url, api_port=api_port, sim_port=sim_port, log_dir=log_dir,
                     extra=extra)
@@ -77,7 +79,10 @@ def start_stack(*, redis_url: str, log_dir: Path, extra: dict[str, str] | None =
     try:
         stack.procs["simulator"] = start("simulator", mysisterdb("simulator"), env=env,
                                          log_dir=log_dir)
-        stack.procs["worker"] = start("worker", mysisterdb("worker"), env=env, log_dir=log_dir)
+        for role in worker_roles:
+            name = "summary-worker" if role == "summary" else "worker"
+            stack.procs[name] = start(name, mysisterdb("worker", "--role", role), env=env,
+                                      log_dir=log_dir)
         stack.procs["api"] = start("api", mysisterdb("api"), env=env, log_dir=log_dir)
         wait_for(http_ok(f"{stack.sim_url}/_sim/health"), timeout_s=20, what="simulator")
         wait_for(http_ok(f"{stack.api_url}/api/current-time"), timeout_s=20, what="api")

@@ -118,6 +118,6 @@ class Stack:
                 and marker in str(r["contents"][-1])]
 
     def stop(self) -> None:
-        for name in ("api", "worker", "simulator"):
+        for name in ("api", "worker", "summary-worker", "simulator"):
             if name in self.procs:
                 self.procs[name].stop()

@@ -127,7 +127,9 @@ def test_queue_depth_with_a_stopped_worker_and_429_at_the_cap(ops: Ops) -> None:
         r = httpx.post(f"{ops.stack.api_url}/api/chat", timeout=5,
                        json={"message": "もう一つ", "conversation_id": "full"})
         assert r.status_code == 429
-        assert r.json()["error"]["code"] == "queue_full" and int(r.headers["Retry-After"]) > 0
+        assert r.json()["error"]["code"] == "queue_full"
+        # No chat slot online: nothing drains, so one recent reply time (capacity.py).
+        assert int(r.headers["Retry-After"]) == expected_retry_after(ops)
         after = httpx.get(f"{ops.stack.api_url}/api/conversations/full/messages",
                           timeout=5).json()["turns"]
         assert before == after == []
@@ -138,6 +140,45 @@ def test_queue_depth_with_a_stopped_worker_and_429_at_the_cap(ops: Ops) -> None:
     ends = [ops.stack.wait_job(j["id"]) for j in jobs]
     assert all(j["status"] == "completed" for j in ends), [(j["status"], j["error"]) for j in ends]
     assert queue(ops.stack)["waiting"] == 0
+
+
+def expected_retry_after(ops: Ops) -> int:
+    import math
+
+    import redis
+
+    from mysisterdb import keys
+
+    client = redis.Redis.from_url(ops.redis.url)
+    replies = [float(r) for r in client.lrange(keys.recent_reply_s(), 0, -1)]
+    assert replies, "the completed prompts recorded their reply times"
+    return max(1, math.ceil(sum(replies) / len(replies)))
+
+
+def test_queue_shows_chat_slots_busy_and_free_and_the_admission_figures(ops: Ops) -> None:
+    done = ops.stack.submit("まず一つ")
+    ops.stack.wait_job(done["id"])
+    held = ops.stack.submit("#sim:hold=slots-test", conversation_id="slots")
+    ops.stack.wait_job(held["id"], until=lambda j: j["partial_reply"] != "")
+    try:
+        q = queue(ops.stack)
+        assert q["slots"] == {"total": 2, "busy": 1, "free": 1, "forked": q["slots"]["forked"]}
+        assert 1 <= q["slots"]["forked"] <= 2  # type: ignore[operator]
+        worker = q["workers"][0]  # type: ignore[index]
+        assert worker["queues"] == ["chat", "summary"] and worker["concurrency"] == 2
+        # Its pool also runs summaries (role "all"); the beat is up to 2 s old.
+        assert 0 <= worker["busy"] <= 2
+        assert q["recent_reply_s"] > 0 and q["reply_samples"] >= 1  # type: ignore[operator]
+        assert q["admission_cap"] == MAX_QUEUE_DEPTH and q["not_started"] == 0
+        assert q["expected_wait_s"] == 0 and q["oldest_waiting_age_s"] is None
+        metrics = httpx.get(f"{ops.stack.api_url}/metrics", timeout=5).text
+        assert 'mysisterdb_chat_slots{state="busy"} 1.0' in metrics
+        assert 'mysisterdb_chat_slots{state="free"} 1.0' in metrics
+        assert "mysisterdb_queue_oldest_wait_seconds 0.0" in metrics
+        assert f"mysisterdb_queue_admission_cap {float(MAX_QUEUE_DEPTH)}" in metrics
+    finally:
+        httpx.post(f"{ops.stack.sim_url}/_sim/release/slots-test", timeout=5)
+    assert ops.stack.wait_job(held["id"])["status"] == "completed"
 
 
 def test_queue_counts_priority_sub_lists(ops: Ops) -> None:

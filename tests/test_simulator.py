@@ -134,3 +134,30 @@ def test_calls_record_path_and_query_never_headers() -> None:
         [call] = client.get("/_sim/calls").json()
     assert call == {"path": URL, "query": "alt=sse", "body": body("a")}
     assert "secret-key" not in json.dumps(call)
+
+
+def test_pace_spreads_the_whole_reply_over_that_time_and_zero_answers_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from mysisterdb import simulator
+
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recorded(seconds: float, *args: object) -> None:
+        slept.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(simulator.asyncio, "sleep", recorded)
+    n = len(reply_chunks("x"))
+    with TestClient(create_app()) as client:
+        paced = client.post(URL, json=body("#sim:pace=2 ゆっくり"))
+        assert slept == pytest.approx([2 / n] * n)  # the first after 2/n s, the last at 2 s
+        slept.clear()
+        instant = client.post(URL, json=body("#sim:pace=0 すぐに"))
+        assert slept == []
+        plain = client.post(URL, json=body("ふつう"))
+        assert slept == [simulator.CHUNK_GAP_S] * (n - 1)
+    for r in (paced, instant, plain):
+        assert r.status_code == 200 and len(json.loads(r.text)) == n

@@ -58,6 +58,8 @@ def test_up_serves_a_round_trip_then_stops_everything_on_ctrl_c(up: tuple) -> No
     wait_for(lambda: healthy(url), timeout_s=40, what="mysisterdb up")
     health = httpx.get(f"{url}/api/health", timeout=2).json()
     assert health["llm"]["mode"] == "simulator"
+    wait_for(lambda: worker_queues(url) == [["chat"], ["summary"]], timeout_s=30,
+             what="a chat worker and a summary worker")
     job = httpx.post(f"{url}/api/chat", json={"message": "枡元といえば？ｗ"}, timeout=5).json()
     wait_for(lambda: httpx.get(f"{url}/api/jobs/{job['id']}", timeout=2).json()["status"]
              == "completed", timeout_s=20, what="round trip")
@@ -74,10 +76,17 @@ def test_up_serves_a_round_trip_then_stops_everything_on_ctrl_c(up: tuple) -> No
     assert url in printed and "simulator" in printed and "ready" in printed
 
 
-def worker_child(up_proc: subprocess.Popen[bytes]) -> psutil.Process:
+def worker_queues(url: str) -> list[list[str]]:
+    workers = httpx.get(f"{url}/api/queue", timeout=2).json()["workers"]
+    return sorted(w["queues"] for w in workers)
+
+
+def worker_child(up_proc: subprocess.Popen[bytes], role: str = "chat") -> psutil.Process:
     for child in psutil.Process(up_proc.pid).children():
         try:
-            if child.status() != psutil.STATUS_ZOMBIE and "workers" in child.cmdline():
+            cmdline = child.cmdline()
+            if (child.status() != psutil.STATUS_ZOMBIE and "workers" in cmdline
+                    and role in cmdline):
                 return child
         except psutil.Error:
             continue

@@ -1,24 +1,55 @@
-"""`python -m workers`: the Celery worker (prefork) on the chat and summary queues.
+"""`python -m workers [--role chat|summary|all] [celery worker args]`: the Celery worker (prefork).
 
-`mysisterdb worker` execs this, so the CLI never imports the workers package."""
+`mysisterdb worker` execs this, so the CLI never imports the workers package.
+
+Roles (why two processes: docs/architecture.md, "Slots that follow the load"):
+- chat: the chat queue; Celery's autoscaler keeps between MYSISTERDB_WORKER_MIN_CONCURRENCY
+  and MYSISTERDB_WORKER_CONCURRENCY pool processes. Node name celery@<host>.
+- summary: the summary queue; a fixed pool of MYSISTERDB_SUMMARY_CONCURRENCY processes, so a
+  summary never holds a chat slot. Node name summary@<host>.
+- all (default): both queues in one autoscaled pool, for a single worker process that must
+  leave nothing unconsumed; `mysisterdb up` and compose run chat and summary instead.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from mysisterdb.logs import configure_logging
 from mysisterdb.queueing import CHAT_QUEUE, SUMMARY_QUEUE
-from mysisterdb.settings import get_settings
+from mysisterdb.settings import Settings, get_settings
 from workers.celery_app import worker_app
 
+ROLES = {"chat": (CHAT_QUEUE,), "summary": (SUMMARY_QUEUE,), "all": (CHAT_QUEUE, SUMMARY_QUEUE)}
 
-def main(extra_args: list[str]) -> None:
-    settings = get_settings()
-    configure_logging(settings, process="worker")
-    argv = ["worker", "--pool=prefork", f"--concurrency={settings.worker_concurrency}",
-            f"--queues={CHAT_QUEUE},{SUMMARY_QUEUE}", f"--loglevel={settings.log_level}",
+
+def pool_args(settings: Settings, role: str) -> list[str]:
+    """How many pool processes the role runs."""
+    if role == "summary":
+        return [f"--concurrency={settings.summary_concurrency}", "--hostname=summary@%h"]
+    return [f"--autoscale={settings.worker_concurrency},{settings.worker_min_concurrency}"]
+
+
+def worker_argv(settings: Settings, role: str, extra_args: list[str]) -> list[str]:
+    return ["worker", "--pool=prefork", *pool_args(settings, role),
+            f"--queues={','.join(ROLES[role])}", f"--loglevel={settings.log_level}",
             "--without-gossip", "--without-mingle", *extra_args]
-    worker_app().worker_main(argv)
+
+
+def parse_role(args: list[str]) -> tuple[str, list[str]]:
+    """The role, and the rest for celery."""
+    parser = argparse.ArgumentParser(prog="python -m workers", add_help=False)
+    parser.add_argument("--role", choices=sorted(ROLES), default="all")
+    known, rest = parser.parse_known_args(args)
+    return known.role, rest
+
+
+def main(args: list[str]) -> None:
+    settings = get_settings()
+    role, extra_args = parse_role(args)
+    configure_logging(settings, process="worker" if role == "all" else f"worker-{role}")
+    worker_app().worker_main(worker_argv(settings, role, extra_args))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import redis
@@ -16,7 +18,7 @@ from mysisterdb.metrics import MetricsRecorder
 from mysisterdb.queueing import chat_publisher
 from mysisterdb.redis_client import connect
 from mysisterdb.settings import Settings, get_settings
-from workers.llm import LLMClient, RetryPolicy
+from workers.llm import LLMClient, Observer, RetryPolicy
 
 if TYPE_CHECKING:
     from workers.llm_genai import GenAIClient
@@ -48,15 +50,24 @@ def get_runtime() -> Runtime:
     return _runtime[1]
 
 
-def build_llm(settings: Settings, metrics: MetricsRecorder) -> LLMClient:
+@functools.cache
+def persona_text(path: Path) -> str:
+    """Read once per path; the worker's main process reads it before the pool forks."""
+    return path.read_text(encoding="utf-8").strip()
+
+
+def latency_observer(metrics: MetricsRecorder) -> Observer:
+    def observe(operation: str, outcome: str, seconds: float) -> None:
+        metrics.observe(LATENCY_METRICS[operation], seconds, outcome)
+
+    return observe
+
+
+def build_llm(settings: Settings, *, observe: Observer | None = None) -> LLMClient:
     key = settings.gemini_api_key.get_secret_value() if settings.gemini_api_key else SIMULATOR_KEY
     endpoint = settings.llm_endpoint()
     policy = RetryPolicy(timeout_s=settings.gemini_timeout, retries=settings.gemini_retries,
                          backoff_s=settings.gemini_backoff_s)
-
-    def observe(operation: str, outcome: str, seconds: float) -> None:
-        metrics.observe(LATENCY_METRICS[operation], seconds, outcome)
-
     client_class = llm_client_class(settings.gemini_sdk)
     return client_class(api_key=key, model=settings.gemini_model, endpoint=endpoint,
                         policy=policy, embedding_model=settings.gemini_embedding_model,
@@ -81,5 +92,6 @@ def build_runtime(settings: Settings) -> Runtime:
     lifecycle = Lifecycle(client=client, history=history, limits=Limits.from_settings(settings),
                           publish=chat_publisher(current_app))
     return Runtime(settings=settings, redis=client, lifecycle=lifecycle, history=history,
-                   llm=build_llm(settings, metrics), persona=settings.persona_text(),
+                   llm=build_llm(settings, observe=latency_observer(metrics)),
+                   persona=persona_text(settings.persona_file),
                    metrics=metrics)

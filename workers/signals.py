@@ -1,5 +1,6 @@
-"""Worker main-process hooks: heartbeat (for health and queue views), the lifecycle's sweep,
-resource logs, the tokenizer warmed in each pool process before its first prompt."""
+"""Worker main-process hooks: what children share preloaded before the pool forks
+(`workers/preload.py`), heartbeat (for health, the queue view and admission), the lifecycle's
+sweep, resource logs."""
 
 from __future__ import annotations
 
@@ -13,18 +14,18 @@ from typing import Any
 
 import psutil
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+from celery.worker import state as worker_state
 
-from context.tokens import count_tokens
-from mysisterdb import keys
 from mysisterdb.history import history_store
 from mysisterdb.lifecycle import Lifecycle, Limits
-from mysisterdb.monitoring import WorkerBeat, write_heartbeat
+from mysisterdb.monitoring import WorkerBeat, remove_heartbeat, write_heartbeat
 from mysisterdb.queueing import chat_publisher
 from mysisterdb.redis_client import connect
 from mysisterdb.resources import ResourceMonitor, sample
 from mysisterdb.settings import get_settings
 from mysisterdb.sweeper import Sweeper
+from workers.preload import preload
 
 logger = logging.getLogger(__name__)
 
@@ -62,32 +63,68 @@ def sweeper_for(app: Celery) -> Sweeper:
                    name="worker-sweep")
 
 
-def beat_once(client: Any, hostname: str, concurrency: int) -> None:
+@dataclass(frozen=True)
+class PoolView:
+    """What the heartbeat reports of this worker's pool, read from the main process."""
+
+    controller: Any  # celery's WorkController (None if the signal came without one)
+    queues: list[str]
+
+    @property
+    def concurrency(self) -> int:
+        """The most processes the pool may have: the autoscale maximum, or its fixed size."""
+        return int(getattr(self.controller, "max_concurrency", None)
+                   or getattr(self.controller, "concurrency", None)
+                   or get_settings().worker_concurrency)
+
+    @property
+    def min_concurrency(self) -> int:
+        return int(getattr(self.controller, "min_concurrency", None) or self.concurrency)
+
+    @property
+    def processes(self) -> int:
+        pool = getattr(self.controller, "pool", None)
+        return int(getattr(pool, "num_processes", 0) or 0)
+
+
+def beat_once(client: Any, hostname: str, view: PoolView) -> None:
     usage = sample(psutil.Process())
-    write_heartbeat(client, WorkerBeat(hostname=hostname, pid=os.getpid(),
-                                       concurrency=concurrency, at=time.time(),
-                                       rss_mb=round(usage.rss_mb + usage.children_rss_mb, 1),
-                                       children=usage.children))
+    write_heartbeat(client, WorkerBeat(
+        hostname=hostname, pid=os.getpid(), concurrency=view.concurrency, at=time.time(),
+        rss_mb=round(usage.rss_mb + usage.children_rss_mb, 1), children=usage.children,
+        queues=view.queues, min_concurrency=view.min_concurrency, processes=view.processes,
+        busy=len(worker_state.active_requests)))
 
 
-def heartbeat_loop(hostname: str, concurrency: int) -> None:
+def heartbeat_loop(hostname: str, view: PoolView) -> None:
     client = connect(get_settings().redis_url, timeout_s=2.0)
     while not _main.stop.is_set():
         try:
-            beat_once(client, hostname, concurrency)
+            beat_once(client, hostname, view)
         except Exception as exc:  # Redis away: keep trying, health shows the worker missing
             logger.warning("heartbeat failed: %s", exc)
         _main.stop.wait(HEARTBEAT_INTERVAL_S)
+
+
+def consumed_queues(consumer: Any) -> list[str]:
+    task_consumer = getattr(consumer, "task_consumer", None)
+    return sorted(q.name for q in getattr(task_consumer, "queues", None) or [])
+
+
+@worker_init.connect
+def on_worker_init(**_: Any) -> None:
+    """Before the pool forks its first child."""
+    preload(get_settings())
 
 
 @worker_ready.connect
 def on_worker_ready(sender: Any = None, **_: Any) -> None:
     settings = get_settings()
     hostname = getattr(sender, "hostname", None) or f"worker@{os.getpid()}"
-    concurrency = int(getattr(getattr(sender, "controller", None), "concurrency", 0)
-                      or settings.worker_concurrency)
+    view = PoolView(controller=getattr(sender, "controller", None),
+                    queues=consumed_queues(sender))
     _main.hostnames.append(hostname)
-    threading.Thread(target=heartbeat_loop, args=(hostname, concurrency), daemon=True,
+    threading.Thread(target=heartbeat_loop, args=(hostname, view), daemon=True,
                      name="heartbeat").start()
     if sender is not None:
         _main.sweeper = sweeper_for(sender.app)
@@ -104,10 +141,9 @@ def on_worker_shutdown(**_: Any) -> None:
         _main.sweeper.stop()
     for hostname in _main.hostnames:
         with contextlib.suppress(Exception):
-            connect(get_settings().redis_url, timeout_s=1.0).delete(keys.worker_heartbeat(hostname))
+            remove_heartbeat(connect(get_settings().redis_url, timeout_s=1.0), hostname)
 
 
 @worker_process_init.connect
 def on_process_init(**_: Any) -> None:
     _main.sweeper = None  # the parent's thread does not exist in a forked child
-    count_tokens("warm up")  # load the encoder now, not inside a prompt's time limit

@@ -23,6 +23,7 @@ from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.worker.request import Request
 
+from mysisterdb.capacity import record_reply
 from mysisterdb.errors import ErrorCode, LLMError
 from mysisterdb.history import history_store
 from mysisterdb.lifecycle import ClaimStatus, JobGone, Lifecycle, Limits, Outcome
@@ -61,6 +62,7 @@ class JobRequest(Request):  # type: ignore[misc]
     def on_timeout(self, soft: bool, timeout: float) -> None:
         super().on_timeout(soft, timeout)
         if not soft:
+            held_slot(parent_lifecycle().redis, timeout)
             end_from_parent(self.id, Outcome.failed(
                 ErrorCode.TIMEOUT, exception=f"TimeLimitExceeded({timeout:g} s)",
                 action=f"process killed at the hard limit ({timeout:g} s); worker process "
@@ -99,16 +101,25 @@ class ChatTask(Task):  # type: ignore[misc]
     max_retries = None  # only Redis blinking before the start retries; the sweep bounds it
 
 
+def held_slot(client: redis.Redis, seconds: float) -> None:
+    """How long a prompt held its slot: the reply time behind admission (429)."""
+    try:
+        record_reply(client, seconds)
+    except redis.RedisError as exc:  # a lost sample must never fail a job
+        logger.warning("reply time not recorded: %s", exc)
+
+
 @shared_task(bind=True, base=ChatTask, name=CHAT_TASK)
 def chat(self: ChatTask, job_id: str) -> str:
     started = time.monotonic()
-    rt = get_runtime()
     try:
+        rt = get_runtime()
         claim = rt.lifecycle.claim(job_id)
-    except redis.RedisError as exc:
-        # Redis blinked before the job started: try again; the queue timeout bounds this.
+    except (redis.RedisError, SoftTimeLimitExceeded) as exc:
+        # Not started (Redis blinked, or the runtime could not be built within the soft
+        # limit): try again, so the prompt is not left queued; the queue timeout bounds this.
         countdown = min(REDIS_RETRY_MAX_S, 1.0 + self.request.retries)
-        logger.warning("job %s: redis unavailable before start (%s); retrying", job_id, exc)
+        logger.warning("job %s: not started (%s); retrying", job_id, type(exc).__name__)
         raise self.retry(countdown=countdown) from exc
     if claim.status is not ClaimStatus.CLAIMED or claim.job is None:
         logger.info("job %s not run: %s", job_id, claim.status.value)
@@ -120,6 +131,8 @@ def chat(self: ChatTask, job_id: str) -> str:
     except BaseException as exc:  # escaped every handler (e.g. the soft limit inside one)
         last_resort(rt, job_id, exc)
         raise
+    finally:
+        held_slot(rt.redis, time.monotonic() - started)
 
 
 def run_guarded(rt: Runtime, job: Job, *, deadline: float) -> str:

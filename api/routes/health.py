@@ -42,19 +42,23 @@ def overall(healthy: bool, llm: LLMStatus) -> tuple[str, int]:
 def check(client: Any, settings: Settings) -> tuple[bool, dict[str, Any]]:
     try:
         client.ping()
-        stats = queue_stats(client)
+        stats = queue_stats(client, max_wait_s=settings.max_queue_wait_s,
+                            max_depth=settings.max_queue_depth)
     except Exception as exc:  # any Redis failure means "not usable"
         return False, {"redis": {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}}
     consuming = stats.consuming(stall_s=settings.consume_stall_s)
     body = {
         "redis": {"ok": True, "detail": "ok"},
-        "workers": {"ok": stats.workers_online > 0, "online": stats.workers_online,
-                    "names": [w["hostname"] for w in stats.workers]},
+        # Chat is what users wait on: a worker serving only summaries does not make it ok.
+        "workers": {"ok": stats.capacity > 0, "online": stats.workers_online,
+                    "names": [w["hostname"] for w in stats.workers],
+                    "chat_slots": stats.capacity},
         "consuming": {"ok": consuming, "detail": consuming_detail(stats, consuming)},
         "queue": {"waiting": stats.waiting, "reserved": stats.reserved,
-                  "running": stats.running, "oldest_waiting_age_s": stats.oldest_waiting_age_s},
+                  "running": stats.running, "oldest_waiting_age_s": stats.oldest_waiting_age_s,
+                  "slots_busy": stats.slots.busy, "slots_free": stats.slots.free},
     }
-    return stats.workers_online > 0 and consuming, body
+    return stats.capacity > 0 and consuming, body
 
 
 def consuming_detail(stats: QueueStats, consuming: bool) -> str:

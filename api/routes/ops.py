@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.deps import RedisDep
+from api.deps import RedisDep, SettingsDep
 from api.schemas import IncidentListOut, IncidentOut, QueueOut, errors
 from mysisterdb.incidents import IncidentLog
 from mysisterdb.monitoring import queue_stats
@@ -16,9 +16,11 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/api/queue", response_model=QueueOut, responses=errors())
-def queue(client: RedisDep) -> QueueOut:
-    """Waiting (all priority sub-lists), reserved-not-started, running, workers, oldest age."""
-    return QueueOut.of(queue_stats(client))
+def queue(client: RedisDep, settings: SettingsDep) -> QueueOut:
+    """Waiting (all priority sub-lists), reserved-not-started, running, workers, oldest age;
+    chat slots busy/free, the recent reply time and what it means for admission (429)."""
+    return QueueOut.of(queue_stats(client, max_wait_s=settings.max_queue_wait_s,
+                                   max_depth=settings.max_queue_depth))
 
 
 @router.get("/api/incidents", response_model=IncidentListOut, responses=errors())

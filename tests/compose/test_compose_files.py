@@ -241,10 +241,18 @@ def test_redis_has_a_password_that_no_argument_shows() -> None:
     assert (redis["depends_on"]["secrets"]["condition"] == "service_completed_successfully")
     generate = " ".join(entrypoint(SERVICES["secrets"]) + command(SERVICES["secrets"]))
     assert "MYSISTERDB_REDIS_PASSWORD" in generate and "/dev/urandom" in generate
-    for name in ("redis", "flower", *APP_SERVICES):
-        assert mounts_secrets(SERVICES[name]), f"{name} cannot read the password"
     for name in APP_SERVICES:
         assert environment(SERVICES[name]).get("MYSISTERDB_REDIS_PASSWORD_FILE") == PASSWORD_FILE
+    # Every service that talks to redis reads the password: redis, flower, and all that are
+    # told where the file is.
+    readers = {"redis", "flower"} | {
+        name for name, service in SERVICES.items()
+        if environment(service).get("MYSISTERDB_REDIS_URL")}
+    for name in readers:
+        assert mounts_secrets(SERVICES[name]), f"{name} cannot read the password"
+        if name not in ("redis", "flower"):
+            assert environment(SERVICES[name]).get("MYSISTERDB_REDIS_PASSWORD_FILE") == (
+                PASSWORD_FILE), name
 
 
 def test_api_keeps_its_generated_token_in_a_volume() -> None:

@@ -26,7 +26,7 @@ from mysisterdb.settings import Settings
 from mysisterdb.simulator import HOLD_MAX_S, embed_text, reply_chunks
 from workers import llm_genai, llm_generativeai
 from workers.llm import LLMClient, PartialReplyError, RetryPolicy, call_with_retries
-from workers.runtime import build_llm, llm_client_class
+from workers.runtime import build_llm, latency_observer, llm_client_class
 
 POLICY = RetryPolicy(timeout_s=1.0, retries=2, backoff_s=0.01)
 SDKS = ["genai", "generativeai"]
@@ -307,7 +307,7 @@ def test_the_api_key_is_never_logged(sdk: str, simulator_url: str,
 def test_runtime_builds_the_chosen_sdk_and_records_its_latencies(
         sdk: str, client_class: type, simulator_url: str, redis_client: redis.Redis) -> None:
     settings = Settings(gemini_sdk=sdk, gemini_endpoint=simulator_url)  # type: ignore[arg-type]
-    client = build_llm(settings, MetricsRecorder(redis_client))
+    client = build_llm(settings, observe=latency_observer(MetricsRecorder(redis_client)))
     assert isinstance(client, client_class)
     ask(client, "こんにちは")
     client.embed(["こんにちは"], task="RETRIEVAL_DOCUMENT")
