@@ -279,6 +279,7 @@ class WorkersCheck(Contract):
     ok: bool
     online: int
     names: list[str]
+    chat_slots: int = Field(description="Chat prompts the online workers can run at once")
 
 
 class QueueSummary(Contract):
@@ -286,6 +287,8 @@ class QueueSummary(Contract):
     reserved: int
     running: int
     oldest_waiting_age_s: float | None
+    slots_busy: int
+    slots_free: int
 
 
 class LLMInfo(Contract):
