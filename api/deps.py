@@ -8,8 +8,10 @@ import redis
 from celery import Celery
 from fastapi import Depends, Request
 
+from api.auth import caller_of
 from api.watch import JobWatcher
 from context.redis_store import RedisHistoryStore
+from mysisterdb.access import Caller
 from mysisterdb.chat import ChatService
 from mysisterdb.conversations import ConversationReader
 from mysisterdb.history import history_store
@@ -34,6 +36,8 @@ def get_watcher(request: Request) -> JobWatcher:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+# The person asking (set by api.auth.authenticate for every route).
+CallerDep = Annotated[Caller, Depends(caller_of)]
 WatcherDep = Annotated[JobWatcher, Depends(get_watcher)]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
@@ -68,12 +72,13 @@ ConversationReaderDep = Annotated[ConversationReader, Depends(get_reader)]
 LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
 
 
-def get_chat_service(request: Request, lifecycle: LifecycleDep,
-                     settings: SettingsDep) -> ChatService:
+def get_chat_service(request: Request, lifecycle: LifecycleDep, settings: SettingsDep,
+                     caller: CallerDep) -> ChatService:
     return ChatService(lifecycle=lifecycle, max_message_chars=settings.max_message_chars,
                        max_message_tokens=request.app.state.max_message_tokens,
                        max_queue_depth=settings.max_queue_depth,
-                       max_queue_wait_s=settings.max_queue_wait_s)
+                       max_queue_wait_s=settings.max_queue_wait_s, person=caller.person or "",
+                       limiter=request.app.state.limiter)
 
 
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]

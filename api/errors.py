@@ -13,10 +13,11 @@ from typing import Any
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mysisterdb.errors import MySisterDBError, QueueFull, StoreUnavailable
+from api.auth import SignInRequired
+from mysisterdb.errors import MySisterDBError, QueueFull, StoreUnavailable, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +60,18 @@ def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
 
 async def on_domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, MySisterDBError)
-    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, QueueFull) else None
+    headers = None
+    if isinstance(exc, QueueFull):
+        headers = {"Retry-After": str(exc.retry_after_s)}
+    elif isinstance(exc, Unauthorized):
+        headers = {"WWW-Authenticate": 'Bearer realm="mysisterdb"'}
     return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status_code,
                         headers=headers)
+
+
+async def on_sign_in_required(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, SignInRequired)
+    return RedirectResponse(exc.location, status_code=303)
 
 
 def describe(error: dict[str, Any]) -> str:
@@ -122,6 +132,7 @@ async def on_no_content(request: Request, exc: Exception) -> Response:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(SignInRequired, on_sign_in_required)
     app.add_exception_handler(MySisterDBError, on_domain_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(redis.ConnectionError, on_redis_error)

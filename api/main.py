@@ -7,24 +7,29 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry, ProcessCollector
 from redis import Redis
 from starlette.concurrency import run_in_threadpool
 
+from api.auth import authenticate, document_security
 from api.errors import install_error_handlers
-from api.middleware import RequestTimeoutMiddleware, request_budget
-from api.routes import chat, conversations, health, jobs, ops, ui
+from api.middleware import RequestTimeoutMiddleware, StoreMonitor, request_budget
+from api.routes import chat, conversations, health, jobs, ops, signin, ui
+from api.security import SameOrigin, SecurityHeaders, TrustedHosts
 from api.watch import JobWatcher
 from context.builder import max_message_tokens
 from context.terms import warm_up as warm_up_terms
 from context.tokens import count_tokens
+from mysisterdb.access import load_access
 from mysisterdb.history import history_store
 from mysisterdb.lifecycle import Lifecycle, Limits
 from mysisterdb.llm_check import LLMCheck
 from mysisterdb.logs import configure_logging
 from mysisterdb.metrics import RedisCollector
 from mysisterdb.queueing import Publish, chat_publisher, create_celery
+from mysisterdb.ratelimit import SubmitLimiter
 from mysisterdb.redis_client import connect
 from mysisterdb.resources import ResourceMonitor
 from mysisterdb.settings import Settings, get_settings
@@ -54,7 +59,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sweeper.start()
         app.state.llm_check.status()  # the first check of the LLM endpoint starts now
         app.state.watcher.start()
+        app.state.store_monitor.start()
         yield
+        await app.state.store_monitor.stop()
         await app.state.watcher.stop()
         sweeper.stop()
         monitor.stop()
@@ -62,12 +69,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.health_redis.close()
 
     app = FastAPI(title="MySisterDB", version="0.1.0", lifespan=lifespan,
-                  description=API_DESCRIPTION)
+                  description=API_DESCRIPTION, dependencies=[Depends(authenticate)])
     app.state.settings = settings
+    app.state.access = load_access(settings, announce=announce)
     app.state.redis = connect(settings.redis_url, timeout_s=settings.redis_timeout_s)
     app.state.health_redis = connect(settings.redis_url, timeout_s=HEALTH_REDIS_TIMEOUT_S)
     app.state.llm_check = LLMCheck.from_settings(settings)
     app.state.watcher = JobWatcher(url=settings.redis_url, timeout_s=settings.redis_timeout_s)
+    app.state.store_monitor = StoreMonitor(url=settings.redis_url)
+    app.state.limiter = SubmitLimiter(client=app.state.redis, rate=settings.rate_limit)
     app.state.metrics_registry = metrics_registry(app.state.redis, settings)
     celery = create_celery(settings, broker_socket_timeout_s=settings.redis_timeout_s)
     app.state.celery = celery
@@ -78,11 +88,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_tokens=settings.max_context_tokens)
     install_error_handlers(app)
     for router in (chat.router, jobs.router, conversations.router, health.router, ops.router,
-                   ui.router):
+                   signin.router, ui.router):
         app.include_router(router)
-    app.add_middleware(RequestTimeoutMiddleware, timeout_s=settings.request_timeout,
-                       budget=request_budget(settings.request_timeout))
+    add_middlewares(app, settings, store=app.state.store_monitor)
+    document_security(app)
     return app
+
+
+def add_middlewares(app: FastAPI, settings: Settings, *, store: StoreMonitor) -> None:
+    """Innermost first: the last one added sees a request first (the Host check)."""
+    app.add_middleware(RequestTimeoutMiddleware, timeout_s=settings.request_timeout,
+                       budget=request_budget(settings.request_timeout), store=store)
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(SameOrigin, allowed_origins=settings.cors_list())
+    if settings.cors_list():  # off unless configured: no other site reads our answers
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_list(),
+                           allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type", "Idempotency-Key",
+                                          "Last-Event-ID"],
+                           expose_headers=["Location", "Retry-After"], max_age=600)
+    app.add_middleware(TrustedHosts, allowed=settings.host_list())
+
+
+def announce(text: str) -> None:
+    # stdout, not the log: the sign-in URL carries the token, and log files never do.
+    print(text, flush=True)
 
 
 def die_before_publish(job_id: str) -> None:

@@ -194,6 +194,21 @@ class ResetOut(Contract):
     reset: bool
 
 
+# -- signing in ------------------------------------------------------------------------------
+
+
+class SignInRequest(Contract):
+    token: str = Field(min_length=1, max_length=512, description="A person's access token")
+
+
+class SessionOut(Contract):
+    person: str | None = Field(description="Whose conversations this session shows")
+    operator: bool = Field(description="Whether the operator routes are open to it")
+    mode: Literal["open", "generated", "tokens"] = Field(
+        description="open: loopback without tokens, nobody signs in; generated: one "
+                    "generated token; tokens: configured tokens")
+
+
 # -- operations -----------------------------------------------------------------------------
 
 
@@ -305,10 +320,13 @@ class TimeOut(Contract):
 # -- error statuses per route ---------------------------------------------------------------
 
 ERROR_TEXT = {
-    404: "Not found (unknown job or conversation)",
+    400: "The Host header is not one of MYSISTERDB_ALLOWED_HOSTS",
+    401: "No valid token or session (WWW-Authenticate: Bearer); the chat page signs in",
+    403: "A page of another site asked for a change, or the token may not use this route",
+    404: "Not found (unknown job or conversation, or another person's)",
     409: "Not possible in the job's current state",
     422: "Invalid input: bad id, parameter, body, token budget, or a reused Idempotency-Key",
-    429: "Too many prompts waiting (Retry-After header)",
+    429: "Too many prompts waiting, or the person's rate limit (Retry-After header)",
     503: "The data store (Redis) is unavailable",
     504: "The request took longer than MYSISTERDB_REQUEST_TIMEOUT",
 }
@@ -316,8 +334,9 @@ ERROR_TEXT = {
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for the error statuses a route can answer, with the real body.
-    Every route that reads Redis can answer 503 and every watched request 504: always listed."""
-    wanted = sorted(set(statuses) | {422, 503, 504})
+    Every route that reads Redis can answer 503 and every watched request 504, and every
+    route that needs a token 400, 401 and 403: always listed."""
+    wanted = sorted(set(statuses) | {400, 401, 403, 422, 503, 504})
     documented: dict[int | str, dict[str, Any]] = {
         s: {"model": ErrorBody, "description": ERROR_TEXT[s]} for s in wanted}
     if 429 in documented:
@@ -337,4 +356,4 @@ def stream_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     (and which the request watchdog does not watch: no 504)."""
     body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
     return {s: {"description": ERROR_TEXT[s], "content": body}
-            for s in sorted(set(statuses) | {422, 503})}
+            for s in sorted(set(statuses) | {400, 401, 403, 422, 503})}

@@ -19,10 +19,12 @@ import re
 from dataclasses import dataclass
 
 from context.tokens import count_tokens
-from mysisterdb.errors import InvalidInput, MessageTooLarge, QueueFull
-from mysisterdb.lifecycle import Lifecycle, Submitted
+from mysisterdb.access import OWNER
+from mysisterdb.errors import JOB_NOT_FOUND, InvalidInput, MessageTooLarge, NotFound, QueueFull
+from mysisterdb.lifecycle import Lifecycle, Submitted, owned_by
 from mysisterdb.models import Job
 from mysisterdb.monitoring import read_admission
+from mysisterdb.ratelimit import SubmitLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ class ChatService:
     max_message_tokens: int
     max_queue_depth: int
     max_queue_wait_s: float = 60.0
+    person: str = OWNER  # who submits: the conversation's owner, or NotFound
+    limiter: SubmitLimiter | None = None  # the person's own rate, besides the global cap
 
     def validate(self, *, conversation_id: str, text: str) -> tuple[str, int]:
         """The trimmed text and its token count, or InvalidInput."""
@@ -75,21 +79,27 @@ class ChatService:
         if idempotency_key is not None:
             if not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
                 raise InvalidInput("Idempotency-Key は表示可能な ASCII 1〜128 文字にしてください。")
-            known = self.lifecycle.find_by_key(idempotency_key, digest=digest)
-            if known is not None:
+            known = self.lifecycle.find_by_key(idempotency_key, owner=self.person,
+                                               digest=digest)
+            if known is not None:  # a resend: it costs the rate limit nothing
                 return Submitted(job=known, created=False)
         self._check_backpressure()
         return self.lifecycle.submit(conversation_id=conversation_id, text=text, tokens=tokens,
-                                     idempotency_key=idempotency_key, request_digest=digest)
+                                     owner=self.person, idempotency_key=idempotency_key,
+                                     request_digest=digest)
 
     def retry(self, job_id: str) -> Job:
         """Send a failed, incomplete or cancelled turn again; a new job counts against the
-        backlog like a submit."""
-        self.lifecycle.jobs.get(job_id)  # 404 before 429 for an unknown job
+        backlog and the person's rate like a submit."""
+        job = self.lifecycle.jobs.find(job_id)
+        if job is None or not owned_by(job, self.person):
+            raise NotFound(JOB_NOT_FOUND)  # 404 before 429 for an unknown job
         self._check_backpressure()
         return self.lifecycle.retry(job_id)
 
     def _check_backpressure(self) -> None:
+        if self.limiter is not None:
+            self.limiter.hit(self.person)
         # Not started yet: waiting in the broker or for an earlier turn of their conversation.
         decision = read_admission(self.lifecycle.redis, max_wait_s=self.max_queue_wait_s,
                                   max_depth=self.max_queue_depth)

@@ -1,4 +1,5 @@
-"""The `mysisterdb` command: up, api, worker, simulator, incidents, check, reindex, watchdog."""
+"""The `mysisterdb` command: up, api, worker, simulator, incidents, check, reindex, watchdog,
+token."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import os
 import sys
 
+from mysisterdb.files import private_umask
 from mysisterdb.logs import configure_logging
 from mysisterdb.settings import get_settings
 
@@ -103,7 +105,29 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    """The access token the API generated (or will generate) for this data directory."""
+    from mysisterdb.access import Mode, generated_token, load_access, sign_in_url
+
+    settings = get_settings()
+    mode = load_access(settings).mode
+    if mode is not Mode.GENERATED:
+        what = ("the API listens on loopback with no token: nobody signs in"
+                if mode is Mode.OPEN else
+                "tokens are configured (MYSISTERDB_API_TOKENS / MYSISTERDB_API_TOKENS_FILE): "
+                "each person has their own")
+        print(f"no generated token: {what}", file=sys.stderr)
+        return 1
+    token = generated_token(settings.api_token_file)
+    print(sign_in_url(settings, token) if args.url else token)
+    return 0
+
+
 def add_ops_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    token = sub.add_parser("token", help="print the access token generated for a non-loopback "
+                           "address (MYSISTERDB_HOST), kept 0600 in the data directory")
+    token.add_argument("--url", action="store_true", help="print the sign-in URL instead")
+    token.set_defaults(func=cmd_token)
     incidents = sub.add_parser("incidents", help="print recorded incidents, newest first")
     incidents.add_argument("--markdown", action="store_true",
                            help="print the runbook's table (発生日時 | 発生状況 | …)")
@@ -154,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    private_umask()  # data, logs, AOF, token and password files: 0600, this user's only
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown and args.command == "worker":  # `mysisterdb worker --loglevel=DEBUG`

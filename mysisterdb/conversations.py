@@ -119,11 +119,15 @@ class ConversationReader:
 
     # -- the list -----------------------------------------------------------------------
 
-    def newest(self, *, limit: int, before: datetime | None = None) -> list[ConversationView]:
-        """Conversations by last activity, newest first; `before` pages on (exclusive)."""
+    def newest(self, *, limit: int, before: datetime | None = None,
+               person: str | None = None) -> list[ConversationView]:
+        """Conversations by last activity, newest first; `before` pages on (exclusive).
+        With `person`: only that person's (else everyone's, for operators)."""
         top = activity_cursor(before) if before is not None else "+inf"
+        index = (keys.person_conversations(person) if person is not None
+                 else keys.conversations_by_activity())
         rows: list[Any] = self.redis.zrevrangebyscore(
-            keys.conversations_by_activity(), top, "-inf", start=0, num=limit, withscores=True)
+            index, top, "-inf", start=0, num=limit, withscores=True)
         with self.redis.pipeline(transaction=False) as pipe:
             for raw, _ in rows:
                 cid = to_str(raw)

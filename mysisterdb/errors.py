@@ -7,9 +7,14 @@ worker turns LLM errors into a job's ``error.code``. Messages are for the user, 
     ├── InvalidInput                     422 invalid_input
     │   ├── MessageTooLarge              422 message_too_large
     │   └── IdempotencyKeyReused         422 idempotency_key_reused
-    ├── NotFound                         404 not_found
+    ├── Unauthorized                     401 unauthorized (WWW-Authenticate: Bearer)
+    ├── Forbidden                        403 forbidden (a person's token on an operator route,
+    │                                        or a cross-site request)
+    ├── NotFound                         404 not_found (also: another person's conversation
+    │                                        or job: no probing which ids exist)
     ├── Conflict                         409 conflict
     ├── QueueFull                        429 queue_full (Retry-After)
+    │   └── RateLimited                  429 rate_limited (Retry-After): one person's limit
     ├── StoreUnavailable                 503 store_unavailable
     └── LLMError                         job error code llm_error
         └── LLMTimeout                   job error code llm_timeout
@@ -31,6 +36,7 @@ class ErrorCode(StrEnum):
     LLM_ERROR = "llm_error"
     WORKER_LOST = "worker_lost"
     EXPIRED = "expired"
+    STORE_UNAVAILABLE = "store_unavailable"  # Redis went away while the prompt ran
     INTERNAL = "internal"
 
     @property
@@ -44,8 +50,14 @@ JOB_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.LLM_ERROR: "応答の生成中にエラーが発生しました。もう一度試してください。",
     ErrorCode.WORKER_LOST: "応答を生成していたプロセスが停止しました。もう一度試してください。",
     ErrorCode.EXPIRED: "混み合っていたため処理を開始できませんでした。もう一度送ってください。",
+    ErrorCode.STORE_UNAVAILABLE: ("データストアとの接続が切れたため、応答を完成できませんでした。"
+                                  "もう一度試してください。"),
     ErrorCode.INTERNAL: "内部エラーが発生しました。もう一度試してください。",
 }
+
+
+CONVERSATION_NOT_FOUND = "指定された会話は見つかりませんでした。"
+JOB_NOT_FOUND = "指定されたジョブは見つかりませんでした。"
 
 
 class MySisterDBError(Exception):
@@ -77,6 +89,20 @@ class IdempotencyKeyReused(InvalidInput):
                        "新しいキーで送ってください。")
 
 
+class Unauthorized(MySisterDBError):
+    """No valid token or sign-in. The chat page answers it by going to /signin."""
+
+    status_code = 401
+    code = "unauthorized"
+    default_message = "サインインが必要です。アクセストークンでサインインしてください。"
+
+
+class Forbidden(MySisterDBError):
+    status_code = 403
+    code = "forbidden"
+    default_message = "この操作は許可されていません。"
+
+
 class NotFound(MySisterDBError):
     status_code = 404
     code = "not_found"
@@ -97,6 +123,13 @@ class QueueFull(MySisterDBError):
     def __init__(self, message: str | None = None, *, retry_after_s: int = 5) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class RateLimited(QueueFull):
+    """One person sent more prompts than MYSISTERDB_RATE_LIMIT allows."""
+
+    code = "rate_limited"
+    default_message = "短い時間にたくさん送られました。少し待ってからもう一度送ってください。"
 
 
 class StoreUnavailable(MySisterDBError):

@@ -20,13 +20,16 @@ from mysisterdb.secrets import scrub
 logger = logging.getLogger(__name__)
 
 INPUT_CHARS = 200
-INCIDENT_CODES = {"timeout", "llm_timeout", "llm_error", "worker_lost", "expired"}
+INCIDENT_CODES = {"timeout", "llm_timeout", "llm_error", "worker_lost", "expired",
+                  "store_unavailable", "internal"}
 SITUATION = {  # 発生状況, as the runbook's table words it
     "timeout": "応答生成が制限時間を超過",
     "llm_timeout": "Gemini 応答待ちがタイムアウト",
     "llm_error": "Gemini がエラー応答",
     "worker_lost": "ワーカープロセスが停止",
     "expired": "処理が開始されないまま期限切れ",
+    "store_unavailable": "処理中に Redis との接続が切断",
+    "internal": "内部エラー（不具合）",
     "process_exit": "プロセスが停止",
 }
 

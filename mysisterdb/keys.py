@@ -6,8 +6,9 @@ data model at a glance.  Lifetimes carry their unit in the name.
 Layout::
 
     msdb:job:{job_id}            string job record JSON (status, steps, text)  job_ttl_s
-    msdb:idem:{key}              string Idempotency-Key -> "job id:sha256 of the request"
-                                                                          idempotency_ttl_s
+    msdb:idem:{person}:{key}     string Idempotency-Key -> "job id:sha256 of the request"
+                                 (keys are the person's own)              idempotency_ttl_s
+    msdb:conv:{cid}:owner        string the person who first wrote in it      kept
     msdb:conv:{cid}:turn         string last turn handed out (INCR)           kept
     msdb:conv:{cid}:jobs         hash   turn -> job id                        kept
     msdb:conv:{cid}:messages     zset   score = seq, member = message JSON    kept
@@ -21,6 +22,8 @@ Layout::
     msdb:conv:{cid}:active       zset   job id -> turn, jobs not yet final    kept
     msdb:conversations           set    every conversation id                 kept
     msdb:conversations:activity  zset   conversation id -> last activity (epoch) kept
+    msdb:person:{name}:conversations zset the person's conversations -> last activity kept
+    msdb:ratelimit/...           the `limits` library's counters (per person)  its window
     msdb:incidents               list   incident JSON, newest first          incidents_max
     msdb:worker:heartbeat:{host} string a worker's heartbeat JSON            worker_heartbeat_ttl_s
     msdb:workers                 set    hostnames that sent a heartbeat (readers drop expired) kept
@@ -86,8 +89,22 @@ def conv_active(conversation_id: str) -> str:
     return conv_prefix(conversation_id) + "active"
 
 
-def idempotency(key: str) -> str:
-    return f"{PREFIX}:idem:{key}"
+def idempotency(person: str, key: str) -> str:
+    """Scoped to the person: another person's key never finds (or blocks) this one's."""
+    return f"{PREFIX}:idem:{person}:{key}"
+
+
+def conv_owner(conversation_id: str) -> str:
+    """The person the conversation belongs to (absent: older than owners, see access.OWNER)."""
+    return conv_prefix(conversation_id) + "owner"
+
+
+def person_conversations(person: str) -> str:
+    """One person's conversations by last activity: their conversation list."""
+    return f"{PREFIX}:person:{person}:conversations"
+
+
+RATE_LIMIT_PREFIX = f"{PREFIX}:ratelimit"  # given to `limits`' RedisStorage as key_prefix
 
 
 def conversations() -> str:

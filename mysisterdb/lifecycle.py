@@ -56,13 +56,21 @@ from redis.client import Pipeline
 from context.redis_store import RedisHistoryStore
 from context.types import Message, user_seq
 from mysisterdb import keys
+from mysisterdb.access import OWNER
 from mysisterdb.broker import (
     chat_reservations,
     chat_waiting,
     forget_reservation,
     stale_chat_reservations,
 )
-from mysisterdb.errors import Conflict, ErrorCode, IdempotencyKeyReused, NotFound
+from mysisterdb.errors import (
+    CONVERSATION_NOT_FOUND,
+    JOB_NOT_FOUND,
+    Conflict,
+    ErrorCode,
+    IdempotencyKeyReused,
+    NotFound,
+)
 from mysisterdb.incidents import IncidentLog, is_incident
 from mysisterdb.jobs import JobStore, Skip
 from mysisterdb.metrics import MetricsRecorder
@@ -185,27 +193,37 @@ class Lifecycle:
 
     # -- submit -------------------------------------------------------------------------
 
-    def submit(self, *, conversation_id: str, text: str, tokens: int,
+    def submit(self, *, conversation_id: str, text: str, tokens: int, owner: str = OWNER,
                idempotency_key: str | None = None, request_digest: str | None = None) -> Submitted:
         """Store turn, message, job, key and (if it is the head) its outbox entry in one
         transaction, then publish. Stored means it will run: a failed publish stays in the
         outbox for the sweep, so the answer is still 202. A key already used for another
-        request (another `request_digest`) raises IdempotencyKeyReused."""
+        request (another `request_digest`) raises IdempotencyKeyReused. The first submit
+        makes `owner` the conversation's owner; anyone else gets NotFound."""
         job_id = uuid.uuid4().hex
         submitted = run_transaction(
             self.redis, lambda pipe: self._submit_once(
                 pipe, conversation_id=conversation_id, job_id=job_id, text=text, tokens=tokens,
-                idempotency_key=idempotency_key, digest=request_digest),
+                owner=owner, idempotency_key=idempotency_key, digest=request_digest),
             recover=lambda: self._stored(job_id), what=f"submit to {conversation_id}")
         if submitted.created and self.redis.zscore(keys.outbox(), job_id) is not None:
             self.publish_now(job_id)
         return submitted
 
-    def find_by_key(self, idempotency_key: str, *, digest: str | None = None) -> Job | None:
-        """The job submitted with this key, if it still exists; IdempotencyKeyReused if it
-        was submitted with another request."""
-        raw = self.redis.get(keys.idempotency(idempotency_key))
+    def find_by_key(self, idempotency_key: str, *, owner: str = OWNER,
+                    digest: str | None = None) -> Job | None:
+        """The job `owner` submitted with this key, if it still exists; IdempotencyKeyReused
+        if it was submitted with another request."""
+        raw = self.redis.get(keys.idempotency(owner, idempotency_key))
         return self._keyed_job(raw, digest) if raw else None
+
+    def owner_of(self, conversation_id: str) -> str | None:
+        """Who the conversation belongs to; None if nobody has written in it yet."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.conv_owner(conversation_id))
+            pipe.exists(keys.conv_turn(conversation_id), keys.conv_messages(conversation_id))
+            stored, exists = pipe.execute()
+        return stored_owner(stored, existed=bool(exists))
 
     def _keyed_job(self, raw: bytes | str, digest: str | None) -> Job | None:
         job_id, stored = parse_idempotency_value(raw)
@@ -218,26 +236,40 @@ class Lifecycle:
         job = self.jobs.find(job_id)
         return Submitted(job=job, created=True) if job is not None else None
 
+    def check_owner(self, conversation_id: str, person: str) -> None:
+        """NotFound unless the conversation is `person`'s or nobody's yet: another person's
+        conversation answers exactly like one that does not exist."""
+        if self.owner_of(conversation_id) not in (None, person):
+            raise NotFound(CONVERSATION_NOT_FOUND)
+
     def _submit_once(self, pipe: Pipeline, *, conversation_id: str, job_id: str, text: str,
-                     tokens: int, idempotency_key: str | None, digest: str | None) -> Submitted:
+                     tokens: int, owner: str, idempotency_key: str | None,
+                     digest: str | None) -> Submitted:
         turn_key, line_key = keys.conv_turn(conversation_id), keys.conv_active(conversation_id)
-        idem_key = keys.idempotency(idempotency_key) if idempotency_key else None
-        pipe.watch(turn_key, line_key, *([idem_key] if idem_key else []))
+        owner_key = keys.conv_owner(conversation_id)
+        idem_key = keys.idempotency(owner, idempotency_key) if idempotency_key else None
+        pipe.watch(turn_key, line_key, owner_key, *([idem_key] if idem_key else []))
         if idem_key and (known := pipe.get(idem_key)):
             other = self._keyed_job(known, digest)
             if other is not None:  # a concurrent request with the same key won
                 return Submitted(job=other, created=False)
-        turn = int(pipe.get(turn_key) or 0) + 1
+        current = pipe.get(turn_key)
+        stored = pipe.get(owner_key)
+        if stored_owner(stored, existed=current is not None) not in (None, owner):
+            raise NotFound(CONVERSATION_NOT_FOUND)  # someone else's: as if it did not exist
+        turn = int(current or 0) + 1
         is_head = pipe.zcard(line_key) == 0
         job = Job(id=job_id, conversation_id=conversation_id, turn=turn,
-                  input_preview=text[:PREVIEW_CHARS])
+                  input_preview=text[:PREVIEW_CHARS], owner=owner)
         message = Message(seq=user_seq(turn), role="user", text=text, tokens=tokens,
                           created_at=iso(job.created_at) or "", job_id=job_id)
         pipe.multi()
         pipe.set(turn_key, turn)
+        if stored is None:
+            pipe.set(owner_key, owner)
         JobStore.create(pipe, job)
         pipe.sadd(keys.conversations(), conversation_id)
-        touch(pipe, conversation_id)
+        touch(pipe, conversation_id, owner)
         self.history.append(conversation_id, message, pipe=pipe)
         if idem_key:
             pipe.set(idem_key, idempotency_value(job_id, digest), ex=keys.idempotency_ttl_s)
@@ -413,7 +445,7 @@ class Lifecycle:
         apply_outcome(job, outcome)
         pipe.multi()
         self.jobs.write(pipe, job, write_id=write_id)
-        touch(pipe, job.conversation_id)
+        touch(pipe, job.conversation_id, job.owner or OWNER)
         if outcome.reply is not None and job.status is JobStatus.COMPLETED:
             self.history.append(job.conversation_id, outcome.reply, pipe=pipe)
         record_final(self._metrics, job, pipe=pipe)
@@ -435,9 +467,10 @@ class Lifecycle:
             logger.warning("incident: %s%s: %s -> %s", job.id, code, outcome.exception,
                            outcome.action)
 
-    def cancel(self, job_id: str) -> Job:
-        """Cancel a queued or running job; Conflict if it has already ended."""
-        self.jobs.get(job_id)  # 404 for an unknown job
+    def cancel(self, job_id: str, *, person: str = OWNER) -> Job:
+        """Cancel `person`'s queued or running job; Conflict if it has already ended."""
+        if not owned_by(self.jobs.get(job_id), person):  # 404 for an unknown job
+            raise NotFound(JOB_NOT_FOUND)
         ended = self.end(job_id, Outcome.cancelled())
         if ended is None:
             raise Conflict(f"ジョブはすでに終了しています（{self.jobs.get(job_id).status.value}）。")
@@ -480,10 +513,10 @@ class Lifecycle:
             raise Conflict("元のメッセージが残っていないため、やり直せません。")
         dispatch = self._retry_dispatches(pipe, line_key, turn)
         job = Job(id=new_id, conversation_id=cid, turn=turn, input_preview=old.input_preview,
-                  retry_of=job_id)
+                  retry_of=job_id, owner=old.owner)
         pipe.multi()
         JobStore.create(pipe, job)
-        touch(pipe, cid)
+        touch(pipe, cid, old.owner or OWNER)
         if dispatch:
             JobStore.put_in_outbox(pipe, new_id, at_epoch=time.time())
         pipe.execute()
@@ -518,8 +551,9 @@ class Lifecycle:
 
     def _delete_once(self, pipe: Pipeline, cid: str) -> Deleted | None:
         own = [keys.conv_turn(cid), keys.conv_jobs(cid), keys.conv_active(cid),
-               keys.conv_summarizing(cid)]
+               keys.conv_summarizing(cid), keys.conv_owner(cid)]
         pipe.watch(*own)
+        owner = stored_owner(pipe.get(keys.conv_owner(cid)), existed=True)
         store_keys = self.history.conversation_keys(cid, watching=pipe)
         job_ids = sorted({to_str(v) for v in pipe.hvals(keys.conv_jobs(cid))}
                          | {to_str(v) for v in pipe.zrange(keys.conv_active(cid), 0, -1)})
@@ -539,6 +573,7 @@ class Lifecycle:
         pipe.delete(*own, *store_keys)
         pipe.srem(keys.conversations(), cid)
         pipe.zrem(keys.conversations_by_activity(), cid)
+        pipe.zrem(keys.person_conversations(owner or OWNER), cid)
         pipe.execute()
         return Deleted(jobs=len(job_ids), stopped=[j.id for j in live
                                                    if j.previous_status is JobStatus.IN_PROGRESS])
@@ -666,11 +701,24 @@ def next_head(job: Job, first_two: list[str]) -> str | None:
     return None
 
 
-def touch(pipe: Pipeline, conversation_id: str) -> None:
+def touch(pipe: Pipeline, conversation_id: str, owner: str) -> None:
     """The conversation's last activity (inside MULTI), in whole milliseconds (the list's
-    `before` cursor is an ISO time with milliseconds): never moves back."""
-    pipe.zadd(keys.conversations_by_activity(), {conversation_id: round(time.time(), 3)},
-              gt=True)
+    `before` cursor is an ISO time with milliseconds): never moves back. In the list of
+    everyone's (operators) and of its owner's."""
+    now = round(time.time(), 3)
+    pipe.zadd(keys.conversations_by_activity(), {conversation_id: now}, gt=True)
+    pipe.zadd(keys.person_conversations(owner), {conversation_id: now}, gt=True)
+
+
+def owned_by(job: Job, person: str) -> bool:
+    return (job.owner or OWNER) == person
+
+
+def stored_owner(raw: bytes | str | None, *, existed: bool) -> str | None:
+    """The owner from its key; a conversation from before owners were stored is OWNER's."""
+    if raw is not None:
+        return to_str(raw)
+    return OWNER if existed else None
 
 
 def step_end_status(status: JobStatus) -> StepStatus:

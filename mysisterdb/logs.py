@@ -12,6 +12,7 @@ import logging.handlers
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from mysisterdb.files import private_dir
 from mysisterdb.secrets import register, registered
 from mysisterdb.settings import Settings
 
@@ -38,10 +39,16 @@ def job_context(*, job_id: str, conversation_id: str) -> Iterator[None]:
 class ContextFilter(logging.Filter):
     """Adds job and conversation ids, and scrubs secrets from the rendered message."""
 
-    def __init__(self, *, process_name: str, secrets: list[str]) -> None:
+    def __init__(self, *, process_name: str, secrets: list[str] | None = None) -> None:
         super().__init__()
         self.process_name = process_name
-        self.secrets = [s for s in secrets if s]
+        self.fixed = [s for s in secrets or [] if s]
+
+    @property
+    def secrets(self) -> list[str]:
+        # The registry is read at each record: a secret registered after logging was set up
+        # (a generated token, a token file read at start) is scrubbed too.
+        return self.fixed + registered()
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.job_id = getattr(record, "job_id", None) or _job_id.get()
@@ -64,12 +71,12 @@ def configure_logging(settings: Settings, *, process: str) -> None:
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, "_mysisterdb", False)]:
         root.removeHandler(handler)
-    if settings.gemini_api_key:
-        register(settings.gemini_api_key.get_secret_value())
-    context = ContextFilter(process_name=process, secrets=registered())
+    for secret in settings.secret_values():
+        register(secret)
+    context = ContextFilter(process_name=process)
     formatter = logging.Formatter(FORMAT)
     handlers: list[logging.Handler] = [logging.StreamHandler()]
-    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.log_dir)
     handlers.append(logging.handlers.RotatingFileHandler(
         settings.log_dir / LOG_FILE, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8"))
     for handler in handlers:

@@ -93,6 +93,7 @@ class Job(BaseModel):
     write_id: str = ""  # stamp of the last write, to recognise our own after a lost reply
     sequence: int = 0  # grows with every write: clients follow a job by it
     retry_of: str | None = None  # the failed, incomplete or cancelled job this one retries
+    owner: str | None = None  # the person whose conversation it is (None: from before owners)
     # Set by the lifecycle's end on the returned object only; never stored.
     previous_status: JobStatus | None = Field(default=None, exclude=True)
 

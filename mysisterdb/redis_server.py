@@ -16,6 +16,8 @@ from pathlib import Path
 
 import redis
 
+from mysisterdb.files import private_dir, write_private
+
 logger = logging.getLogger(__name__)
 
 
@@ -46,10 +48,12 @@ class RedisServer:
     process: subprocess.Popen[bytes]
     host: str
     port: int
+    password: str | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     def stop(self, timeout_s: float = 5.0) -> None:
         if self.process.poll() is None:
@@ -62,38 +66,53 @@ class RedisServer:
 
 
 def redis_args(*, port: int, host: str, data_dir: Path | None,
-               logfile: Path | None = None) -> list[str]:
-    args = [redis_server_binary(), "--port", str(port), "--bind", host,
+               logfile: Path | None = None, config: Path | None = None) -> list[str]:
+    """`config`: a file of directives read first (the password: never in the arguments,
+    which every local user can read in `ps`)."""
+    args = [redis_server_binary(), *([str(config.resolve())] if config else []),
+            "--port", str(port), "--bind", host,
             "--protected-mode", "no", "--maxmemory-policy", "noeviction"]
     if logfile is not None:
         logfile.parent.mkdir(parents=True, exist_ok=True)
         args += ["--logfile", str(logfile.resolve())]
     if data_dir is None:
         return [*args, "--save", "", "--appendonly", "no"]
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     # AOF: a message that got a 202 must survive a restart of the private server.
     return [*args, "--dir", str(data_dir.resolve()), "--appendonly", "yes",
             "--appendfsync", "everysec"]
 
 
+def password_config(path: Path, password: str) -> Path:
+    """The 0600 file that gives redis-server its password."""
+    write_private(path, f"requirepass {password}\n")
+    return path
+
+
 def start_redis(
     *, port: int | None = None, host: str = "127.0.0.1", data_dir: Path | None = None,
-    ready_timeout_s: float = 10.0,
+    ready_timeout_s: float = 10.0, password: str | None = None, config: Path | None = None,
 ) -> RedisServer:
-    """Start redis-server and wait until it answers PING; persistent when data_dir is given."""
+    """Start redis-server and wait until it answers PING; persistent when data_dir is given;
+    with `password`, `config` is the file that carries it."""
     port = port or free_port(host)
-    proc = subprocess.Popen(redis_args(port=port, host=host, data_dir=data_dir),
+    if password is not None:
+        if config is None:
+            raise ValueError("a password needs its config file")
+        password_config(config, password)
+    proc = subprocess.Popen(redis_args(port=port, host=host, data_dir=data_dir,
+                                       config=config if password is not None else None),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = RedisServer(process=proc, host=host, port=port)
+    server = RedisServer(process=proc, host=host, port=port, password=password)
     wait_until_ready(server, timeout_s=ready_timeout_s)
-    logger.info("private redis-server on %s (pid %s)", server.url, proc.pid)
+    logger.info("private redis-server on %s:%s (pid %s)", host, port, proc.pid)
     return server
 
 
 def wait_until_ready(server: RedisServer, *, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    client = redis.Redis(host=server.host, port=server.port, socket_timeout=1,
-                         socket_connect_timeout=1)
+    client = redis.Redis(host=server.host, port=server.port, password=server.password,
+                         socket_timeout=1, socket_connect_timeout=1)
     try:
         while time.monotonic() < deadline:
             if server.process.poll() is not None:

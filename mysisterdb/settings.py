@@ -5,8 +5,9 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -87,6 +88,27 @@ class Settings(BaseSettings):
     worker_max_tasks_per_child: int = 200
     worker_max_memory_per_child_mb: int = 400
 
+    # Security (docs/runbook.md, "Security settings"). Tokens are secrets: SecretStr, never
+    # printed by a repr, registered with the log scrubber.
+    # "alice:TOKEN,bob:TOKEN": one access token per person (names: letters, digits, . _ -).
+    api_tokens: SecretStr | None = None
+    api_tokens_file: Path | None = None  # lines "name:TOKEN" (# comments), read at start
+    operator_token: SecretStr | None = None  # /api/queue, /api/incidents, /metrics
+    # Host names the API answers to (comma-separated; the port is not part of it).
+    allowed_hosts: str = "localhost,127.0.0.1,::1"
+    # Origins of other sites allowed to call the API from a browser (CORS, comma-separated);
+    # empty: no CORS at all, and state-changing requests must come from the API's own origin.
+    cors_origins: str = ""
+    rate_limit: str = "30/minute"  # submissions per person (limits' notation), besides the cap
+    session_days: float = Field(default=14.0, gt=0)  # the chat page's sign-in lasts this long
+    # How people reach the API (e.g. https://chat.example.com behind a proxy): the printed
+    # sign-in URL uses it. Unset: http://localhost:<port>.
+    public_url: str | None = None
+    # The Redis password when MYSISTERDB_REDIS_URL carries none: the variable, or a file
+    # (compose: the secrets volume).
+    redis_password: SecretStr | None = None
+    redis_password_file: Path | None = None
+
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> Settings:
         # The request timeout must fire before the soft limit, the soft before the hard.
@@ -102,6 +124,35 @@ class Settings(BaseSettings):
                     "need MYSISTERDB_WORKER_MIN_CONCURRENCY <= MYSISTERDB_WORKER_CONCURRENCY")
             self.worker_min_concurrency = self.worker_concurrency
         return self
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_parses(cls, value: str) -> str:
+        from limits import parse  # the library that enforces it says what it accepts
+
+        parse(value)
+        return value
+
+    @model_validator(mode="after")
+    def _redis_password_into_url(self) -> Settings:
+        # Every process connects with settings.redis_url: put the secret file's password in
+        # it once, here, rather than in each place that connects.
+        if self.redis_url and self.redis_password is not None:
+            self.redis_url = with_password(self.redis_url, self.redis_password.get_secret_value())
+        elif self.redis_url and self.redis_password_file is not None:
+            password = self.redis_password_file.read_text(encoding="utf-8").strip()
+            self.redis_url = with_password(self.redis_url, password)
+        return self
+
+    def secret_values(self) -> list[str]:
+        """Every secret the settings hold, for the log scrubber (never for printing)."""
+        found = [self.gemini_api_key, self.operator_token]
+        values = [s.get_secret_value() for s in found if s is not None]
+        if self.api_tokens is not None:  # "name:TOKEN,...": each token on its own
+            values += [entry.partition(":")[2].strip()
+                       for entry in self.api_tokens.get_secret_value().split(",")]
+        password = urlsplit(self.redis_url).password if self.redis_url else None
+        return [v for v in [*values, password] if v]
 
     @property
     def uses_simulator(self) -> bool:
@@ -121,6 +172,22 @@ class Settings(BaseSettings):
         return None
 
     @property
+    def api_token_file(self) -> Path:
+        """The token generated at first start on a non-loopback address (0600)."""
+        return self.data_dir / "api-token"
+
+    @property
+    def redis_password_path(self) -> Path:
+        """The private redis-server's generated password (0600), for `mysisterdb up`."""
+        return self.data_dir / "redis.password"
+
+    def host_list(self) -> list[str]:
+        return [h.strip() for h in self.allowed_hosts.split(",") if h.strip()]
+
+    def cors_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
     def redis_url_file(self) -> Path:
         """Where `mysisterdb up` writes its private Redis's URL for the operator commands."""
         return self.data_dir / "redis.url"
@@ -135,6 +202,17 @@ class Settings(BaseSettings):
 
     def persona_text(self) -> str:
         return self.persona_file.read_text(encoding="utf-8").strip()
+
+
+def with_password(url: str, password: str) -> str:
+    """The URL with `password` (when it has none of its own)."""
+    parts = urlsplit(url)
+    if parts.password or not password:
+        return url
+    netloc = f"{parts.username or ''}:{quote(password, safe='')}@{parts.hostname}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @lru_cache(maxsize=1)

@@ -22,7 +22,14 @@ from pathlib import Path
 
 import httpx
 
-from mysisterdb.redis_server import RedisServer, free_port, redis_args, wait_until_ready
+from mysisterdb.files import secret_in_file, write_private
+from mysisterdb.redis_server import (
+    RedisServer,
+    free_port,
+    password_config,
+    redis_args,
+    wait_until_ready,
+)
 from mysisterdb.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -96,10 +103,14 @@ def plan_children(settings: Settings, env: dict[str, str]) -> list[Child]:
     children: list[Child] = []
     if not settings.redis_url:
         port = free_port()
-        env["MYSISTERDB_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+        # Locked: a password generated once, kept 0600 beside the data (in the URL handed to
+        # the children through their environment, never in anyone's arguments).
+        password = secret_in_file(settings.redis_password_path)
+        env["MYSISTERDB_REDIS_URL"] = f"redis://:{password}@127.0.0.1:{port}/0"
+        config = password_config(Path(settings.data_dir) / "redis.conf", password)
         args = redis_args(port=port, host="127.0.0.1", data_dir=Path(settings.data_dir),
-                          logfile=Path(settings.log_dir) / "redis.log")
-        children.append(Child("redis", args, env, ready=wait_for_redis(port)))
+                          logfile=Path(settings.log_dir) / "redis.log", config=config)
+        children.append(Child("redis", args, env, ready=wait_for_redis(port, password)))
     if settings.uses_simulator and not settings.gemini_endpoint:
         env["MYSISTERDB_GEMINI_ENDPOINT"] = f"http://127.0.0.1:{settings.sim_port}"
         children.append(Child("simulator", self_command("simulator"), env))
@@ -112,20 +123,22 @@ def plan_children(settings: Settings, env: dict[str, str]) -> list[Child]:
     return children
 
 
-def wait_for_redis(port: int) -> Callable[[Child], None]:
+def wait_for_redis(port: int, password: str) -> Callable[[Child], None]:
     def ready(child: Child) -> None:
         assert child.process is not None
-        wait_until_ready(RedisServer(child.process, "127.0.0.1", port), timeout_s=10)
+        wait_until_ready(RedisServer(child.process, "127.0.0.1", port, password), timeout_s=10)
 
     return ready
 
 
 class Supervisor:
     def __init__(self, children: list[Child], *, notify: Notify | None = None,
-                 ready_url: str | None = None) -> None:
+                 ready_url: str | None = None,
+                 tick: Callable[[], None] | None = None) -> None:
         self.children = children
         self.stopping = False
         self.notify = notify
+        self.tick = tick  # called every loop (writes the restarts Redis could not take yet)
         self.ready_url = ready_url  # announced once it answers
 
     def announce_when_ready(self) -> None:
@@ -155,6 +168,8 @@ class Supervisor:
             time.sleep(0.5)
             for child in self.children:
                 self.tend(child)
+            if self.tick is not None:
+                self.tick()
             self.announce_when_ready()
         self.stop_all()
 
@@ -184,32 +199,59 @@ class Supervisor:
             child.stop()
 
 
-def incident_notifier(redis_url: str | None) -> Notify:
-    """Record each restart in the incident table (best effort: Redis may be what died)."""
+@dataclass
+class RestartRecorder:
+    """Every restart into the incident table. Redis may be what died (or be down for other
+    reasons): a restart it cannot take is kept and written once it answers again, with the
+    time it happened. `notify` queues and tries; `flush` (each supervisor loop) retries."""
 
-    def notify(name: str, cause: str, action: str) -> None:
-        from mysisterdb.incidents import IncidentLog
+    redis_url: str | None
+    pending: list[tuple[str, str, str, str]] = field(default_factory=list)
+    _warned: bool = False
+
+    def notify(self, name: str, cause: str, action: str) -> None:
+        from mysisterdb.models import iso, utcnow
+
+        self.pending.append((iso(utcnow()) or "", name, cause, action))
+        self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        from mysisterdb.incidents import Incident, IncidentLog
         from mysisterdb.redis_client import connect
 
+        client = connect(self.redis_url, timeout_s=0.5)  # the loop must go on tending
         try:
-            IncidentLog(connect(redis_url, timeout_s=1.0)).record_process_exit(
-                name=name, cause=cause, action=action)
+            log = IncidentLog(client)
+            while self.pending:
+                at, name, cause, action = self.pending[0]
+                log.record(Incident(at=at, kind="process_exit", job_id=None,
+                                    conversation_id=None, step=name, input="", cause=cause,
+                                    action=action))
+                self.pending.pop(0)
+                logger.info("restart of %s recorded as an incident", name)
         except Exception as exc:
-            logger.warning("could not record the restart of %s: %s", name, exc)
-
-    return notify
+            if not self._warned:
+                logger.warning("restart of %s not recorded yet (%s): written when redis "
+                               "answers", self.pending[0][1], type(exc).__name__)
+            self._warned = True
+        else:
+            self._warned = False
+        finally:
+            client.close()
 
 
 def run_stack(settings: Settings) -> None:
     env = dict(os.environ)
     children = plan_children(settings, env)
     url = f"http://{settings.host}:{settings.port}"
-    supervisor = Supervisor(children, notify=incident_notifier(env.get("MYSISTERDB_REDIS_URL")),
-                            ready_url=url)
+    recorder = RestartRecorder(env.get("MYSISTERDB_REDIS_URL"))
+    supervisor = Supervisor(children, notify=recorder.notify, ready_url=url,
+                            tick=recorder.flush)
     url_file = settings.redis_url_file if not settings.redis_url else None
-    if url_file is not None:
-        url_file.parent.mkdir(parents=True, exist_ok=True)
-        url_file.write_text(env["MYSISTERDB_REDIS_URL"] + "\n")
+    if url_file is not None:  # 0600: it carries the password
+        write_private(url_file, env["MYSISTERDB_REDIS_URL"] + "\n")
     signal.signal(signal.SIGINT, supervisor.request_stop)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     mode = "offline Gemini simulator" if settings.uses_simulator else "Google Gemini"

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -136,6 +137,41 @@ def alive(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_up_locks_its_redis_keeps_its_files_private_and_records_a_redis_restart(
+        up: tuple) -> None:  # type: ignore[type-arg]
+    proc, url, tmp_path = up
+    wait_for(lambda: healthy(url), timeout_s=40, what="mysisterdb up")
+    data, logs = tmp_path / "data", tmp_path / "logs"
+    password = (data / "redis.password").read_text().strip()
+    assert len(password) >= 32
+    assert mode(data) == mode(logs) == 0o700
+    for path in [*data.iterdir(), *logs.iterdir()]:
+        if path.is_file():
+            assert mode(path) == 0o600, path
+    server = next(c for c in psutil.Process(proc.pid).children(recursive=True)
+                  if c.name() == "redis-server")
+    port = next(c.laddr.port for c in server.net_connections() if c.status == "LISTEN")
+    with pytest.raises(redis.AuthenticationError):  # NOAUTH: no password, no answer
+        redis.Redis(port=port, socket_timeout=2).get("x")
+    assert redis.Redis(port=port, password=password, socket_timeout=2).ping()
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        assert password not in " ".join(child.cmdline()), child.name()  # ps shows no secret
+    server.kill()  # kill -9 of the private Redis: up restarts it, and once it answers...
+    wait_for(lambda: redis_restarted(url), timeout_s=60, what="the redis restart incident")
+    for path in logs.iterdir():
+        assert password not in path.read_text(errors="replace"), path
+
+
+def redis_restarted(url: str) -> bool:
+    r = httpx.get(f"{url}/api/incidents", timeout=2)
+    return r.status_code == 200 and any(
+        i["kind"] == "process_exit" and i["step"] == "redis" for i in r.json()["incidents"])
 
 
 def test_ctrl_c_lets_a_running_prompt_finish_before_everything_stops(up: tuple) -> None:  # type: ignore[type-arg]

@@ -149,6 +149,13 @@ def run_guarded(rt: Runtime, job: Job, *, deadline: float) -> str:
     except LLMError as error:
         rt.lifecycle.end(job.id, llm_outcome(rt, error))
         return error.error_code.value
+    except redis.RedisError as exc:
+        # Redis went away under the prompt (killed, restarted, frozen past the retries). The
+        # end is written once it answers again (the client retries); if it does not, this
+        # raises on to the last resort, and the sweep ends the job later (worker_lost).
+        logger.error("job %s: redis lost while running: %s", job.id, exc)
+        rt.lifecycle.end(job.id, store_lost(exc, action="job failed; the prompt can be retried"))
+        return ErrorCode.STORE_UNAVAILABLE.value
     except Exception as exc:
         logger.exception("job %s failed", job.id)
         rt.lifecycle.end(job.id, Outcome.failed(
@@ -168,13 +175,21 @@ def llm_outcome(rt: Runtime, error: LLMError) -> Outcome:
         partial=error.partial if isinstance(error, PartialReplyError) else None)
 
 
+def store_lost(exc: BaseException, *, action: str) -> Outcome:
+    return Outcome.failed(ErrorCode.STORE_UNAVAILABLE, exception=f"{type(exc).__name__}: {exc}",
+                          action=action)
+
+
 def last_resort(rt: Runtime, job_id: str, exc: BaseException) -> None:
-    timed_out = isinstance(exc, SoftTimeLimitExceeded)
+    action = "ended by the task's last-resort handler"
+    if isinstance(exc, redis.RedisError):
+        outcome = store_lost(exc, action=action)
+    else:
+        outcome = Outcome.failed(
+            ErrorCode.TIMEOUT if isinstance(exc, SoftTimeLimitExceeded) else ErrorCode.INTERNAL,
+            exception=f"{type(exc).__name__} while ending the job", action=action)
     try:
-        rt.lifecycle.end(job_id, Outcome.failed(
-            ErrorCode.TIMEOUT if timed_out else ErrorCode.INTERNAL,
-            exception=f"{type(exc).__name__} while ending the job",
-            action="ended by the task's last-resort handler"))
+        rt.lifecycle.end(job_id, outcome)
     except BaseException:  # nothing more to do here; the sweep ends the job
         logger.exception("job %s: last-resort end failed", job_id)
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 
-from api.deps import CeleryDep, ConversationReaderDep, HistoryDep, LifecycleDep
+from api.deps import CallerDep, CeleryDep, ConversationReaderDep, HistoryDep, LifecycleDep
 from api.schemas import (
     CONVERSATION_ID_PATTERN,
     ConversationListOut,
@@ -18,7 +18,7 @@ from api.schemas import (
     errors,
 )
 from mysisterdb.conversations import MAX_CONVERSATIONS, MAX_TURNS
-from mysisterdb.errors import InvalidInput, NotFound
+from mysisterdb.errors import CONVERSATION_NOT_FOUND, InvalidInput, NotFound
 
 router = APIRouter(prefix="/api", tags=["conversations"])
 
@@ -30,7 +30,7 @@ MAX_SEQ = 2**53  # a seq beyond any conversation; bigger numbers are refused
 
 @router.get("/conversations", response_model=ConversationListOut, responses=errors())
 def list_conversations(
-    reader: ConversationReaderDep,
+    reader: ConversationReaderDep, caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=MAX_CONVERSATIONS,
                                 description="How many (1-100)")] = 20,
     before: Annotated[str | None, Query(
@@ -38,18 +38,20 @@ def list_conversations(
         description="Only conversations whose last activity is older: an ISO 8601 time, the "
                     "previous page's next_before")] = None,
 ) -> ConversationListOut:
-    """Conversations, newest activity first: id, title (the first user message, shortened),
-    message count, last activity, whether a job is queued or running."""
-    views = reader.newest(limit=limit, before=parse_time(before) if before else None)
+    """The caller's conversations, newest activity first: id, title (the first user message,
+    shortened), message count, last activity, whether a job is queued or running."""
+    views = reader.newest(limit=limit, before=parse_time(before) if before else None,
+                          person=caller.person)
     out = [ConversationOut.of(v) for v in views]
     return ConversationListOut(conversations=out,
                                next_before=out[-1].last_activity if len(out) == limit else None)
 
 
 @router.get("/conversations/{conversation_id}/messages", response_model=HistoryOut,
-            responses=errors())
+            responses=errors(404))
 def list_turns(
-    conversation_id: ConversationId, reader: ConversationReaderDep,
+    conversation_id: ConversationId, reader: ConversationReaderDep, lifecycle: LifecycleDep,
+    caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=MAX_TURNS, description="How many turns (1-100)")] = 50,
     before: Annotated[int | None, Query(ge=0, le=MAX_SEQ, description=(
         "Only turns whose user message seq is below this (page back with turns[0].user.seq)"))
@@ -60,7 +62,9 @@ def list_turns(
 ) -> HistoryOut:
     """Every turn as it is, oldest first: the user's message, then the reply, or the job
     still running (status, partial text), or the failure (error code and message, partial
-    text for incomplete; retryable). Without cursors: the newest `limit` turns."""
+    text for incomplete; retryable). Without cursors: the newest `limit` turns. A
+    conversation nobody has written in yet has no turns; another person's is 404."""
+    lifecycle.check_owner(conversation_id, caller.person or "")
     page = reader.turns(conversation_id, limit=limit, before=before, after=after)
     return HistoryOut.of(conversation_id, page)
 
@@ -68,12 +72,13 @@ def list_turns(
 @router.delete("/conversations/{conversation_id}", status_code=204, response_class=Response,
                responses=errors(404))
 def delete_conversation(conversation_id: ConversationId, lifecycle: LifecycleDep,
-                        celery: CeleryDep) -> Response:
+                        celery: CeleryDep, caller: CallerDep) -> Response:
     """Delete the conversation: messages, index, summary, jobs. Its queued and running jobs
     end cancelled first, in the same transaction, so none can write into it afterwards."""
+    lifecycle.check_owner(conversation_id, caller.person or "")
     deleted = lifecycle.delete_conversation(conversation_id)
     if deleted is None:
-        raise NotFound("指定された会話は見つかりませんでした。")
+        raise NotFound(CONVERSATION_NOT_FOUND)
     for job_id in deleted.stopped:  # stop the running task now rather than at its next write
         celery.control.revoke(job_id, terminate=True, signal="SIGTERM")
     return Response(status_code=204)
@@ -88,23 +93,27 @@ def parse_time(text: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def reset(conversation_id: str, history: HistoryDep) -> ResetOut:
+def reset(conversation_id: str, history: HistoryDep, lifecycle: LifecycleDep,
+          caller: CallerDep) -> ResetOut:
+    lifecycle.check_owner(conversation_id, caller.person or "")
     history.reset(conversation_id)
     return ResetOut(conversation_id=conversation_id, reset=True)
 
 
 @router.post("/conversations/{conversation_id}/reset", response_model=ResetOut,
-             responses=errors())
-def reset_conversation(conversation_id: ConversationId, history: HistoryDep) -> ResetOut:
-    """Operators: forget the conversation's messages, index and summary (jobs and the turn
-    counter stay). Clients delete with DELETE /api/conversations/{id}."""
-    return reset(conversation_id, history)
+             responses=errors(404))
+def reset_conversation(conversation_id: ConversationId, history: HistoryDep,
+                       lifecycle: LifecycleDep, caller: CallerDep) -> ResetOut:
+    """Forget the conversation's messages, index and summary (jobs and the turn counter
+    stay). Clients delete with DELETE /api/conversations/{id}."""
+    return reset(conversation_id, history, lifecycle, caller)
 
 
-@router.get("/reset_conversation", response_model=ResetOut, responses=errors())
+@router.get("/reset_conversation", response_model=ResetOut, responses=errors(404))
 def reset_conversation_legacy(
-    history: HistoryDep,
+    history: HistoryDep, lifecycle: LifecycleDep, caller: CallerDep,
     conversation_id: Annotated[str, Query(pattern=CONVERSATION_ID_PATTERN)] = "default",
 ) -> ResetOut:
-    """The old runbook's emergency reset, kept for operators who know it."""
-    return reset(conversation_id, history)
+    """The old runbook's emergency reset, kept for those who know it: the caller's own
+    conversation only, and refused when a page of another site triggers it."""
+    return reset(conversation_id, history, lifecycle, caller)

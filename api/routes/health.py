@@ -1,19 +1,22 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from api.schemas import ErrorBody, HealthOut, TimeOut
-from mysisterdb.llm_check import LLMCheck, LLMStatus
+from mysisterdb.llm_check import PENDING, LLMCheck, LLMStatus
 from mysisterdb.models import iso, utcnow
 from mysisterdb.monitoring import QueueStats, queue_stats
 from mysisterdb.settings import Settings
 
 router = APIRouter(prefix="/api", tags=["health"])
+T = TypeVar("T")
 
 HEALTH_BUDGET_S = 0.8  # the whole check, whatever is down: health answers within 1 s
 FIRST_LLM_CHECK_WAIT_S = 0.5  # only when the LLM check has no recent result (see LLMCheck.status)
@@ -66,11 +69,29 @@ def consuming_detail(stats: QueueStats, consuming: bool) -> str:
             "and start nothing: restart the worker")
 
 
+# Health's own threads: when Redis hangs, the shared pool fills with handlers waiting on
+# it, and a check queued behind them could not answer within its second (1.5 s was seen).
+HEALTH_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="health")
+
+
+async def in_health_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    loop = asyncio.get_running_loop()
+    return await asyncio.wait_for(loop.run_in_executor(HEALTH_THREADS, partial(fn, *args, **kwargs)),
+                                  HEALTH_BUDGET_S)
+
+
 async def stack_check(client: Any, settings: Settings) -> tuple[bool, dict[str, Any]]:
     try:
-        return await asyncio.wait_for(run_in_threadpool(check, client, settings), HEALTH_BUDGET_S)
+        return await in_health_thread(check, client, settings)
     except TimeoutError:
         return False, {"redis": {"ok": False, "detail": "no answer within the budget"}}
+
+
+async def llm_status(llm_check: LLMCheck) -> LLMStatus:
+    try:
+        return await in_health_thread(llm_check.status, wait_s=FIRST_LLM_CHECK_WAIT_S)
+    except TimeoutError:
+        return PENDING
 
 
 @router.get("/health", response_model=HealthOut, responses={
@@ -83,11 +104,10 @@ async def health(request: Request) -> JSONResponse:
     settings: Settings = request.app.state.settings
     llm_check: LLMCheck = request.app.state.llm_check
     # Both at once, each in a thread: neither may hold the event loop or the other.
-    llm_status, (healthy, body) = await asyncio.gather(
-        run_in_threadpool(llm_check.status, wait_s=FIRST_LLM_CHECK_WAIT_S),
-        stack_check(request.app.state.health_redis, settings))
-    status, code = overall(healthy, llm_status)
-    body.update({"status": status, "llm": llm_info(settings, llm_status, llm_check.url),
+    llm, (healthy, body) = await asyncio.gather(
+        llm_status(llm_check), stack_check(request.app.state.health_redis, settings))
+    status, code = overall(healthy, llm)
+    body.update({"status": status, "llm": llm_info(settings, llm, llm_check.url),
                  "time": iso(utcnow())})
     return JSONResponse(HealthOut.model_validate(body).model_dump(mode="json"),
                         status_code=code)

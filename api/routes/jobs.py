@@ -14,11 +14,20 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CeleryDep, ChatServiceDep, LifecycleDep, WatcherDep, lifecycle_of
+from api.deps import (
+    CallerDep,
+    CeleryDep,
+    ChatServiceDep,
+    LifecycleDep,
+    WatcherDep,
+    lifecycle_of,
+)
 from api.errors import NoContent
 from api.schemas import ACCEPTED, JOB_ID_PATTERN, MAX_WAIT_S, JobOut, errors, stream_errors
 from api.watch import JobWatcher
-from mysisterdb.errors import NotFound
+from mysisterdb.access import Caller
+from mysisterdb.errors import JOB_NOT_FOUND, NotFound
+from mysisterdb.lifecycle import owned_by
 from mysisterdb.models import Job, JobStatus
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
@@ -29,10 +38,11 @@ SSE_MAX_S = 300.0  # a stream ends after this; EventSource resumes it with Last-
 SSE_WAIT_S = 15.0  # one wait inside a stream (the keep-alive comes from FastAPI)
 
 
-async def current(request: Request, job: Job | None) -> Job:
-    """The job, 404 if gone; a job whose worker died with it is ended first."""
-    if job is None:
-        raise NotFound("指定されたジョブは見つかりませんでした。")
+async def current(request: Request, job: Job | None, caller: Caller) -> Job:
+    """The job, 404 if gone or another person's; a job whose worker died with it is ended
+    first."""
+    if job is None or not owned_by(job, caller.person or ""):
+        raise NotFound(JOB_NOT_FOUND)
     lifecycle = lifecycle_of(request)
     if not job.status.is_final and lifecycle.death(job) is not None:
         return await run_in_threadpool(lifecycle.reap, job, by="a reader of the job")
@@ -41,7 +51,7 @@ async def current(request: Request, job: Job | None) -> Job:
 
 @router.get("/{job_id}", response_model=JobOut, responses=errors(404))
 async def get_job(
-    job_id: JobId, request: Request, watcher: WatcherDep,
+    job_id: JobId, request: Request, watcher: WatcherDep, caller: CallerDep,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description=(
         "Seconds to wait for a change (0-30). Answers as soon as the job's sequence is past "
         "`after` or the job is final, else with the job as it is when the wait ends"))] = 0,
@@ -50,15 +60,16 @@ async def get_job(
 ) -> JobOut:
     """The job: status, steps, text so far, reply or error. Long-poll with `wait` and
     `after`; plain polling (no parameters) answers at once."""
-    job = await current(request, await watcher.read(job_id))
+    job = await current(request, await watcher.read(job_id), caller)
     if wait > 0:
         seen = job.sequence if after is None else after
-        job = await current(request, await watcher.wait_past(job_id, after=seen, timeout_s=wait))
+        job = await current(request, await watcher.wait_past(job_id, after=seen, timeout_s=wait),
+                            caller)
     return JobOut.of(job)
 
 
 async def stream_start(
-    job_id: JobId, request: Request, watcher: WatcherDep,
+    job_id: JobId, request: Request, watcher: WatcherDep, caller: CallerDep,
     last_event_id: Annotated[str | None, Header(
         alias="Last-Event-ID", pattern=r"^\d{1,18}$",
         description="The last event id received (sent back by EventSource on reconnect)")] = None,
@@ -69,7 +80,7 @@ async def stream_start(
     when the client already has the final state (EventSource then stops reconnecting)."""
     seen = int(last_event_id) if last_event_id is not None else (after if after is not None
                                                                   else -1)
-    job = await current(request, await watcher.read(job_id))
+    job = await current(request, await watcher.read(job_id), caller)
     if job.status.is_final and job.sequence <= seen:
         raise NoContent()
     return seen
@@ -109,10 +120,11 @@ def event(job: Job) -> JobOut:
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=errors(404, 409))
-def cancel_job(job_id: JobId, lifecycle: LifecycleDep, celery: CeleryDep) -> JobOut:
+def cancel_job(job_id: JobId, lifecycle: LifecycleDep, celery: CeleryDep,
+               caller: CallerDep) -> JobOut:
     """Cancel a queued or running job (the running task is terminated, best effort). The job
     ends `cancelled` with no error; the step it was in (or waiting for) is `cancelled`."""
-    ended = lifecycle.cancel(job_id)
+    ended = lifecycle.cancel(job_id, person=caller.person or "")
     # The status it had when *we* ended it decides whether a process must be stopped.
     if ended.previous_status is not JobStatus.QUEUED:
         celery.control.revoke(job_id, terminate=True, signal="SIGTERM")

@@ -30,7 +30,8 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-REQUIRED_SERVICES = ("redis", "api", "worker", "flower", "simulator")
+REQUIRED_SERVICES = ("secrets", "redis", "api", "worker", "flower", "simulator")
+PASSWORD_FILE = "/run/mysisterdb/redis.password"
 APP_SERVICES = ("api", "worker")
 OUR_IMAGE_SERVICES = ("api", "worker", "simulator")
 SECRET_VARS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
@@ -216,8 +217,49 @@ def test_flower_watches_the_same_broker() -> None:
     flower = SERVICES["flower"]
     assert loopback_ports(flower) == {5555: 5555}
     assert depends_on_redis_healthy(flower)
-    text = " ".join(command(flower)) + " " + json.dumps(environment(flower))
-    assert "redis://redis:6379/0" in text
+    text = " ".join(entrypoint(flower) + command(flower)) + " " + json.dumps(environment(flower))
+    assert f"$$(cat {PASSWORD_FILE})@redis:6379/0" in text
+
+
+def entrypoint(service: dict[str, Any]) -> list[str]:
+    value = service.get("entrypoint") or []
+    return [str(c) for c in value] if isinstance(value, list) else shlex.split(str(value))
+
+
+def mounts_secrets(service: dict[str, Any]) -> bool:
+    return f"secrets:{PASSWORD_FILE.rsplit('/', 1)[0]}:ro" in (service.get("volumes") or [])
+
+
+def test_redis_has_a_password_that_no_argument_shows() -> None:
+    redis = SERVICES["redis"]
+    script = " ".join(entrypoint(redis))
+    # $$ is compose's escape for the shell's $.
+    assert f"requirepass %s\\n' \"$$(cat {PASSWORD_FILE})\" > /tmp/redis.conf" in script
+    assert "redis-server /tmp/redis.conf" in script  # from the file, not --requirepass
+    assert "--requirepass" not in COMPOSE_FILE.read_text(encoding="utf-8")
+    assert "REDISCLI_AUTH" in healthcheck_text(redis)
+    assert (redis["depends_on"]["secrets"]["condition"] == "service_completed_successfully")
+    generate = " ".join(entrypoint(SERVICES["secrets"]) + command(SERVICES["secrets"]))
+    assert "MYSISTERDB_REDIS_PASSWORD" in generate and "/dev/urandom" in generate
+    for name in APP_SERVICES:
+        assert environment(SERVICES[name]).get("MYSISTERDB_REDIS_PASSWORD_FILE") == PASSWORD_FILE
+    # Every service that talks to redis reads the password: redis, flower, and all that are
+    # told where the file is.
+    readers = {"redis", "flower"} | {
+        name for name, service in SERVICES.items()
+        if environment(service).get("MYSISTERDB_REDIS_URL")}
+    for name in readers:
+        assert mounts_secrets(SERVICES[name]), f"{name} cannot read the password"
+        if name not in ("redis", "flower"):
+            assert environment(SERVICES[name]).get("MYSISTERDB_REDIS_PASSWORD_FILE") == (
+                PASSWORD_FILE), name
+
+
+def test_api_keeps_its_generated_token_in_a_volume() -> None:
+    api = SERVICES["api"]
+    assert "api-data:/app/data" in (api.get("volumes") or [])
+    hosts = interpolation_default(environment(api).get("MYSISTERDB_ALLOWED_HOSTS")) or ""
+    assert {"localhost", "127.0.0.1", "api"} <= set(hosts.split(","))
 
 
 def test_simulator_is_the_llm_without_a_key() -> None:

@@ -80,6 +80,7 @@ class Compose:
     env: dict[str, str]
     env_file: Path
     api_url: str
+    token: str = ""  # the API's generated token (`mysisterdb token` in its container)
 
     def run(self, *args: str, timeout_s: float = COMMAND_TIMEOUT_S,
             check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -94,8 +95,13 @@ class Compose:
         return done
 
     def up(self) -> None:
-        """The README's command."""
+        """The README's command, then the README's way to get the token."""
         self.run("up", "-d", "--build", "--wait", timeout_s=UP_TIMEOUT_S)
+        self.token = self.run("exec", "-T", "api", "mysisterdb", "token").stdout.strip()
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
 
     def inspect(self, service: str, template: str) -> str:
         container = self.run("ps", "-a", "-q", service).stdout.strip()
@@ -133,13 +139,13 @@ class Compose:
         return httpx.get(f"{self.api_url}/api/health", timeout=5).json()  # type: ignore[no-any-return]
 
     def submit(self, message: str, conversation_id: str) -> dict[str, Any]:
-        r = httpx.post(f"{self.api_url}/api/chat", timeout=10,
+        r = httpx.post(f"{self.api_url}/api/chat", timeout=10, headers=self.auth,
                        json={"message": message, "conversation_id": conversation_id})
         assert r.status_code == 202, r.text
         return r.json()  # type: ignore[no-any-return]
 
     def job(self, job_id: str) -> dict[str, Any] | None:
-        r = httpx.get(f"{self.api_url}/api/jobs/{job_id}", timeout=5)
+        r = httpx.get(f"{self.api_url}/api/jobs/{job_id}", timeout=5, headers=self.auth)
         return r.json() if r.status_code == 200 else None
 
     def wait_job(self, job_id: str, *, timeout_s: float = 60) -> dict[str, Any]:
@@ -154,7 +160,7 @@ class Compose:
 
     def texts(self, conversation_id: str) -> list[str] | None:
         r = httpx.get(f"{self.api_url}/api/conversations/{conversation_id}/messages",
-                      timeout=5)
+                      timeout=5, headers=self.auth)
         if r.status_code != 200:
             return None
         return [m["text"] for t in r.json()["turns"] for m in (t["user"], t["reply"]) if m]
@@ -210,6 +216,19 @@ def test_plain_up_answers_a_chat_from_the_simulator(compose: Compose) -> None:
     assert health["llm"]["endpoint"].startswith("http://simulator:8765/")
     job = compose.chat("枡元といえば？ｗ", "compose-first")
     assert "お兄ちゃん" in job["reply"] and "枡元といえば？ｗ" in job["reply"]
+
+
+def test_plain_up_is_locked_a_token_for_the_api_and_a_password_for_redis(
+        compose: Compose) -> None:
+    assert len(compose.token) >= 32
+    assert "/signin#token=" + compose.token in compose.run("logs", "api").stdout
+    assert httpx.get(f"{compose.api_url}/api/conversations", timeout=5).status_code == 401
+    assert httpx.get(f"{compose.api_url}/api/conversations", headers=compose.auth,
+                     timeout=5).status_code == 200
+    refused = compose.run("exec", "-T", "redis", "redis-cli", "ping", check=False)
+    assert "NOAUTH" in refused.stdout + refused.stderr
+    mode = compose.run("exec", "-T", "api", "stat", "-c", "%a", "/app/data/api-token").stdout
+    assert mode.strip() == "600"
 
 
 def test_a_crashed_worker_is_restarted_and_serves_again(compose: Compose) -> None:

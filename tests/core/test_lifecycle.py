@@ -18,6 +18,7 @@ from context.redis_store import RedisHistoryStore
 from context.tokens import count_tokens
 from context.types import Message, Summary, reply_seq
 from mysisterdb import keys
+from mysisterdb.access import OWNER
 from mysisterdb.chat import ChatService
 from mysisterdb.conversations import ConversationReader
 from mysisterdb.errors import Conflict, ErrorCode, IdempotencyKeyReused, NotFound, QueueFull
@@ -231,7 +232,7 @@ def test_a_failed_store_leaves_no_key_message_job_or_turn(redis_client: redis.Re
                        history=BrokenHistory(redis_client, key_of=keys.conv_key))
     with pytest.raises(redis.ConnectionError):
         submit(broken, "hi", key="k1")
-    assert redis_client.get(keys.idempotency("k1")) is None
+    assert redis_client.get(keys.idempotency(OWNER, "k1")) is None
     assert redis_client.exists(keys.conv_messages("c")) == 0
     assert JobStore(redis_client).active_ids() == [] and redis_client.zcard(keys.outbox()) == 0
     assert redis_client.get(keys.conv_turn("c")) is None  # no hole left in the turns
@@ -263,7 +264,7 @@ def test_backpressure_counts_typed_ahead_turns_and_refuses_before_storing(
     with pytest.raises(QueueFull):
         chat.submit(conversation_id="d", text="三", idempotency_key="k3")
     assert redis_client.get(keys.conv_turn("d")) is None
-    assert redis_client.get(keys.idempotency("k3")) is None and len(broker.sent) == 1
+    assert redis_client.get(keys.idempotency(OWNER, "k3")) is None and len(broker.sent) == 1
 
 
 def test_concurrent_requests_with_one_key_make_one_job(redis_client: redis.Redis) -> None:

@@ -1,0 +1,235 @@
+"""Who may do what: people with access tokens, the operator, and the sessions of the page.
+
+Three modes, chosen at start from the settings (docs/runbook.md, "Security settings"):
+
+    open       no token configured and the API listens on loopback only: as before, one
+               person (`OWNER`), who is also the operator; nobody signs in.
+    generated  no token configured and the API listens on any other address (a container's
+               0.0.0.0 included): a token is generated at first start, kept 0600 in the data
+               directory (`mysisterdb token` prints it), and is `OWNER`'s and the operator's.
+    tokens     MYSISTERDB_API_TOKENS / MYSISTERDB_API_TOKENS_FILE name the people;
+               MYSISTERDB_OPERATOR_TOKEN (if set) opens the operator routes.
+
+A person's conversations are theirs alone (the lifecycle stores each conversation's owner).
+`OWNER` is also the owner of conversations from before owners were stored, so a single
+person keeps their history when tokens are turned on: name one token `owner` to keep it.
+
+Tokens are compared in constant time (`hmac.compare_digest` over SHA-256 digests, every
+entry compared), never logged (each is registered with the log scrubber) and never put in a
+URL that reaches the server (the sign-in URL carries it after `#`).
+
+The chat page's session is a cookie that holds no token: "v1.{name}.{expires}.{signature}",
+signed with HMAC-SHA256 keyed by the person's own token. Nothing is stored server-side (a
+session works while Redis is down), and changing a person's token ends their sessions.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from mysisterdb.files import secret_in_file
+from mysisterdb.secrets import register
+from mysisterdb.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+OWNER = "owner"  # the one person of the open and generated modes; owner of legacy data
+NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MIN_TOKEN_CHARS = 16
+SESSION_VERSION = "v1"
+SIGN_IN_PATH = "/signin"
+
+
+class Mode(StrEnum):
+    OPEN = "open"
+    GENERATED = "generated"
+    TOKENS = "tokens"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: a person (their conversations), and whether they may use the
+    operator routes."""
+
+    person: str | None
+    operator: bool = False
+
+
+def digest(token: str) -> bytes:
+    # Equal-length values for compare_digest: the time taken says nothing about the length.
+    return hashlib.sha256(token.encode()).digest()
+
+
+def parse_token_lines(lines: Iterable[str], *, source: str) -> dict[str, str]:
+    """{name: token} from "name:TOKEN" entries; blank lines and # comments skipped.
+    Names and tokens are checked; the error never quotes a token."""
+    people: dict[str, str] = {}
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, token = (part.strip() for part in line.partition(":"))
+        if not sep or not NAME.fullmatch(name):
+            raise ValueError(f"{source}, entry {number}: expected name:TOKEN with a name of "
+                             "letters, digits, . _ - (1-64)")
+        if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
+            raise ValueError(f"{source}, entry {number} ({name}): the token must be at least "
+                             f"{MIN_TOKEN_CHARS} characters, without spaces "
+                             "(`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+        if name in people:
+            raise ValueError(f"{source}: {name} is listed twice")
+        people[name] = token
+    return people
+
+
+def configured_people(settings: Settings) -> dict[str, str]:
+    people: dict[str, str] = {}
+    if settings.api_tokens is not None:
+        people |= parse_token_lines(settings.api_tokens.get_secret_value().split(","),
+                                    source="MYSISTERDB_API_TOKENS")
+    if settings.api_tokens_file is not None:
+        text = settings.api_tokens_file.read_text(encoding="utf-8")
+        for name, token in parse_token_lines(text.splitlines(),
+                                             source=str(settings.api_tokens_file)).items():
+            if name in people:
+                raise ValueError(f"{name} is in MYSISTERDB_API_TOKENS and its file")
+            people[name] = token
+    return people
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class Access:
+    """The policy in force: who each token is, and the page's sessions."""
+
+    mode: Mode
+    people: dict[str, str] = field(default_factory=dict)  # name -> token
+    operator_token: str | None = None
+    session_s: float = 14 * 86400
+
+    def __post_init__(self) -> None:
+        for secret in [*self.people.values(), self.operator_token]:
+            register(secret)  # scrubbed from every log line and incident from now on
+        self._entries = [(digest(t), Caller(person=n, operator=self._owner_operates(n)))
+                         for n, t in self.people.items()]
+        if self.operator_token:
+            self._entries.append((digest(self.operator_token), Caller(None, operator=True)))
+
+    def _owner_operates(self, name: str) -> bool:
+        # Only the generated token is both: with configured tokens, operating takes its own.
+        return self.mode is Mode.GENERATED and name == OWNER
+
+    @property
+    def needs_credentials(self) -> bool:
+        return self.mode is not Mode.OPEN
+
+    def anonymous(self) -> Caller | None:
+        """Who a request without credentials is: the one person in open mode (the operator
+        too, unless an operator token is set), else nobody."""
+        if self.mode is Mode.OPEN:
+            return Caller(person=OWNER, operator=self.operator_token is None)
+        return None
+
+    def identify(self, token: str) -> Caller | None:
+        """The caller this token belongs to, or None. Every entry is compared, in constant
+        time: neither the time nor an early exit tells how close a guess was."""
+        given = digest(token)
+        found: Caller | None = None
+        for stored, caller in self._entries:
+            if hmac.compare_digest(given, stored):
+                found = caller
+        if found is not None and self.mode is Mode.OPEN and found.person is None:
+            # Open mode with an operator token: the operator is also the one person.
+            return Caller(person=OWNER, operator=True)
+        return found
+
+    # -- the page's sessions -------------------------------------------------------------
+
+    def _signature(self, name: str, expires: int) -> str | None:
+        token = self.people.get(name)
+        if token is None:
+            return None
+        mac = hmac.new(token.encode(), f"session|{name}|{expires}".encode(), hashlib.sha256)
+        return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
+
+    def new_session(self, person: str, *, now: float | None = None) -> str:
+        expires = int((now or time.time()) + self.session_s)
+        signature = self._signature(person, expires)
+        if signature is None:
+            raise ValueError(f"{person} has no token")
+        return f"{SESSION_VERSION}.{person}.{expires}.{signature}"
+
+    def session_caller(self, cookie: str, *, now: float | None = None) -> Caller | None:
+        parts = cookie.split(".")
+        if len(parts) != 4 or parts[0] != SESSION_VERSION or not parts[2].isdigit():
+            return None
+        _, name, expires_raw, signature = parts
+        expires = int(expires_raw)
+        expected = self._signature(name, expires)
+        if expected is None or expires < (now or time.time()):
+            return None
+        if not hmac.compare_digest(expected.encode(), signature.encode()):
+            return None
+        return Caller(person=name, operator=self._owner_operates(name))
+
+
+Announce = Callable[[str], None]
+
+
+def load_access(settings: Settings, *, announce: Announce | None = None) -> Access:
+    """The policy from the settings; in generated mode the token is created on first start
+    (and `announce` is told the sign-in URL, as Jupyter prints its own)."""
+    people = configured_people(settings)
+    operator = (settings.operator_token.get_secret_value()
+                if settings.operator_token is not None else None)
+    if operator is not None and len(operator) < MIN_TOKEN_CHARS:
+        raise ValueError(f"MYSISTERDB_OPERATOR_TOKEN must be at least {MIN_TOKEN_CHARS} "
+                         "characters")
+    session_s = settings.session_days * 86400
+    if people:
+        return Access(Mode.TOKENS, people, operator, session_s)
+    if is_loopback(settings.host):
+        return Access(Mode.OPEN, {}, operator, session_s)
+    created = not settings.api_token_file.exists()
+    token = generated_token(settings.api_token_file)
+    access = Access(Mode.GENERATED, {OWNER: token}, operator, session_s)
+    if announce is not None:
+        announce(sign_in_message(settings, token, created=created))
+    return access
+
+
+def generated_token(path: Path) -> str:
+    return secret_in_file(path, nbytes=32)
+
+
+def sign_in_url(settings: Settings, token: str) -> str:
+    host = settings.host if is_loopback(settings.host) else "localhost"
+    base = settings.public_url.rstrip("/") if settings.public_url else f"http://{host}:{settings.port}"
+    # After '#': the browser keeps the fragment to itself, so the token reaches no access log.
+    return f"{base}{SIGN_IN_PATH}#token={token}"
+
+
+def sign_in_message(settings: Settings, token: str, *, created: bool) -> str:
+    what = "generated an access token" if created else "uses the access token"
+    return (f"MySisterDB listens on {settings.host}:{settings.port} with no token configured, "
+            f"so it {what} kept in {settings.api_token_file} (`mysisterdb token` prints it "
+            f"again; API clients send it as `Authorization: Bearer <token>`).\n"
+            f"    Sign in: {sign_in_url(settings, token)}")
