@@ -196,3 +196,32 @@ def in_chain(exc: BaseException, types: tuple[type[BaseException], ...],
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+class RetryingClient:
+    """`stream` and `embed` of every SDK client: our bounded retries around one attempt.
+
+    A subclass sets `_policy` and gives `_stream_once` and `_embed_once` (one request each,
+    cut by the timeout it is handed)."""
+
+    _policy: RetryPolicy
+
+    def stream(self, *, system_instruction: str, contents: list[Turn], deadline: float,
+               on_text: TextCallback) -> str:
+        return call_with_retries(
+            lambda timeout_s: self._stream_once(system_instruction, contents, timeout_s,
+                                                on_text),
+            policy=self._policy, deadline=deadline)
+
+    def embed(self, texts: list[str], *, task: str,
+              deadline: float | None = None) -> list[list[float]]:
+        return embed_in_batches(texts, task=task, deadline=deadline, policy=self._policy,
+                                embed_batch=partial(self._embed_once, task=task))
+
+    def _stream_once(self, system_instruction: str, contents: list[Turn], timeout_s: float,
+                     on_text: TextCallback) -> str:
+        raise NotImplementedError
+
+    def _embed_once(self, batch: list[str], timeout_s: float, *,
+                    task: str) -> list[list[float]]:
+        raise NotImplementedError

@@ -15,7 +15,6 @@ import importlib
 import math
 import ssl
 from collections.abc import Iterator
-from functools import partial
 from typing import Any
 
 from context.types import Turn
@@ -23,12 +22,11 @@ from mysisterdb.errors import LLMError, LLMTimeout
 from workers.llm import (
     Attempt,
     Observer,
+    RetryingClient,
     RetryPolicy,
     TextCallback,
-    call_with_retries,
     collect,
     connection_error,
-    embed_in_batches,
     guarded,
     http_error,
     in_chain,
@@ -92,7 +90,7 @@ def milliseconds(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
-class GenAIClient:
+class GenAIClient(RetryingClient):
     """google-genai `Client` on the Gemini Developer API (API key), one per worker process."""
 
     def __init__(self, *, api_key: str, model: str, endpoint: str | None, policy: RetryPolicy,
@@ -117,18 +115,6 @@ class GenAIClient:
         return types.HttpOptions(base_url=base_url, timeout=milliseconds(timeout_s),
                                  retry_options=types.HttpRetryOptions(attempts=1),
                                  client_args=client_args, async_client_args=async_client_args)
-
-    def stream(self, *, system_instruction: str, contents: list[Turn], deadline: float,
-               on_text: TextCallback) -> str:
-        return call_with_retries(
-            lambda timeout_s: self._stream_once(system_instruction, contents, timeout_s,
-                                                on_text),
-            policy=self._policy, deadline=deadline)
-
-    def embed(self, texts: list[str], *, task: str,
-              deadline: float | None = None) -> list[list[float]]:
-        return embed_in_batches(texts, task=task, deadline=deadline, policy=self._policy,
-                                embed_batch=partial(self._embed_once, task=task))
 
     def _stream_once(self, system_instruction: str, contents: list[Turn], timeout_s: float,
                      on_text: TextCallback) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Iterator
-from functools import partial
 from typing import Any, cast
 
 from context.types import Turn
@@ -18,12 +17,11 @@ from mysisterdb.errors import LLMError, LLMTimeout
 from workers.llm import (
     Attempt,
     Observer,
+    RetryingClient,
     RetryPolicy,
     TextCallback,
-    call_with_retries,
     collect,
     connection_error,
-    embed_in_batches,
     guarded,
     http_error,
     in_chain,
@@ -43,7 +41,7 @@ TRANSPORT_ERRORS = transport_errors()
 TIMEOUT_CLASS_NAMES = frozenset({"ReadTimeoutError", "ConnectTimeoutError"})
 
 
-class GenerativeAIClient:
+class GenerativeAIClient(RetryingClient):
     """google-generativeai: `genai.configure(transport="rest")`, our retries (`retry=None`)."""
 
     def __init__(self, *, api_key: str, model: str, endpoint: str | None, policy: RetryPolicy,
@@ -60,18 +58,6 @@ class GenerativeAIClient:
         self._embedding_dim = embedding_dim
         self._policy = policy
         self._observe = observe
-
-    def stream(self, *, system_instruction: str, contents: list[Turn], deadline: float,
-               on_text: TextCallback) -> str:
-        return call_with_retries(
-            lambda timeout_s: self._stream_once(system_instruction, contents, timeout_s,
-                                                on_text),
-            policy=self._policy, deadline=deadline)
-
-    def embed(self, texts: list[str], *, task: str,
-              deadline: float | None = None) -> list[list[float]]:
-        return embed_in_batches(texts, task=task, deadline=deadline, policy=self._policy,
-                                embed_batch=partial(self._embed_once, task=task))
 
     def _stream_once(self, system_instruction: str, contents: list[Turn], timeout_s: float,
                      on_text: TextCallback) -> str:

@@ -54,9 +54,9 @@ def test_masumoto_question_that_froze_the_old_server_is_answered(stack: Stack,
         ("user", "枡元といえば？ｗ"), ("assistant", done["reply"])]
 
 
-def test_reply_streams_into_partial_reply_before_completion(stack: Stack,
-                                                            conversation_id: str) -> None:
-    # The simulator sends 4 chunks; with a delay between request and answer we can watch.
+def test_a_finished_step_is_visible_while_the_job_runs(stack: Stack,
+                                                      conversation_id: str) -> None:
+    # The reply streaming into partial_reply is tested in test_streaming.py (#sim:hold).
     job = stack.submit("ゆっくり話して #sim:sleep=0.5", conversation_id=conversation_id)
     seen = stack.wait_job(job["id"], until=lambda j: j["steps"][0]["status"] == "completed")
     assert seen["status"] == "in_progress"  # a finished step is visible while the job runs
