@@ -184,6 +184,12 @@ def last_resort(rt: Runtime, job_id: str, exc: BaseException) -> None:
     action = "ended by the task's last-resort handler"
     if isinstance(exc, redis.RedisError):
         outcome = store_lost(exc, action=action)
+    elif isinstance(exc, (SystemExit, KeyboardInterrupt)):
+        # The worker stopped the task: it lost its broker connection (Redis died) and cancels
+        # what it can no longer acknowledge, or it is shutting down.
+        outcome = Outcome.failed(
+            ErrorCode.WORKER_LOST, exception=f"{type(exc).__name__}: the worker stopped the task",
+            action="stopped by its worker (broker connection lost, or shutdown)")
     else:
         outcome = Outcome.failed(
             ErrorCode.TIMEOUT if isinstance(exc, SoftTimeLimitExceeded) else ErrorCode.INTERNAL,

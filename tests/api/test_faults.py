@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -46,6 +47,26 @@ class FaultStack:
     stack: Stack
     server: RedisServer
     data_dir: Path
+    log_dir: Path
+    supervise: bool = True
+    restarts: int = 0
+
+    def keep_worker_running(self) -> None:
+        """What `mysisterdb up` and compose's restart policy do for a worker that exits.
+
+        Needed because Celery's worker can die of a kombu error when Redis goes away in the
+        middle of its reconnect ("Unrecoverable error: AttributeError ... 'hostname'"): a
+        known defect (see the session note), not what these tests are about."""
+        worker = self.stack.procs["worker"]
+        hung = "Unrecoverable error" in worker.log()  # crashed, not exited: health says so
+        if self.supervise and (worker.process.poll() is not None or hung):
+            self.restarts += 1
+            print(f"worker {'hung' if hung else 'exited'}; restarting it")
+            worker.stop(timeout_s=2)
+            log_dir = self.log_dir / f"restart{self.restarts}"
+            log_dir.mkdir()
+            self.stack.procs["worker"] = start("worker", mysisterdb("worker"),
+                                               env=self.stack.env, log_dir=log_dir)
 
     def kill_redis(self) -> None:
         self.server.process.kill()
@@ -63,8 +84,18 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
     tmp = tmp_path_factory.mktemp("faults")
     server = start_redis(data_dir=tmp / "redis")  # AOF, as `mysisterdb up` runs it
     running = FaultStack(stack=start_stack(redis_url=server.url, log_dir=tmp),
-                         server=server, data_dir=tmp / "redis")
+                         server=server, data_dir=tmp / "redis", log_dir=tmp)
+    stop = threading.Event()
+
+    def supervise() -> None:
+        while not stop.wait(0.2):
+            running.keep_worker_running()
+
+    supervisor = threading.Thread(target=supervise, daemon=True)
+    supervisor.start()
     yield running
+    stop.set()
+    supervisor.join(timeout=5)
     running.stack.stop()
     running.server.stop()
 
@@ -260,9 +291,11 @@ def test_a_dead_worker_s_prompt_ends_worker_lost_and_the_next_turn_waits_for_a_w
     handed over then, and the next worker serves it."""
     stack, cid = faults.stack, f"dead-{uuid.uuid4().hex[:8]}"
     stuck = stack.submit("#worker:stuck", conversation_id=cid)["id"]  # blocked in C
-    stack.wait_job(stuck, until=lambda j: j["steps"][2]["status"] == "in_progress")
+    stack.wait_job(stuck, timeout_s=SETTLE_S,  # a worker restarted by an earlier test may start
+                   until=lambda j: j["steps"][2]["status"] == "in_progress")
     waiting = stack.submit("待ってるよ", conversation_id=cid)["id"]  # its turn comes next
     worker = stack.procs["worker"]
+    faults.supervise = False  # no worker until this test starts one
     os.killpg(worker.process.pid, signal.SIGKILL)  # the parent and its pool, at once
     worker.process.wait(timeout=10)
     ended = final(stack, stuck)
@@ -274,4 +307,5 @@ def test_a_dead_worker_s_prompt_ends_worker_lost_and_the_next_turn_waits_for_a_w
     assert stack.job(waiting)["status"] == "queued"  # handed over, waiting in the broker
     stack.procs["worker"] = start("worker", mysisterdb("worker"), env=stack.env,
                                   log_dir=tmp_path)
+    faults.supervise = True
     assert end_of(final(stack, waiting)) == ("completed", None)
