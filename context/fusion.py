@@ -1,9 +1,9 @@
 """Where recall candidates come from, and how rankings from several sources are merged.
 
-Today the only source is lexical (`HistoryStore.search`, BM25 over the Redis index).  A
-semantic source (embeddings of stored messages, searched within a fixed cost) plugs in as
-another `CandidateSource`; `build_context` merges the rankings with reciprocal rank fusion,
-which needs no common scale between a BM25 score and a cosine similarity: only ranks.
+The lexical source is `HistoryStore.search` (BM25 over the Redis index).  The semantic one
+(context/vectors.py: embeddings of stored messages, searched within a fixed cost) is another
+`CandidateSource`; `build_context` merges the rankings with reciprocal rank fusion, which
+needs no common scale between a BM25 score and a cosine similarity: only ranks.
 """
 
 from __future__ import annotations
@@ -31,14 +31,24 @@ def reciprocal_rank_fusion(rankings: Sequence[Sequence[ScoredMessage]], *, limit
                            k: int = RRF_K) -> list[ScoredMessage]:
     """One ranking from several: Σ 1/(k + rank) over the rankings a message appears in
     (rank from 1), best first, ties to the newer message.  Each message keeps the best
-    score any source gave it."""
+    score any source gave it, and the newer message that supersedes it if any source says
+    so (only the lexical one knows subjects: a semantic hit must not lift that mark)."""
     fused: dict[int, float] = {}
     best: dict[int, ScoredMessage] = {}
+    superseded: dict[int, int] = {}
     for ranking in rankings:
         for rank, scored in enumerate(ranking, start=1):
             seq = scored.message.seq
             fused[seq] = fused.get(seq, 0.0) + 1.0 / (k + rank)
             if seq not in best or scored.score > best[seq].score:
                 best[seq] = scored
+            if scored.superseded_by is not None:
+                superseded.setdefault(seq, scored.superseded_by)
     order = sorted(fused, key=lambda seq: (fused[seq], seq), reverse=True)
-    return [best[seq] for seq in order[:limit]]
+    return [_marked(best[seq], superseded.get(seq)) for seq in order[:limit]]
+
+
+def _marked(scored: ScoredMessage, superseded_by: int | None) -> ScoredMessage:
+    if superseded_by is None or scored.superseded_by is not None:
+        return scored
+    return ScoredMessage(message=scored.message, score=scored.score, superseded_by=superseded_by)

@@ -17,6 +17,9 @@ conversation (no TTL):
                                   8-byte little-endian each, in storage order
     ctx:vocab, ctx:p:{term}       the index of the version before slots (bigram terms),
                                   deleted by the first re-index
+    ctx:vec               zset    the messages' quantized embeddings (context/vectors.py);
+                                  deleted here with the rest, and by a renumber (the
+                                  seqs they point at move: `reindex --embeddings` again)
 
 A postings list is a string appended to (O(1)): its length / 8 is the term's document
 frequency, and its tail is the term's most recent postings (one GETRANGE), so a search
@@ -439,7 +442,7 @@ class RedisHistoryStore:
         k = self.keys(conversation_id)
         vocabs = [k.vocab(slot) for slot in SLOTS] + [k.legacy_vocab()]
         stored = [k.messages(), k.summary(), k.ctx("live"), k.ctx("build"), k.ctx("done"),
-                  *(key for slot in SLOTS for key in (k.stats(slot), k.docs(slot))), *vocabs]
+                  k.ctx("vec"), *(key for slot in SLOTS for key in (k.stats(slot), k.docs(slot))), *vocabs]
         watching.watch(*stored)
         postings = [k.postings(slot, _text(t)) for slot in SLOTS
                     for t in watching.smembers(k.vocab(slot))]
@@ -447,13 +450,14 @@ class RedisHistoryStore:
         return stored + postings
 
     def reset(self, conversation_id: str) -> None:
-        """Delete messages, index and summary (not atomic: call it on an idle conversation)."""
+        """Delete messages, index, vectors and summary (not atomic: call it on an idle
+        conversation)."""
         k = self.keys(conversation_id)
         for slot in SLOTS:
             self._drop_slot(k, slot)
         self._drop_legacy(k)
         self._redis.delete(k.messages(), k.summary(), k.ctx("live"), k.ctx("build"),
-                           k.ctx("done"))
+                           k.ctx("done"), k.ctx("vec"))
         logger.info("conversation %s: history, index and summary deleted", conversation_id)
 
     def _messages_from(self, cid: str, *, batch: int) -> Iterator[list[Message]]:
@@ -614,3 +618,5 @@ class RedisHistoryStore:
             pipe.zadd(k.messages(), {with_seq(raw, seq): seq})
         if covers_up_to_seq is not None:
             pipe.hset(k.summary(), "covers_up_to_seq", covers_up_to_seq)
+        # Vectors are stored by seq: after a move they would answer for the wrong message.
+        pipe.delete(k.ctx("vec"))

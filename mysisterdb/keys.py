@@ -14,7 +14,9 @@ Layout::
     msdb:conv:{cid}:messages     zset   score = seq, member = message JSON    kept
     msdb:conv:{cid}:summary      hash   running summary + seq it covers       kept
     msdb:conv:{cid}:summarizing  string a summary task is queued or running   summary_pending_ttl_s
+    msdb:conv:{cid}:embedding    string an embedding task is queued or running embedding_pending_ttl_s
     msdb:conv:{cid}:ctx:*        the context library's relevance index       kept
+    msdb:conv:{cid}:ctx:vec      zset   seq -> seq + scale + int8 embedding  kept
     msdb:jobs:active             zset   queued or running job -> created (epoch) kept
     msdb:jobs:running            zset   running job -> started (epoch)        kept
     msdb:jobs:outbox             zset   job to publish -> when (epoch)        kept
@@ -52,6 +54,7 @@ idempotency_ttl_s = 24 * 3600
 worker_heartbeat_ttl_s = 10
 incidents_max = 1000
 summary_pending_ttl_s = 900  # above the longest retry chain of a summary task
+embedding_pending_ttl_s = 300  # above an embedding task's wait in the queue and its limit
 recent_replies_max = 50  # the window of the reply time behind 429 (mysisterdb/capacity.py)
 
 
@@ -144,6 +147,11 @@ def conv_summary(conversation_id: str) -> str:
 
 def conv_summarizing(conversation_id: str) -> str:
     return conv_prefix(conversation_id) + "summarizing"
+
+
+def conv_embedding(conversation_id: str) -> str:
+    """Dedupes the background embedding task, like conv_summarizing."""
+    return conv_prefix(conversation_id) + "embedding"
 
 
 def conv_context(conversation_id: str, name: str) -> str:

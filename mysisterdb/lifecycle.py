@@ -551,7 +551,7 @@ class Lifecycle:
 
     def _delete_once(self, pipe: Pipeline, cid: str) -> Deleted | None:
         own = [keys.conv_turn(cid), keys.conv_jobs(cid), keys.conv_active(cid),
-               keys.conv_summarizing(cid), keys.conv_owner(cid)]
+               keys.conv_summarizing(cid), keys.conv_embedding(cid), keys.conv_owner(cid)]
         pipe.watch(*own)
         owner = stored_owner(pipe.get(keys.conv_owner(cid)), existed=True)
         store_keys = self.history.conversation_keys(cid, watching=pipe)

@@ -41,6 +41,10 @@ HISTOGRAMS = {
 COUNTERS = {
     "jobs": ("mysisterdb_jobs", "Jobs by final status and error code.", ("status", "error_code")),
     "time_limits": ("mysisterdb_time_limits_hit", "Task time limits hit.", ("kind",)),
+    "semantic_recall": ("mysisterdb_semantic_recall", "Prompts built with embeddings on, by "
+                        "outcome (used, no_vectors, lexical_only).", ("outcome",)),
+    "embedding_tasks": ("mysisterdb_embedding_tasks", "Background embedding task runs, by "
+                        "outcome.", ("outcome",)),
 }
 
 

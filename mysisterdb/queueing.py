@@ -31,6 +31,7 @@ SUMMARY_QUEUE = "summary"
 QUEUES = (CHAT_QUEUE, SUMMARY_QUEUE)
 CHAT_TASK = "mysisterdb.chat"
 SUMMARY_TASK = "mysisterdb.summarize"
+EMBED_TASK = "mysisterdb.embed"  # on the summary queue: background work beside summaries
 
 Publish = Callable[[str], None]  # send a job's broker message (task id = job id)
 
@@ -49,12 +50,15 @@ def create_celery(settings: Settings, *, include: Sequence[str] = (),
         task_ignore_result=True,
         result_backend=None,
         task_default_queue=CHAT_QUEUE,
-        task_routes={CHAT_TASK: {"queue": CHAT_QUEUE}, SUMMARY_TASK: {"queue": SUMMARY_QUEUE}},
+        task_routes={CHAT_TASK: {"queue": CHAT_QUEUE}, SUMMARY_TASK: {"queue": SUMMARY_QUEUE},
+                     EMBED_TASK: {"queue": SUMMARY_QUEUE}},
         task_time_limit=settings.task_time_limit,
         task_soft_time_limit=settings.task_soft_time_limit,
         task_annotations={SUMMARY_TASK: {
             "time_limit": settings.summary_time_limit,
-            "soft_time_limit": summary_soft_limit(settings.summary_time_limit)}},
+            "soft_time_limit": summary_soft_limit(settings.summary_time_limit)},
+            EMBED_TASK: {"time_limit": settings.embedding_time_limit,
+                         "soft_time_limit": summary_soft_limit(settings.embedding_time_limit)}},
         task_acks_late=True,
         task_acks_on_failure_or_timeout=True,
         task_reject_on_worker_lost=False,

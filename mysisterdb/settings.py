@@ -71,6 +71,17 @@ class Settings(BaseSettings):
     relevance_threshold: float = 0.4
     relevance_floor: float = 0.15  # recall fills unused budget down to this score
     summary_max_tokens: int = 600
+    # Semantic recall (docs/context.md, "Meaning"): every stored message gets an embedding in
+    # the background, and recall merges the nearest vectors with the lexical candidates.
+    # auto: on with a Gemini key, off with the simulator (its embeddings are a toy: a hashed
+    # bag of n-grams and a small concept table; offline recall stays lexical). on: also with
+    # the simulator (the tests and the recall bench exercise the path that way).
+    embeddings: Literal["auto", "on", "off"] = "auto"
+    embedding_scan_max: int = Field(default=1000, ge=1)  # newest vectors scanned per prompt
+    embedding_min_similarity: float = Field(default=0.6, ge=-1.0, le=1.0)
+    # The query's embedding is on the reply path: this long at most, else lexical only.
+    embedding_query_timeout_s: float = Field(default=1.0, gt=0)
+    embedding_time_limit: float = 30.0  # the background embedding task's hard limit
 
     # Operations
     redis_timeout_s: float = 1.5
@@ -157,6 +168,12 @@ class Settings(BaseSettings):
     @property
     def uses_simulator(self) -> bool:
         return self.gemini_api_key is None
+
+    @property
+    def embeddings_enabled(self) -> bool:
+        if self.embeddings == "auto":
+            return not self.uses_simulator
+        return self.embeddings == "on"
 
     @property
     def llm_mode(self) -> str:

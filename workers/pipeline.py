@@ -19,6 +19,7 @@ from context.tokens import count_tokens
 from context.types import Message, reply_seq, user_seq
 from mysisterdb.lifecycle import JobGone, Outcome
 from mysisterdb.models import Job, StepName, iso, utcnow
+from workers.embeddings import semantic_source
 from workers.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -54,8 +55,8 @@ def run_chat(rt: Runtime, job: Job, *, deadline: float) -> None:
         message = load_message(rt, job)
         detail["text"] = f"message seq {message.seq}, {message.tokens} tokens"
     with step(rt, job.id, StepName.BUILD_CONTEXT) as detail:
-        built = build(rt, job, message)
-        detail["text"] = built.describe()
+        built, semantic = build(rt, job, message)
+        detail["text"] = built.describe() + (f"; semantic: {semantic}" if semantic else "")
     with step(rt, job.id, StepName.GENERATE) as detail:
         reply = generate(rt, job, built, deadline=deadline)
         detail["text"] = f"{len(reply)} characters"
@@ -63,12 +64,20 @@ def run_chat(rt: Runtime, job: Job, *, deadline: float) -> None:
     commit_reply(rt, job, reply)
 
 
-def build(rt: Runtime, job: Job, message: Message) -> BuiltContext:
+def build(rt: Runtime, job: Job, message: Message) -> tuple[BuiltContext, str]:
+    """The prompt, and what semantic recall did ("" when embeddings are off)."""
     s = rt.settings
-    return build_context(store=rt.history, conversation_id=job.conversation_id,
-                         new_message=message, persona=rt.persona,
-                         max_tokens=s.max_context_tokens, preserve_recent=s.preserve_recent,
-                         relevance_threshold=s.relevance_threshold, relevance_floor=s.relevance_floor)
+    source = semantic_source(rt)
+    built = build_context(store=rt.history, conversation_id=job.conversation_id,
+                          new_message=message, persona=rt.persona,
+                          max_tokens=s.max_context_tokens, preserve_recent=s.preserve_recent,
+                          relevance_threshold=s.relevance_threshold,
+                          relevance_floor=s.relevance_floor,
+                          sources=[source] if source is not None else [])
+    if source is None:
+        return built, ""
+    rt.metrics.count("semantic_recall", source.outcome)
+    return built, source.status
 
 
 def generate(rt: Runtime, job: Job, built: BuiltContext, *, deadline: float) -> str:

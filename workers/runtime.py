@@ -12,7 +12,8 @@ import redis
 from celery import current_app
 
 from context.redis_store import RedisHistoryStore
-from mysisterdb.history import history_store
+from context.vectors import RedisVectorStore
+from mysisterdb.history import history_store, vector_store
 from mysisterdb.lifecycle import Lifecycle, Limits
 from mysisterdb.metrics import MetricsRecorder
 from mysisterdb.queueing import chat_publisher
@@ -34,6 +35,7 @@ class Runtime:
     redis: redis.Redis
     lifecycle: Lifecycle
     history: RedisHistoryStore
+    vectors: RedisVectorStore
     llm: LLMClient
     persona: str
     metrics: MetricsRecorder
@@ -92,6 +94,6 @@ def build_runtime(settings: Settings) -> Runtime:
     lifecycle = Lifecycle(client=client, history=history, limits=Limits.from_settings(settings),
                           publish=chat_publisher(current_app))
     return Runtime(settings=settings, redis=client, lifecycle=lifecycle, history=history,
-                   llm=build_llm(settings, observe=latency_observer(metrics)),
+                   vectors=vector_store(client), llm=build_llm(settings, observe=latency_observer(metrics)),
                    persona=persona_text(settings.persona_file),
                    metrics=metrics)

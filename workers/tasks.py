@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 from billiard.exceptions import WorkerLostError
-from celery import Task, shared_task
+from celery import Task, current_app, shared_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.worker.request import Request
 
@@ -30,10 +30,10 @@ from mysisterdb.lifecycle import ClaimStatus, JobGone, Lifecycle, Limits, Outcom
 from mysisterdb.logs import job_context
 from mysisterdb.metrics import MetricsRecorder
 from mysisterdb.models import Job
-from mysisterdb.queueing import CHAT_TASK, SUMMARY_TASK
+from mysisterdb.queueing import CHAT_TASK, EMBED_TASK, SUMMARY_TASK
 from mysisterdb.redis_client import connect
 from mysisterdb.settings import get_settings
-from workers import pipeline, summary
+from workers import embeddings, pipeline, summary
 from workers.llm import PartialReplyError
 from workers.runtime import Runtime, get_runtime
 from workers.signals import wake_sweeper
@@ -163,6 +163,7 @@ def run_guarded(rt: Runtime, job: Job, *, deadline: float) -> str:
             keep_partial=False))
         return ErrorCode.INTERNAL.value
     queue_summary(rt, job.conversation_id)
+    queue_embedding(rt, job.conversation_id)
     return "completed"
 
 
@@ -205,6 +206,48 @@ def queue_summary(rt: Runtime, conversation_id: str) -> None:
         summary.request_summary(rt, conversation_id)
     except Exception:  # a summary is an optimisation: never fail a finished chat job
         logger.exception("could not queue the summary of %s", conversation_id)
+
+
+def queue_embedding(rt: Runtime, conversation_id: str) -> None:
+    if not rt.settings.embeddings_enabled:
+        return
+    try:
+        embeddings.request_embedding(rt, conversation_id)
+    except Exception:  # embeddings are an addition to recall: never fail a finished chat job
+        logger.exception("could not queue the embedding of %s", conversation_id)
+
+
+@shared_task(name=EMBED_TASK, acks_late=True)
+def embed(conversation_id: str, token: str = "", after_seq: int | None = None) -> str:
+    """The tail task (token: its dedup flag) or, with after_seq, one backfill batch."""
+    started = time.monotonic()
+    rt = get_runtime()
+    deadline = embeddings.task_deadline(rt, started)
+    try:
+        if after_seq is not None:
+            stored, next_seq = embeddings.backfill_batch(rt, conversation_id, after_seq=after_seq,
+                                                         deadline=deadline)
+            if next_seq is not None:
+                embeddings.request_backfill(current_app, conversation_id, after_seq=next_seq)
+        else:
+            stored = embeddings.embed_tail(rt, conversation_id, deadline=deadline)
+    except (LLMError, SoftTimeLimitExceeded) as exc:
+        # Not retried here: the next completed chat job queues the tail again (and a
+        # backfill is resumed by running `reindex --embeddings` again).
+        logger.warning("embedding of %s failed (%s: %s); the next chat job tries again",
+                       conversation_id, type(exc).__name__, exc)
+        rt.metrics.count("embedding_tasks", "failed")
+        return "failed"
+    finally:
+        if token:
+            embeddings.release_flag(rt, conversation_id, token)
+    rt.metrics.count("embedding_tasks", "done")
+    logger.info("conversation %s: %d messages embedded", conversation_id, stored)
+    # A chat job that completed while the flag was held could not queue its own task:
+    # its messages are in the window now, after the release.
+    if token and embeddings.tail_missing(rt, conversation_id):
+        queue_embedding(rt, conversation_id)
+    return "done"
 
 
 @shared_task(bind=True, name=SUMMARY_TASK, max_retries=3, acks_late=True)

@@ -117,6 +117,8 @@ def renumber_blocker(run: Run, client: Redis, state: ConvState) -> str | None:
         return f"job {live[0]} is queued or running"
     if client.exists(keys.conv_summarizing(state.cid)):
         return "a summary task is queued or running"
+    if client.exists(keys.conv_embedding(state.cid)):
+        return "an embedding task is queued or running"
     latest = max(_activity_times(state, jobs), default=None)
     if latest is not None and utcnow() - latest < run.config.quiet:
         return (f"last activity at {iso(latest)}, less than "
