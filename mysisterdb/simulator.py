@@ -20,9 +20,12 @@ message make it misbehave on purpose, in either format:
                          once with no gap between chunks (the benchmarks' zero-delay Gemini)
 
 The embedding endpoints (`:embedContent`, `:batchEmbedContents`) answer deterministically:
-a hashed bag of character n-grams of the normalized text (see `embed_text`), so similar texts
-get similar vectors. They obey the same directives spelled `#sim-embed:` (so a chat message
-carrying `#sim:hang` never makes its own embedding hang).
+a hashed bag of character n-grams of the normalized text (see `embed_text`), so texts that
+share spelling get similar vectors, plus a small table of concepts (`CONCEPTS`: 誕生日 and
+生まれた日, ネトフリ and Netflix, doctor and physician ...), so that a paraphrase can be
+tested offline. It is a toy: it knows the few synonyms in its table and nothing else, and
+carries no meaning beyond them (docs/context.md). They obey the same directives spelled
+`#sim-embed:` (so a chat message carrying `#sim:hang` never makes its own embedding hang).
 
 The last 100 request bodies, as received, are at GET /_sim/requests (newest last); GET
 /_sim/calls gives each with its path and query (which API version, SSE or not).
@@ -186,16 +189,60 @@ def ngrams(text: str) -> list[str]:
     return grams
 
 
-def embed_text(text: str, dim: int = DEFAULT_EMBED_DIM) -> list[float]:
-    """The feature-hashing trick: each n-gram adds ±1 at a hashed index; L2-normalized.
-    blake2b, not hash(): Python's hash is salted per process, and vectors must be stable."""
-    vector = [0.0] * dim
-    for gram in ngrams(normalize_for_embedding(text)):
-        digest = hashlib.blake2b(gram.encode(), digest_size=8).digest()
-        index = int.from_bytes(digest[:4], "little") % dim
-        vector[index] += 1.0 if digest[4] & 1 else -1.0
+# The simulator's whole "meaning": surface forms (normalized: NFKC, case folded) that name
+# the same concept.  Written for the tests and the recall benchmark's paraphrases, and a few
+# more of the same kind; any pair not listed here is a stranger to it.
+CONCEPTS: dict[str, tuple[str, ...]] = {
+    "birthday": ("誕生日", "生まれた日", "生年月日", "birthday", "born"),
+    "netflix": ("netflix", "ネトフリ", "ネットフリックス"),
+    "car-inspection": ("車検", "車の点検", "車の検査"),
+    "doctor": ("doctor", "physician", "医者", "医師", "お医者さん"),
+    "coffee": ("coffee", "caffeine", "コーヒー", "カフェイン"),
+    "remote-work": ("リモートワーク", "在宅勤務", "テレワーク", "remote work", "work from home"),
+    "part-time-job": ("アルバイト", "バイト"),
+    "boss": ("ボス", "店長", "上司", "boss", "manager"),
+    "quit": ("辞める", "やめる", "辞め", "退職", "quit", "resign"),
+    "dentist": ("歯医者", "歯科", "dentist"),
+    "move-house": ("引っ越", "転居", "move house", "moving"),
+}
+# Concepts carry this share of a vector's energy whatever the text's length: two texts on
+# the same concept are close (cosine ~0.7) even when they share no character.
+CONCEPT_SHARE = 0.7
+
+
+def concepts_of(normalized: str) -> list[str]:
+    return [name for name, forms in CONCEPTS.items() if any(f in normalized for f in forms)]
+
+
+def hashed_index(feature: str, dim: int) -> tuple[int, float]:
+    """blake2b, not hash(): Python's hash is salted per process, and vectors must be stable."""
+    digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
+    return int.from_bytes(digest[:4], "little") % dim, 1.0 if digest[4] & 1 else -1.0
+
+
+def unit(vector: list[float]) -> list[float]:
     norm = math.sqrt(sum(v * v for v in vector))
     return [v / norm for v in vector] if norm else vector
+
+
+def embed_text(text: str, dim: int = DEFAULT_EMBED_DIM) -> list[float]:
+    """The feature-hashing trick: each n-gram adds ±1 at a hashed index, each concept of the
+    table a fixed share of the whole; L2-normalized."""
+    normalized = normalize_for_embedding(text)
+    grams = [0.0] * dim
+    for gram in ngrams(normalized):
+        index, sign = hashed_index(gram, dim)
+        grams[index] += sign
+    found = concepts_of(normalized)
+    if not found:
+        return unit(grams)
+    meaning = [0.0] * dim
+    for name in found:
+        index, sign = hashed_index("concept:" + name, dim)
+        meaning[index] += sign
+    share = math.sqrt(CONCEPT_SHARE)
+    rest = math.sqrt(1.0 - CONCEPT_SHARE)
+    return unit([share * m + rest * g for m, g in zip(unit(meaning), unit(grams), strict=True)])
 
 
 def embed_request(request: dict[str, Any]) -> list[float]:
