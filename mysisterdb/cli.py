@@ -7,10 +7,14 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from mysisterdb.files import private_umask
 from mysisterdb.logs import configure_logging
-from mysisterdb.settings import get_settings
+from mysisterdb.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +94,24 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     settings = get_settings()
     configure_logging(settings, process="reindex")
     client = connect(settings.resolved_redis_url(), timeout_s=10)
+    if args.embeddings:
+        return queue_embeddings(settings, client, args.conversation or None)
     return reindex_all(redis=client, conversation_ids=args.conversation or None,
                        batch=args.batch, pause_s=args.pause, out=sys.stdout)
+
+
+def queue_embeddings(settings: Settings, client: Redis, conversation_ids: list[str] | None) -> int:
+    from mysisterdb.queueing import create_celery
+    from mysisterdb.reindex import EXIT_FAILED
+    from mysisterdb.reindex import queue_embeddings as queue
+
+    if not settings.embeddings_enabled:
+        print(f"embeddings are off (MYSISTERDB_EMBEDDINGS={settings.embeddings}, "
+              f"{settings.llm_mode}): set a Gemini key, or MYSISTERDB_EMBEDDINGS=on",
+              file=sys.stderr)
+        return EXIT_FAILED
+    app = create_celery(settings.model_copy(update={"redis_url": settings.resolved_redis_url()}))
+    return queue(redis=client, app=app, conversation_ids=conversation_ids, out=sys.stdout)
 
 
 def cmd_watchdog(args: argparse.Namespace) -> int:
@@ -144,6 +164,9 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     reindex.add_argument("--batch", type=int, default=500, help="messages per batch")
     reindex.add_argument("--pause", type=float, default=0.05,
                          help="seconds between batches (leaves Redis to the service)")
+    reindex.add_argument("--embeddings", action="store_true",
+                         help="instead, queue the embedding of every stored message that has "
+                         "none (semantic recall; needs embeddings on and a running worker)")
     reindex.set_defaults(func=cmd_reindex)
     dog = sub.add_parser("watchdog", help="poll health; run a restart command after N failures")
     dog.add_argument("--url", default=None, help="health URL (default: this API's)")

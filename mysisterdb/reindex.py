@@ -6,6 +6,12 @@ Each conversation is rebuilt by `RedisHistoryStore.rebuild_index`: the new index
 beside the live one in bounded batches while the API and workers keep appending (to both)
 and searching (the live one), then switched to in one step.  An interrupted run is resumed
 by the next.
+
+`mysisterdb reindex --embeddings` instead queues the embedding of every stored message
+(semantic recall, docs/context.md "Meaning"): one backfill task per conversation on the
+summary queue, which embeds 100 messages (one batch request) and queues itself for the
+rest, skipping messages that already have a vector.  The workers do the work, within their
+time limits, beside the service; run it again to resume after a failure.
 """
 
 from __future__ import annotations
@@ -15,10 +21,12 @@ import time
 from collections.abc import Iterable
 from typing import TextIO
 
+from celery import Celery
 from redis import Redis, RedisError
 
 from mysisterdb import keys
 from mysisterdb.history import history_store
+from mysisterdb.queueing import EMBED_TASK
 
 logger = logging.getLogger(__name__)
 
@@ -52,3 +60,14 @@ def reindex_all(*, redis: Redis, conversation_ids: Iterable[str] | None, batch: 
     print(f"reindex: {len(cids) - failed} of {len(cids)} conversations, {indexed} messages, "
           f"{time.monotonic() - started:.1f} s", file=out)
     return EXIT_FAILED if failed else EXIT_DONE
+
+
+def queue_embeddings(*, redis: Redis, app: Celery, conversation_ids: Iterable[str] | None,
+                     out: TextIO) -> int:
+    """Queue one embedding backfill per conversation (from its first message)."""
+    cids = list(conversation_ids) if conversation_ids else _conversations(redis)
+    for cid in cids:
+        app.send_task(EMBED_TASK, args=[cid, "", 0])
+    print(f"reindex --embeddings: {len(cids)} conversations queued; the summary worker "
+          "embeds them 100 messages at a time", file=out)
+    return EXIT_DONE

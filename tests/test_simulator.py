@@ -116,6 +116,20 @@ def dot(a: list[float], b: list[float]) -> float:
     return sum(x * y for x, y in zip(a, b, strict=True))
 
 
+def _cosine(a: str, b: str) -> float:
+    return sum(x * y for x, y in zip(embed_text(a), embed_text(b), strict=True))
+
+
+def test_embedding_knows_its_concept_table_and_nothing_more() -> None:
+    # 生まれた日 and 誕生日 share no character n-gram, only the table's concept.
+    assert _cosine("生まれた日っていつだっけ？", "誕生日は8月3日なんだ") > 0.6
+    assert _cosine("what did the physician say?", "my doctor told me") > 0.6
+    assert _cosine("ネトフリで毎晩ドラマ", "Netflixの料金") > 0.6
+    # A paraphrase outside the table is a stranger: no meaning beyond it.
+    assert _cosine("生まれた日っていつだっけ？", "今日はいい天気だね") < 0.1
+    assert _cosine("where did I put the automobile?", "I parked the car") < 0.6
+
+
 def test_embed_obeys_only_its_own_directives() -> None:
     with TestClient(create_app()) as client:
         failed = client.post(f"{EMBED}:embedContent", json=embed_body("#sim-embed:error=429"))

@@ -223,6 +223,12 @@ def embed(conversation_id: str, token: str = "", after_seq: int | None = None) -
     started = time.monotonic()
     rt = get_runtime()
     deadline = embeddings.task_deadline(rt, started)
+    if not rt.settings.embeddings_enabled:  # queued by a process whose settings differ
+        logger.warning("embedding of %s not run: embeddings are off in this worker",
+                       conversation_id)
+        if token:
+            embeddings.release_flag(rt, conversation_id, token)
+        return "off"
     try:
         if after_seq is not None:
             stored, next_seq = embeddings.backfill_batch(rt, conversation_id, after_seq=after_seq,
