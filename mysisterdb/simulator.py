@@ -22,7 +22,7 @@ message make it misbehave on purpose, in either format:
 The embedding endpoints (`:embedContent`, `:batchEmbedContents`) answer deterministically:
 a hashed bag of character n-grams of the normalized text (see `embed_text`), so texts that
 share spelling get similar vectors, plus a small table of concepts (`CONCEPTS`: 誕生日 and
-生まれた日, ネトフリ and Netflix, doctor and physician ...), so that a paraphrase can be
+生まれた, ネトフリ and Netflix, doctor and physician ...), so that a paraphrase can be
 tested offline. It is a toy: it knows the few synonyms in its table and nothing else, and
 carries no meaning beyond them (docs/context.md). They obey the same directives spelled
 `#sim-embed:` (so a chat message carrying `#sim:hang` never makes its own embedding hang).
@@ -193,7 +193,7 @@ def ngrams(text: str) -> list[str]:
 # the same concept.  Written for the tests and the recall benchmark's paraphrases, and a few
 # more of the same kind; any pair not listed here is a stranger to it.
 CONCEPTS: dict[str, tuple[str, ...]] = {
-    "birthday": ("誕生日", "生まれた日", "生年月日", "birthday", "born"),
+    "birthday": ("誕生日", "生まれ", "生年月日", "birthday", "born"),
     "netflix": ("netflix", "ネトフリ", "ネットフリックス"),
     "car-inspection": ("車検", "車の点検", "車の検査"),
     "doctor": ("doctor", "physician", "医者", "医師", "お医者さん"),
