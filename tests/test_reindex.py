@@ -57,3 +57,14 @@ def test_reindex_command_can_name_one_conversation(redis_server: RedisServer,
     assert "one: 1 messages indexed" in done.stdout and "other" not in done.stdout
     store = RedisHistoryStore(redis_client, key_of=keys.conv_key)
     assert store.check_index("one").ok and store.check_index("other").unindexed == 1
+
+
+def test_reindex_embeddings_refuses_while_embeddings_are_off(redis_server: RedisServer,
+                                                             redis_client: redis.Redis,
+                                                             tmp_path: Path) -> None:
+    # No key and MYSISTERDB_EMBEDDINGS unset (auto): the simulator's toy embeddings stay off.
+    redis_client.sadd(keys.conversations(), "one")
+    done = _reindex(redis_server, tmp_path, "--embeddings")
+    assert done.returncode == 1
+    assert "embeddings are off (MYSISTERDB_EMBEDDINGS=auto, simulator)" in done.stderr
+    assert redis_client.llen("summary") == 0  # nothing queued
