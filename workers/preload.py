@@ -43,7 +43,8 @@ from workers.runtime import build_llm, persona_text
 logger = logging.getLogger(__name__)
 
 # Imported for their side effect: the modules a child's first prompt or summary would import.
-PIPELINE_MODULES = ("context.builder", "context.summary", "workers.pipeline", "workers.summary")
+PIPELINE_MODULES = ("context.builder", "context.summary", "context.vectors", "workers.pipeline",
+                    "workers.summary", "workers.embeddings")
 # google-genai models built on the first streamed reply and the first embedding (measured with
 # google-genai 3.3; a name the SDK no longer has is skipped, a new one is built in the child).
 GENAI_MODELS = ("GenerateContentConfig", "_GenerateContentParameters", "GenerateContentResponse",
