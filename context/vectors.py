@@ -124,9 +124,11 @@ def similarities(raws: Sequence[bytes], query: Sequence[float]) -> tuple[list[in
 def top_matches(seqs: Sequence[int], cosines: np.ndarray, *, limit: int,
                 min_similarity: float) -> list[tuple[int, float]]:
     """The best `limit` (seq, cosine) at or above min_similarity, best first, newer on ties."""
-    ranked = sorted(((float(c), s) for s, c in zip(seqs, cosines, strict=True)
-                     if c >= min_similarity), reverse=True)
-    return [(s, c) for c, s in ranked[:limit]]
+    above = np.flatnonzero(cosines >= min_similarity)
+    if len(above) > limit:  # only the best `limit` are sorted in Python
+        above = above[np.argpartition(-cosines[above], limit - 1)[:limit]]
+    ranked = sorted(((float(cosines[i]), seqs[int(i)]) for i in above), reverse=True)
+    return [(s, c) for c, s in ranked]
 
 
 @dataclass
@@ -162,9 +164,9 @@ class RedisVectorStore:
         """The packed vectors of the newest `limit` messages with seq < before_seq."""
         if limit <= 0:
             return []
-        raws: list[Any] = list(self.client.zrevrangebyscore(
-            self.key(conversation_id), f"({before_seq}", "-inf", start=0, num=limit))
-        return [bytes(raw) for raw in raws]
+        raws: list[Any] = self.client.zrevrangebyscore(  # type: ignore[assignment]
+            self.key(conversation_id), f"({before_seq}", "-inf", start=0, num=limit)
+        return raws
 
     def count(self, conversation_id: str) -> int:
         return int(self.client.zcard(self.key(conversation_id)))
