@@ -210,7 +210,30 @@ def _recall_candidates(
         return lexical
     others = [s.candidates(conversation_id=conversation_id, query=query, before_seq=before_seq,
                            limit=RECALL_LIMIT) for s in sources]
-    return reciprocal_rank_fusion([lexical, *others], limit=RECALL_LIMIT)
+    return newer_first(reciprocal_rank_fusion([lexical, *others], limit=RECALL_LIMIT))
+
+
+def newer_first(candidates: list[ScoredMessage]) -> list[ScoredMessage]:
+    """Each superseded candidate moved to just after the newer one that supersedes it, when
+    fusion ranked it above that one: the lexical ranking's newer-wins order again.
+    Otherwise the budget filling would skip the older (its newer one not taken yet) and
+    never come back to it."""
+    present = {c.message.seq for c in candidates}
+    waiting: dict[int, list[ScoredMessage]] = {}
+    placed: set[int] = set()
+    out: list[ScoredMessage] = []
+    for candidate in candidates:
+        newer = candidate.superseded_by
+        if newer is not None and newer in present and newer not in placed:
+            waiting.setdefault(newer, []).append(candidate)
+            continue
+        ready = [candidate]
+        while ready:  # placing one may release what waited for it (chains of updates)
+            current = ready.pop(0)
+            out.append(current)
+            placed.add(current.message.seq)
+            ready.extend(waiting.pop(current.message.seq, []))
+    return out
 
 
 def _system_instruction(persona: str, summary: Summary | None, recalled: list[Message]) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import redis
 
-from context.builder import build_context
+from context.builder import build_context, newer_first
 from context.fusion import reciprocal_rank_fusion
 from context.redis_store import RedisHistoryStore
 from context.types import ScoredMessage
@@ -191,3 +191,31 @@ def test_fusion_keeps_the_lexical_superseded_mark_over_a_better_semantic_score()
     semantic = [ScoredMessage(old, 0.95)]
     fused = {s.message.seq: s for s in reciprocal_rank_fusion([lexical, semantic], limit=5)}
     assert fused[3].superseded_by == 9 and fused[3].score == 0.95
+
+
+def test_fused_order_puts_a_superseded_message_after_the_one_that_replaced_it() -> None:
+    old, new = make_message(3, "user", "PIN 1111"), make_message(9, "user", "PIN 2222")
+    newest = make_message(15, "user", "PIN 3333")
+    other = make_message(5, "user", "猫の名前はモカ")
+    fused = [ScoredMessage(old, 0.9, superseded_by=9), ScoredMessage(other, 0.8),
+             ScoredMessage(new, 0.7, superseded_by=15), ScoredMessage(newest, 0.6)]
+    assert [c.message.seq for c in newer_first(fused)] == [5, 15, 9, 3]
+
+
+def test_semantic_ranking_above_the_newer_version_still_recalls_both(
+        redis_client: redis.Redis) -> None:
+    history, vectors = _stores(redis_client)
+    history.append_many("c", [
+        make_message(1, "user", "銀行の暗証番号は4821にした"), make_message(2, "assistant", "了解"),
+        *ChatGenerator(seed=8).messages(40, first_seq=3),
+        make_message(43, "user", "暗証番号、7356に変えたよ"), make_message(44, "assistant", "了解"),
+        *ChatGenerator(seed=9).messages(20, first_seq=45)])
+    question = make_message(65, "user", "銀行の暗証番号なんだっけ？")
+    history.append("c", question)
+    rng = random.Random(7)
+    meaning = _unit(rng)
+    vectors.store("c", [(1, meaning)])  # only the old version is near the question
+    source = SemanticSource(vectors=vectors, history=history, embed_query=_Embedder(meaning))
+    built = build_context(store=history, conversation_id="c", new_message=question,
+                          persona=PERSONA, sources=[source])
+    assert {1, 43} <= set(built.detail["recalled_seqs"])  # the newer one must come back
