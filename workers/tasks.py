@@ -222,37 +222,45 @@ def embed(conversation_id: str, token: str = "", after_seq: int | None = None) -
     """The tail task (token: its dedup flag) or, with after_seq, one backfill batch."""
     started = time.monotonic()
     rt = get_runtime()
-    deadline = embeddings.task_deadline(rt, started)
+    result = "failed"
+    with job_context(job_id="-", conversation_id=conversation_id):
+        try:
+            result = run_embedding(rt, conversation_id, after_seq=after_seq,
+                                   deadline=embeddings.task_deadline(rt, started))
+            return result
+        finally:
+            if token:
+                embeddings.release_flag(rt, conversation_id, token)
+                # A chat job that completed while the flag was held could not queue its own
+                # task: its messages are in the window now, after the release.  Not after
+                # a failure: the next chat job tries again, no loop of failing tasks.
+                if result == "done" and embeddings.tail_missing(rt, conversation_id):
+                    queue_embedding(rt, conversation_id)
+
+
+def run_embedding(rt: Runtime, conversation_id: str, *, after_seq: int | None,
+                  deadline: float) -> str:
     if not rt.settings.embeddings_enabled:  # queued by a process whose settings differ
         logger.warning("embedding of %s not run: embeddings are off in this worker",
                        conversation_id)
-        if token:
-            embeddings.release_flag(rt, conversation_id, token)
         return "off"
     try:
-        if after_seq is not None:
+        if after_seq is None:
+            stored = embeddings.embed_tail(rt, conversation_id, deadline=deadline)
+        else:
             stored, next_seq = embeddings.backfill_batch(rt, conversation_id, after_seq=after_seq,
                                                          deadline=deadline)
             if next_seq is not None:
                 embeddings.request_backfill(current_app, conversation_id, after_seq=next_seq)
-        else:
-            stored = embeddings.embed_tail(rt, conversation_id, deadline=deadline)
     except (LLMError, SoftTimeLimitExceeded) as exc:
-        # Not retried here: the next completed chat job queues the tail again (and a
-        # backfill is resumed by running `reindex --embeddings` again).
-        logger.warning("embedding of %s failed (%s: %s); the next chat job tries again",
-                       conversation_id, type(exc).__name__, exc)
+        # Not retried here: the next completed chat job queues the tail again, and a
+        # backfill is resumed by running `mysisterdb reindex --embeddings` again.
+        logger.warning("embedding of %s failed (%s: %s)", conversation_id,
+                       type(exc).__name__, exc)
         rt.metrics.count("embedding_tasks", "failed")
         return "failed"
-    finally:
-        if token:
-            embeddings.release_flag(rt, conversation_id, token)
     rt.metrics.count("embedding_tasks", "done")
     logger.info("conversation %s: %d messages embedded", conversation_id, stored)
-    # A chat job that completed while the flag was held could not queue its own task:
-    # its messages are in the window now, after the release.
-    if token and embeddings.tail_missing(rt, conversation_id):
-        queue_embedding(rt, conversation_id)
     return "done"
 
 
