@@ -128,8 +128,16 @@ def test_children_do_not_outlive_a_killed_up(up: tuple) -> None:  # type: ignore
     assert len(children) >= 4
     proc.kill()  # no chance to clean up: the children must notice on their own
     proc.wait(timeout=10)
-    wait_for(lambda: not [c for c in children if alive(c)], timeout_s=30,
-             what="the children to exit")
+    # Each gets SIGTERM at once, and leaves at most ORPHAN_GRACE_S (10 s) later (orphan.py).
+    try:
+        wait_for(lambda: not [c for c in children if alive(c)], timeout_s=30,
+                 what="the children to exit")
+    except TimeoutError:
+        pytest.fail(f"still running 30 s after up was killed: {survivors(children)}")
+
+
+def survivors(children: list[psutil.Process]) -> list[str]:
+    return [f"{c.pid} {' '.join(c.cmdline())[-80:]}" for c in children if alive(c)]
 
 
 def alive(proc: psutil.Process) -> bool:
