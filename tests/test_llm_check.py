@@ -15,7 +15,7 @@ from mysisterdb.redis_server import free_port
 from mysisterdb.settings import Settings
 from tests.procs import wait_for
 
-MODEL_PATH = "/v1beta/models/gemini-1.5-flash"
+MODEL_PATH = "/v1beta/models/gemini-3.5-flash"
 
 
 @pytest.fixture

@@ -63,7 +63,7 @@ def test_health_is_ok_when_the_llm_endpoint_answers(stack: Stack) -> None:
     body = httpx.get(f"{stack.api_url}/api/health", timeout=5).json()
     assert body["status"] == "ok"
     assert body["llm"]["ok"] is True and body["llm"]["detail"] == "reachable"
-    assert body["llm"]["endpoint"] == f"{stack.sim_url}/v1beta/models/gemini-1.5-flash"
+    assert body["llm"]["endpoint"] == f"{stack.sim_url}/v1beta/models/gemini-3.5-flash"
 
 
 def test_health_is_degraded_when_the_llm_endpoint_is_unreachable(api_with_dead_llm: str) -> None:
