@@ -30,6 +30,7 @@ from urllib.parse import parse_qs
 import redis.asyncio as aredis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.background import RedisLoop
 from mysisterdb.errors import StoreUnavailable
 from mysisterdb.redis_client import DEFAULT_URL
 
@@ -79,27 +80,17 @@ def requested_wait(scope: Scope) -> float:
         return 0.0  # the route answers 422
 
 
-class StoreMonitor:
+class StoreMonitor(RedisLoop):
     """Whether Redis answers, known within a second: a PING every PROBE_INTERVAL_S on its
     own connection (asyncio: a frozen Redis holds no thread and no event loop)."""
 
+    name = "store-monitor"
+
     def __init__(self, *, url: str | None) -> None:
-        self.client = aredis.Redis.from_url(url or DEFAULT_URL, socket_timeout=PROBE_TIMEOUT_S,
-                                            socket_connect_timeout=PROBE_TIMEOUT_S)
+        super().__init__(aredis.Redis.from_url(url or DEFAULT_URL, socket_timeout=PROBE_TIMEOUT_S,
+                                               socket_connect_timeout=PROBE_TIMEOUT_S))
         self.down = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._recheck: asyncio.Task[bool] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._probe_forever(),
-                                                            name="store-monitor")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.client.aclose()
 
     async def answers_now(self) -> bool:
         """Asked by a request that finds the store down, before it is refused: the last probe
@@ -125,7 +116,8 @@ class StoreMonitor:
             logger.warning("redis answers again")
             self.down.clear()
 
-    async def _probe_forever(self) -> None:
+    async def run(self) -> None:
+        """PING for ever; the store is down after DOWN_AFTER_S without an answer."""
         loop = asyncio.get_running_loop()
         last_ok = loop.time()
         while True:
