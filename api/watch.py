@@ -145,4 +145,5 @@ class JobWatcher:
 
     @property
     def waiting(self) -> int:
-        return sum(len(events) for events in self._waiters.values())
+        # Read by /metrics from a worker thread: copy the values before iterating them.
+        return sum(len(events) for events in list(self._waiters.values()))
