@@ -28,6 +28,9 @@ from tests.procs import Stack, mysisterdb, start, wait_for
 # A prompt reserved and never started is sent again by the sweep after 10 s
 # (Lifecycle.stale_reservation_s); a few seconds more for the sweep's interval.
 REDELIVERY_S = 30.0
+# A running prompt whose worker died is ended by the sweep once it has outlived the hard limit
+# (6 s in the test stack) + 2 s of grace; the sweep runs every second.
+DEAD_AFTER_S = 6.0 + 2.0
 
 
 @dataclass
@@ -111,6 +114,32 @@ def test_a_prompt_reserved_by_a_killed_worker_runs_once_on_the_next_worker(
     assert done["reply"]
     assert len(stack.sim_requests_asking(marker)) == 1  # run once
     assert user_texts(stack, cid) == [marker]
+
+
+def incidents_of(stack: Stack, job_id: str) -> list[dict[str, Any]]:
+    found = httpx.get(f"{stack.api_url}/api/incidents", timeout=5).json()["incidents"]
+    return [i for i in found if i["job_id"] == job_id]
+
+
+def test_a_dead_worker_s_running_prompt_is_ended_worker_lost_by_the_sweep(
+        restarts: Restarts, cid: str) -> None:
+    stack = restarts.stack
+    stuck = stack.submit("#worker:stuck", conversation_id=cid)["id"]  # blocked in C
+    stack.wait_job(stuck, until=lambda j: j["steps"][2]["status"] == "in_progress")
+    waiting = stack.submit(f"待ってるよ {cid}", conversation_id=cid)["id"]
+    restarts.kill_worker()  # the parent and its pool: nobody left to end the prompt
+    # Nobody reads the job meanwhile (a reader would end it too, and say so): the incident
+    # list, which ends nothing, shows who did.
+    wait_for(lambda: bool(incidents_of(stack, stuck)), timeout_s=DEAD_AFTER_S + 15,
+             what="the dead worker's prompt to be ended")
+    [incident] = incidents_of(stack, stuck)
+    assert incident["kind"] == "worker_lost"
+    assert incident["action"].startswith("marked failed by the sweep"), incident
+    ended = stack.job(stuck)
+    assert (ended["status"], ended["error"]["code"]) == ("failed", "worker_lost")
+    assert stack.job(waiting)["status"] == "queued"  # its turn came; no worker yet
+    restarts.start_worker()
+    assert stack.wait_job(waiting)["status"] == "completed"
 
 
 def test_history_and_queued_prompts_survive_a_redis_restart(restarts: Restarts,
