@@ -136,4 +136,5 @@ class JobWatcher(RedisLoop):
 
     @property
     def waiting(self) -> int:
-        return sum(len(events) for events in self._waiters.values())
+        # Read by /metrics from a worker thread: copy the values before iterating them.
+        return sum(len(events) for events in list(self._waiters.values()))
