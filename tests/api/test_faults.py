@@ -26,7 +26,7 @@ import redis
 from mysisterdb import keys
 from mysisterdb.redis_server import RedisServer, free_port, start_redis
 from tests.conftest import start_stack
-from tests.procs import Proc, Stack, http_ok, mysisterdb, start, wait_for
+from tests.procs import Proc, Stack, followers, http_ok, mysisterdb, start, wait_for
 
 # The codes the README documents for a fault (`internal` is a bug, not one of them); an LLM
 # call may also time out on a loaded machine.
@@ -240,8 +240,10 @@ def test_every_request_gets_503_within_2_s_when_redis_freezes_in_flight_ones_too
     waiting = f"{api}/api/jobs/{running['id']}?wait=25&after={running['sequence']}"
     results: list[Timed] = []
     with ThreadPoolExecutor(max_workers=12) as pool:
+        before = followers(stack)
         in_flight = [pool.submit(timed_request, "long-poll", "GET", waiting) for _ in range(4)]
-        time.sleep(0.5)  # they are waiting on the job (a long-poll waits on purpose)
+        wait_for(lambda: followers(stack) >= before + 4, timeout_s=10,
+                 what="the long-polls to be waiting on the job")
         frozen_at = time.monotonic()
         os.kill(faults.server.process.pid, signal.SIGSTOP)
         try:

@@ -25,16 +25,9 @@ from mysisterdb import keys
 from mysisterdb.history import history_store
 from mysisterdb.lifecycle import Lifecycle, Limits, Outcome
 from mysisterdb.models import StepName, iso, utcnow
-from tests.procs import Stack, wait_for
+from tests.procs import Stack, followers, wait_for
 
 WAKE_MARGIN_S = 1.0  # the promise is 300 ms after a change; generous on a busy 2-core box
-
-
-def followers(stack: Stack) -> int:
-    """Long-polls and event streams the API has waiting on a job (its /metrics gauge)."""
-    text = httpx.get(f"{stack.api_url}/metrics", timeout=5).text
-    [line] = [ln for ln in text.splitlines() if ln.startswith("mysisterdb_job_followers ")]
-    return int(float(line.split()[1]))
 
 
 def once_followed(stack: Stack, change: Any, *, more_than: int) -> threading.Thread:
