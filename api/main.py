@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
 from redis import Redis
 from starlette.concurrency import run_in_threadpool
 
@@ -78,7 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.watcher = JobWatcher(url=settings.redis_url, timeout_s=settings.redis_timeout_s)
     app.state.store_monitor = StoreMonitor(url=settings.redis_url)
     app.state.limiter = SubmitLimiter(client=app.state.redis, rate=settings.rate_limit)
-    app.state.metrics_registry = metrics_registry(app.state.redis, settings)
+    app.state.metrics_registry = metrics_registry(app.state.redis, settings,
+                                                  watcher=app.state.watcher)
     celery = create_celery(settings, broker_socket_timeout_s=settings.redis_timeout_s)
     app.state.celery = celery
     app.state.publish = (die_before_publish if settings.debug_die_before_publish
@@ -131,9 +132,13 @@ def api_sweeper(settings: Settings, *, publish: Publish) -> Sweeper:
     return Sweeper(make_lifecycle=make, interval_s=settings.sweep_interval_s, name="api-sweep")
 
 
-def metrics_registry(client: Redis, settings: Settings) -> CollectorRegistry:
+def metrics_registry(client: Redis, settings: Settings, *,
+                     watcher: JobWatcher) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(RedisCollector(client, max_wait_s=settings.max_queue_wait_s,
                                      max_depth=settings.max_queue_depth))
     ProcessCollector(registry=registry)  # process_resident_memory_bytes of the API
+    Gauge("mysisterdb_job_followers", "Long-polls and event streams of this API process "
+          "waiting for a job to change.", registry=registry).set_function(
+              lambda: watcher.waiting)
     return registry

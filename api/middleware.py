@@ -30,6 +30,7 @@ from urllib.parse import parse_qs
 import redis.asyncio as aredis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.background import RedisLoop
 from mysisterdb.errors import StoreUnavailable
 from mysisterdb.redis_client import DEFAULT_URL
 
@@ -79,28 +80,44 @@ def requested_wait(scope: Scope) -> float:
         return 0.0  # the route answers 422
 
 
-class StoreMonitor:
+class StoreMonitor(RedisLoop):
     """Whether Redis answers, known within a second: a PING every PROBE_INTERVAL_S on its
     own connection (asyncio: a frozen Redis holds no thread and no event loop)."""
 
+    name = "store-monitor"
+
     def __init__(self, *, url: str | None) -> None:
-        self.client = aredis.Redis.from_url(url or DEFAULT_URL, socket_timeout=PROBE_TIMEOUT_S,
-                                            socket_connect_timeout=PROBE_TIMEOUT_S)
+        super().__init__(aredis.Redis.from_url(url or DEFAULT_URL, socket_timeout=PROBE_TIMEOUT_S,
+                                               socket_connect_timeout=PROBE_TIMEOUT_S))
         self.down = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._recheck: asyncio.Task[bool] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._probe_forever(),
-                                                            name="store-monitor")
+    async def answers_now(self) -> bool:
+        """Asked by a request that finds the store down, before it is refused: the last probe
+        may be up to PROBE_INTERVAL_S + PROBE_TIMEOUT_S old, and Redis may be back already
+        (health, which pings on its own, can say so first). Requests arriving together share
+        one PING, so an outage costs each of them at most PROBE_TIMEOUT_S."""
+        if not self.down.is_set():
+            return True
+        if self._recheck is None or self._recheck.done():
+            self._recheck = asyncio.ensure_future(self._ping())
+        return await asyncio.shield(self._recheck)
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.client.aclose()
+    async def _ping(self) -> bool:
+        try:
+            await asyncio.wait_for(self.client.ping(), PROBE_TIMEOUT_S)
+        except Exception:  # any failure to answer counts
+            return False
+        self._mark_up()
+        return True
 
-    async def _probe_forever(self) -> None:
+    def _mark_up(self) -> None:
+        if self.down.is_set():
+            logger.warning("redis answers again")
+            self.down.clear()
+
+    async def run(self) -> None:
+        """PING for ever; the store is down after DOWN_AFTER_S without an answer."""
         loop = asyncio.get_running_loop()
         last_ok = loop.time()
         while True:
@@ -113,9 +130,7 @@ class StoreMonitor:
                     self.down.set()
             else:
                 last_ok = loop.time()
-                if self.down.is_set():
-                    logger.warning("redis answers again")
-                    self.down.clear()
+                self._mark_up()
             await asyncio.sleep(PROBE_INTERVAL_S)
 
 
@@ -157,6 +172,9 @@ class RequestTimeoutMiddleware:
 
     async def _run(self, handler: Any, limit_s: float | None, *, guard: bool) -> str:
         """"ok", "timeout" (the budget ran out) or "store_down" (Redis stopped answering)."""
+        if guard and self.store is not None and not await self.store.answers_now():
+            handler.close()  # never started: Redis is down, refuse at once
+            return "store_down"
         task = asyncio.ensure_future(handler)
         waits: set[asyncio.Future[Any]] = {task}
         if guard:

@@ -23,6 +23,7 @@ import redis.asyncio as aredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 
+from api.background import RedisLoop
 from mysisterdb import keys
 from mysisterdb.models import Job
 from mysisterdb.redis_client import DEFAULT_URL
@@ -37,7 +38,9 @@ RECONNECT_MAX_S = 2.0
 POOL_SIZE = 32  # connections for reads, plus the subscription's own
 
 
-class JobWatcher:
+class JobWatcher(RedisLoop):
+    name = "job-watcher"
+
     def __init__(self, *, url: str | None, timeout_s: float) -> None:
         # A bounded pool: many waiters share a few connections (each read is short) and
         # queue for one at most timeout_s, instead of opening a connection each.
@@ -48,26 +51,14 @@ class JobWatcher:
             socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
             health_check_interval=HEALTH_CHECK_S,
             retry=AsyncRetry(NoBackoff(), 1, supported_errors=(aredis.ConnectionError,)))
-        self.client = aredis.Redis(connection_pool=pool)
+        super().__init__(aredis.Redis(connection_pool=pool))
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
-        self._task: asyncio.Task[None] | None = None
         self.listening = False
 
     # -- the subscription ---------------------------------------------------------------
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._listen_forever(),
-                                                            name="job-watcher")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.client.aclose()
-        await self.client.connection_pool.disconnect()
-
-    async def _listen_forever(self) -> None:
+    async def run(self) -> None:
+        """Listen for ever; a broken subscription is opened again with backoff."""
         backoff = 0.1
         while True:
             try:
@@ -145,4 +136,5 @@ class JobWatcher:
 
     @property
     def waiting(self) -> int:
-        return sum(len(events) for events in self._waiters.values())
+        # Read by /metrics from a worker thread: copy the values before iterating them.
+        return sum(len(events) for events in list(self._waiters.values()))

@@ -42,7 +42,7 @@ READ_TIMEOUT_S = 2.0
 
 def client_for(sdk: str, url: str) -> LLMClient:
     client: LLMClient = llm_client_class(sdk)(
-        api_key="bench", model="gemini-1.5-flash", endpoint=url,
+        api_key="bench", model="gemini-3.5-flash", endpoint=url,
         policy=RetryPolicy(timeout_s=READ_TIMEOUT_S, retries=0, backoff_s=0.1),
         embedding_model="gemini-embedding-001", embedding_dim=256)
     return client

@@ -18,7 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-MODEL = "gemini-1.5-flash"
+MODEL = "gemini-3.5-flash"
 
 
 class ChatIn(BaseModel):

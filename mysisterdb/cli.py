@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from mysisterdb.files import private_umask
 from mysisterdb.logs import configure_logging
+from mysisterdb.orphan import exit_when_orphaned
 from mysisterdb.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = get_settings()
+    exit_when_orphaned()
     uvicorn.run("api.main:create_app", factory=True, host=settings.host, port=settings.port,
                 log_level=settings.log_level.lower(), timeout_graceful_shutdown=5)
     return 0
@@ -53,6 +55,7 @@ def cmd_simulator(args: argparse.Namespace) -> int:
     settings = get_settings()
     port = args.port or settings.sim_port
     print(f"Gemini simulator on http://{args.host}:{port}", flush=True)
+    exit_when_orphaned()
     # Nothing to finish gracefully: held and hanging streams would delay a stop for ever.
     uvicorn.run(create_app(), host=args.host, port=port, log_level="warning",
                 timeout_graceful_shutdown=1)

@@ -17,7 +17,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 
@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 GOOGLE_ENDPOINT = "https://generativelanguage.googleapis.com"
 STALE_INTERVALS = 3  # a result this many intervals old is worth a short wait for a fresh one
 Fetch = Callable[[str, dict[str, str], float], httpx.Response]
+Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)
@@ -71,12 +72,13 @@ class LLMCheck:
     """The last known reachability of the LLM endpoint, refreshed in the background."""
 
     def __init__(self, *, url: str, api_key: str, timeout_s: float, interval_s: float,
-                 fetch: Fetch = http_get) -> None:
+                 fetch: Fetch = http_get, clock: Clock = time.monotonic) -> None:
         self.url = url
         self._headers = {"x-goog-api-key": api_key}
         self._timeout_s = timeout_s
         self._interval_s = interval_s
         self._fetch = fetch
+        self._clock = clock  # time.monotonic; a test's own clock decides when a result is old
         self._lock = threading.Lock()
         self._result = PENDING
         self._running: threading.Event | None = None  # set when the running refresh ends
@@ -94,7 +96,7 @@ class LLMCheck:
         (nobody asked for a while): then the last result says little about now."""
         with self._lock:
             result = self._result
-            age = time.monotonic() - result.checked_at if result.checked_at else math.inf
+            age = self._clock() - result.checked_at if result.checked_at else math.inf
             if age >= self._interval_s and self._running is None:
                 self._running = threading.Event()
                 threading.Thread(target=self._refresh, daemon=True, name="llm-check").start()
@@ -107,7 +109,7 @@ class LLMCheck:
     def _refresh(self) -> None:
         result = PENDING
         try:
-            result = self._probe()
+            result = replace(self._probe(), checked_at=self._clock())
         finally:
             with self._lock:
                 previous, self._result = self._result, result

@@ -32,6 +32,7 @@ QUEUES = (CHAT_QUEUE, SUMMARY_QUEUE)
 CHAT_TASK = "mysisterdb.chat"
 SUMMARY_TASK = "mysisterdb.summarize"
 EMBED_TASK = "mysisterdb.embed"  # on the summary queue: background work beside summaries
+KOMBU_TRANSPORT = "mysisterdb.kombu_redis:Transport"  # resolved by kombu when it connects
 
 Publish = Callable[[str], None]  # send a job's broker message (task id = job id)
 
@@ -69,6 +70,8 @@ def create_celery(settings: Settings, *, include: Sequence[str] = (),
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
         task_send_sent_event=True,
+        # kombu's Redis transport with its closing defect fixed (see the module).
+        broker_transport=KOMBU_TRANSPORT,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=5,
         # Publishing must fail fast when Redis is down: the API answers 503 within 2 s.

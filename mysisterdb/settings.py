@@ -30,7 +30,9 @@ class Settings(BaseSettings):
     # Gemini
     gemini_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("GEMINI_API_KEY", "GOOGLE_API_KEY"))
-    gemini_model: str = "gemini-1.5-flash"
+    # A stable model with no shutdown date announced (Gemini's deprecations page, 2026-11):
+    # gemini-1.5 is gone and gemini-2.5 retires on 2026-12-01.
+    gemini_model: str = "gemini-3.5-flash"
     # google-genai streams each chunk as it arrives (SSE); google-generativeai is the design's
     # SDK, kept selectable. See workers/llm.py.
     gemini_sdk: Literal["genai", "generativeai"] = "genai"

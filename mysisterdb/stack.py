@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from mysisterdb.files import secret_in_file, write_private
+from mysisterdb.orphan import SUPERVISOR_PID_ENV
 from mysisterdb.redis_server import (
     RedisServer,
     free_port,
@@ -101,6 +102,7 @@ def self_command(*args: str) -> list[str]:
 def plan_children(settings: Settings, env: dict[str, str]) -> list[Child]:
     """The children to run, in start order; fills env with the URLs they share."""
     children: list[Child] = []
+    env[SUPERVISOR_PID_ENV] = str(os.getpid())
     if not settings.redis_url:
         port = free_port()
         # Locked: a password generated once, kept 0600 beside the data (in the URL handed to

@@ -121,3 +121,10 @@ class Stack:
         for name in ("api", "worker", "summary-worker", "simulator"):
             if name in self.procs:
                 self.procs[name].stop()
+
+
+def followers(stack: Stack) -> int:
+    """Long-polls and event streams the API has waiting on a job (its /metrics gauge)."""
+    text = httpx.get(f"{stack.api_url}/metrics", timeout=5).text
+    [line] = [ln for ln in text.splitlines() if ln.startswith("mysisterdb_job_followers ")]
+    return int(float(line.split()[1]))

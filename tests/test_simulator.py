@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from mysisterdb.simulator import create_app, embed_text, reply_chunks
 
-URL = "/v1beta/models/gemini-1.5-flash:streamGenerateContent"
+URL = "/v1beta/models/gemini-3.5-flash:streamGenerateContent"
 
 
 def body(text: str) -> dict[str, object]:
@@ -56,7 +56,7 @@ def sse_events(text: str) -> list[dict[str, object]]:
 
 @pytest.mark.parametrize("version", ["v1", "v1beta"])
 def test_streams_server_sent_events_when_asked_with_alt_sse(version: str) -> None:
-    url = f"/{version}/models/gemini-1.5-flash:streamGenerateContent?alt=sse"
+    url = f"/{version}/models/gemini-3.5-flash:streamGenerateContent?alt=sse"
     with TestClient(create_app()) as client:
         r = client.post(url, json=body("こんにちは"))
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")

@@ -17,6 +17,7 @@ import argparse
 import sys
 
 from mysisterdb.logs import configure_logging
+from mysisterdb.orphan import exit_when_orphaned
 from mysisterdb.queueing import CHAT_QUEUE, SUMMARY_QUEUE
 from mysisterdb.settings import Settings, get_settings
 from workers.celery_app import worker_app
@@ -49,6 +50,7 @@ def main(args: list[str]) -> None:
     settings = get_settings()
     role, extra_args = parse_role(args)
     configure_logging(settings, process="worker" if role == "all" else f"worker-{role}")
+    exit_when_orphaned()  # a thread of the main process only: pool children fork without it
     worker_app().worker_main(worker_argv(settings, role, extra_args))
 
 

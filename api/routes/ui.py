@@ -38,7 +38,7 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 # Revalidate every time (a cheap 304 thanks to the ETag): a new version shows on reload.
 COMMON_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
-PAGE_HEADERS = {**COMMON_HEADERS, "Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer"}
+PAGE_HEADERS = {**COMMON_HEADERS, "Content-Security-Policy": CSP, "Referrer-Policy": "same-origin"}
 
 
 @lru_cache(maxsize=1)

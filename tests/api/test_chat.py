@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from mysisterdb import keys
-from tests.procs import Stack
+from tests.procs import Stack, wait_for
 
 STEP_NAMES = ["load_history", "build_context", "generate", "save"]
 
@@ -129,9 +129,24 @@ BAD_BODIES = [
 ]
 
 
+def quiet(client: redis.Redis) -> bool:
+    """No job queued or running, no message waiting or reserved (summaries included): the
+    stack writes nothing on its own, so a count of keys before and after means something
+    whatever ran before this test."""
+    lists = [name for queue in ("chat", "summary") for name in keys.broker_queue_lists(queue)]
+    return (client.zcard(keys.active_jobs()) == 0 and client.zcard(keys.outbox()) == 0
+            and client.hlen(keys.BROKER_UNACKED) == 0
+            and all(client.llen(name) == 0 for name in lists))
+
+
+def wait_quiet(client: redis.Redis) -> None:
+    wait_for(lambda: quiet(client), timeout_s=60, what="the stack to finish earlier work")
+
+
 @pytest.mark.parametrize(("body", "why"), BAD_BODIES, ids=[w for _, w in BAD_BODIES])
 def test_submit_rejects_bad_input_and_stores_nothing(stack: Stack, stack_redis: redis.Redis,
                                                      body: dict[str, object], why: str) -> None:
+    wait_quiet(stack_redis)
     before = stack_redis.dbsize()
     r = httpx.post(f"{stack.api_url}/api/chat", json=body, timeout=5)
     assert r.status_code == 422, (why, r.text)
@@ -142,6 +157,7 @@ def test_submit_rejects_bad_input_and_stores_nothing(stack: Stack, stack_redis: 
 
 @pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"\"text\"", b""])
 def test_submit_rejects_malformed_json(stack: Stack, stack_redis: redis.Redis, raw: bytes) -> None:
+    wait_quiet(stack_redis)
     before = stack_redis.dbsize()
     r = httpx.post(f"{stack.api_url}/api/chat", content=raw, timeout=5,
                    headers={"content-type": "application/json"})

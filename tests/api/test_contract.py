@@ -40,9 +40,12 @@ def fuzzed_stack(redis_server: RedisServer,
 
 def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(
         fuzzed_stack: Stack, tmp_path: Path) -> None:
+    # One worker: with two threads, hypothesis's ast.parse of a filter lambda hit CPython
+    # 3.11's "AST constructor recursion depth mismatch" (a thread-safety bug of the parser,
+    # gh-106905) and schemathesis reported a runtime error, not a finding.
     run = subprocess.run(
         [str(Path(sys.executable).with_name("st")), "run", f"{fuzzed_stack.api_url}/openapi.json",
-         "--checks", CHECKS, "--max-examples", str(SCHEMATHESIS_EXAMPLES), "--workers", "2",
+         "--checks", CHECKS, "--max-examples", str(SCHEMATHESIS_EXAMPLES), "--workers", "1",
          "--phases", "examples,coverage,fuzzing", "--request-timeout", "45",
          "--generation-database", "none", "--no-color", "--seed", "9",
          "--report", "junit", "--report-dir", str(tmp_path)],

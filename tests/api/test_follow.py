@@ -25,9 +25,22 @@ from mysisterdb import keys
 from mysisterdb.history import history_store
 from mysisterdb.lifecycle import Lifecycle, Limits, Outcome
 from mysisterdb.models import StepName, iso, utcnow
-from tests.procs import Stack
+from tests.procs import Stack, followers, wait_for
 
 WAKE_MARGIN_S = 1.0  # the promise is 300 ms after a change; generous on a busy 2-core box
+
+
+def once_followed(stack: Stack, change: Any, *, more_than: int) -> threading.Thread:
+    """Make the change from another thread as soon as the API has a new follower waiting:
+    the change then reaches a request that is already waiting, which is what is tested."""
+    def run() -> None:
+        wait_for(lambda: followers(stack) > more_than, timeout_s=20,
+                 what="the request to be waiting on the job")
+        change()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
 
 
 @dataclass
@@ -67,12 +80,10 @@ def test_long_poll_answers_soon_after_a_change(parked: Parked) -> None:
     woke: list[float] = []
 
     def change() -> None:
-        time.sleep(0.5)  # the poll is waiting by then: the job changes only when we say so
         parked.lifecycle.claim(parked.job_id)
         woke.append(time.monotonic())
 
-    changer = threading.Thread(target=change)
-    changer.start()
+    changer = once_followed(parked.stack, change, more_than=followers(parked.stack))
     r, _ = long_poll(parked.stack, parked.job_id, wait=20, after=before["sequence"])
     answered = time.monotonic()
     changer.join()
@@ -136,33 +147,26 @@ def read_events(response: httpx.Response) -> Iterator[Event]:
             fields[key] = value
 
 
-def later(*changes: Any, gap_s: float = 0.3) -> threading.Thread:
-    """Run the changes one by one, `gap_s` apart, from another thread."""
-    def run() -> None:
-        for change in changes:
-            time.sleep(gap_s)
-            change()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread
-
-
 def test_sse_delivers_every_change_in_order_and_ends_after_the_final_state(
         parked: Parked) -> None:
     lc, job_id = parked.lifecycle, parked.job_id
     first = parked.job()
-    changer = later(lambda: lc.claim(job_id),
-                    lambda: lc.start_step(job_id, StepName.GENERATE),
-                    lambda: lc.show_text(job_id, "お"),
-                    lambda: lc.show_text(job_id, "おか"),
-                    parked.complete)
+    # Each change is made once the client has the event of the one before: every change
+    # reaches a stream that is waiting, and each must arrive as its own event.
+    changes = [lambda: lc.claim(job_id),
+               lambda: lc.start_step(job_id, StepName.GENERATE),
+               lambda: lc.show_text(job_id, "お"),
+               lambda: lc.show_text(job_id, "おか"),
+               parked.complete]
+    seen: list[Event] = []
     with httpx.stream("GET", f"{parked.stack.api_url}/api/jobs/{job_id}/events",
                       timeout=30) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
-        seen = list(read_events(r))  # ends by itself after the final state
-    changer.join()
+        for event in read_events(r):  # ends by itself after the final state
+            seen.append(event)
+            if len(seen) <= len(changes):
+                changes[len(seen) - 1]()
     assert seen[0].job == first  # the state as it was, then each change as it happened
     assert [e.id for e in seen] == list(range(first["sequence"], seen[-1].id + 1))
     assert all(e.id == e.job["sequence"] for e in seen)
@@ -200,10 +204,15 @@ def test_sse_resumed_mid_stream_sends_only_what_is_new(parked: Parked) -> None:
     lc, job_id = parked.lifecycle, parked.job_id
     lc.claim(job_id)
     had = parked.job()
-    changer = later(lambda: lc.show_text(job_id, "続き"), parked.complete)
+    changer = once_followed(parked.stack, lambda: lc.show_text(job_id, "続き"),
+                            more_than=followers(parked.stack))
+    seen: list[Event] = []
     with httpx.stream("GET", f"{parked.stack.api_url}/api/jobs/{job_id}/events",
                       headers={"Last-Event-ID": str(had["sequence"])}, timeout=30) as r:
-        seen = list(read_events(r))
+        for event in read_events(r):
+            seen.append(event)
+            if len(seen) == 1:
+                parked.complete()
     changer.join()
     assert [e.id for e in seen] == [had["sequence"] + 1, had["sequence"] + 2]
     assert [e.job["partial_reply"] for e in seen] == ["続き", "続き"]
@@ -226,6 +235,7 @@ def test_200_waiters_hold_no_thread_and_health_stays_up(parked: Parked) -> None:
     (which needs the thread pool) still answers within its 1 s promise, and every waiter
     wakes when the job changes."""
     stack, before = parked.stack, parked.job()
+    base = followers(stack)
 
     async def scenario() -> tuple[list[httpx.Response], list[httpx.Response]]:
         limits = httpx.Limits(max_connections=WAITERS + 10)
@@ -233,7 +243,8 @@ def test_200_waiters_hold_no_thread_and_health_stays_up(parked: Parked) -> None:
             waiters = [asyncio.create_task(client.get(
                 f"/api/jobs/{parked.job_id}", params={"wait": 25, "after": before["sequence"]}))
                 for _ in range(WAITERS)]
-            await asyncio.sleep(1.5)  # all connected and waiting
+            await asyncio.to_thread(wait_for, lambda: followers(stack) >= base + WAITERS,
+                                    timeout_s=30, what="every long-poll waiting")
             assert not any(w.done() for w in waiters)
             health = []
             for _ in range(5):

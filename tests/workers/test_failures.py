@@ -7,15 +7,24 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Iterator
 
 import httpx
+import pytest
 import redis
 
 from mysisterdb import keys
+from mysisterdb.redis_server import start_redis
+from mysisterdb.simulator import reply_chunks
+from tests.conftest import start_stack
 from tests.procs import Stack, wait_for
 
+# The stack's limits (tests/conftest.py): hard 6 s, soft 4 s, Gemini read timeout 1.5 s.
 HARD_LIMIT_S = 6.0
+# Time bounds are promises here (a job ends by the hard limit; health answers within 1 s):
+# asserted with margins for a loaded 2-core machine. The figures: bench/failure_bench.py.
 MARGIN_S = 4.0
+HEALTH_BOUND_S = 1.0 + 1.0
 
 
 def worker_pid_of(stack_redis: redis.Redis, job_id: str) -> int:
@@ -98,9 +107,11 @@ def test_hang_fails_within_the_limit_and_health_stays_fast(stack: Stack,
         time.sleep(0.2)
     done = stack.job(job["id"])
     assert done["status"] == "failed"
+    # Whichever bound ends it first (retries end 0.5 s before the soft limit on purpose): each
+    # path on its own is test_stall_... (llm_timeout) and test_soft_limit_cuts_... (timeout).
     assert done["error"]["code"] in ("llm_timeout", "timeout")
     assert "タイムアウト" in done["error"]["message"]
-    assert slowest < 1.0
+    assert slowest < HEALTH_BOUND_S
     assert [s["status"] for s in done["steps"]][2:] == ["failed", "skipped"]
     nxt = stack.submit("もう大丈夫？", conversation_id=conversation_id)
     assert stack.wait_job(nxt["id"])["status"] == "completed"
@@ -141,7 +152,8 @@ def test_stall_after_first_chunk_ends_incomplete_with_the_text(stack: Stack,
     assert done["status"] == "incomplete"
     assert done["partial_reply"] == "えへへ、お兄ちゃん！"
     assert done["reply"] is None
-    assert done["error"]["code"] in ("llm_timeout", "timeout")
+    # The read timeout (1.5 s after the first chunk) ends it, long before the soft limit (4 s).
+    assert done["error"]["code"] == "llm_timeout"
 
 
 def test_server_error_fails_after_bounded_retries(stack: Stack, conversation_id: str) -> None:
@@ -189,4 +201,37 @@ def test_kill_9_of_busy_child_ends_worker_lost_and_is_not_rerun(
              what="the message acknowledged")
     assert len(stack.sim_requests_containing(marker)) == 1
     nxt = stack.submit("生きてる？", conversation_id=conversation_id)
+    assert stack.wait_job(nxt["id"])["status"] == "completed"
+
+
+@pytest.fixture(scope="module")
+def patient_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack whose Gemini read timeout (3 s) is far above the simulator's gap between
+    chunks, so only the soft limit (4 s) can end a slow stream."""
+    log_dir = tmp_path_factory.mktemp("patient")
+    server = start_redis()
+    running = start_stack(redis_url=server.url, log_dir=log_dir,
+                          extra={"MYSISTERDB_GEMINI_TIMEOUT": "3"})
+    yield running
+    running.stop()
+    server.stop()
+
+
+def test_soft_limit_cuts_a_slow_stream_ends_timeout_and_keeps_the_text(
+        patient_stack: Stack) -> None:
+    stack, cid = patient_stack, f"soft-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(stack.redis_url, socket_timeout=5)
+    # A chunk every 2 s (8 s / 4 chunks): each read waits 2 s, under the 3 s read timeout;
+    # the whole reply would take 8 s, past the soft limit (4 s) and the hard limit (6 s).
+    text = "ゆっくりね #sim:pace=8"
+    job = stack.submit(text, conversation_id=cid)
+    done = stack.wait_job(job["id"], timeout_s=HARD_LIMIT_S + MARGIN_S)
+    assert (done["status"], done["error"]["code"]) == ("incomplete", "timeout"), done
+    # What arrived before the limit is kept (the first chunk, at 2 s), never the whole reply.
+    whole, partial = "".join(reply_chunks(text)), done["partial_reply"]
+    assert partial.startswith(reply_chunks(text)[0]) and whole.startswith(partial)
+    assert partial != whole and done["reply"] is None
+    # The soft limit's own path, in the child: not the read timeout, not the hard limit.
+    assert incident_of(client, job["id"])["action"].startswith("task stopped at the soft limit")
+    nxt = stack.submit("まだいる？", conversation_id=cid)
     assert stack.wait_job(nxt["id"])["status"] == "completed"

@@ -164,7 +164,7 @@ def make_client(sdk: str, url: str, *, timeout_s: float = 5.0, retries: int = 1,
                 api_key: str = "sim-key") -> LLMClient:
     sink = observed if observed is not None else []
     client: LLMClient = llm_client_class(sdk)(
-        api_key=api_key, model="gemini-1.5-flash", endpoint=url,
+        api_key=api_key, model="gemini-3.5-flash", endpoint=url,
         policy=RetryPolicy(timeout_s=timeout_s, retries=retries, backoff_s=0.05),
         embedding_model="gemini-embedding-001", embedding_dim=embedding_dim,
         observe=lambda op, outcome, s: sink.append((op, outcome, s)))

@@ -73,6 +73,7 @@ export async function request(method, path, { body, headers = {}, signal,
     });
     noteServerTime(response);
     const data = parseJson(await response.text());
+    if (response.status === 401) signInAgain();
     if (!response.ok) throw errorFrom(response, data);
     if (data === undefined) throw new Error("not JSON");
     return { status: response.status, data, headers: response.headers };
@@ -85,6 +86,15 @@ export async function request(method, path, { body, headers = {}, signal,
     clearTimeout(timer);
     signal?.removeEventListener("abort", forward);
   }
+}
+
+/**
+ * The session ended while the page was open (it expired, or the person signed out in another
+ * tab): to the sign-in form, which brings the person back to this very conversation.
+ */
+function signInAgain() {
+  const here = location.pathname + location.search;
+  location.assign(`/signin?next=${encodeURIComponent(here)}`);
 }
 
 // -- reconnecting ---------------------------------------------------------------------------

@@ -1,0 +1,34 @@
+"""kombu's Redis transport, with one defect of its closing path turned into what it is.
+
+When the broker connection drops while the worker holds a reserved message, Celery 5.7
+(`Consumer.on_connection_error_after_connected`) first `collect()`s the connection, which
+detaches the transport (`transport.client = None`), then closes it again. That second close
+reaches `Channel.close` -> `QoS.restore_unacked_once` -> `_connparams`, which reads
+`self.connection.client.hostname` and raises AttributeError. AttributeError is not one of
+the transport's connection errors, so Celery logs "Unrecoverable error" and the worker stops
+consuming (seen here when Redis was restarted or killed under load; the same code is on
+Celery's main branch, 2026-08).
+
+A closed connection is a connection error: raising redis's ConnectionError (one of the
+transport's connection errors) lets Celery ignore it while closing and reconnect as it does
+for any other loss. The reserved message stays in kombu's `unacked` hash; the lifecycle's
+sweep sends its prompt again (mysisterdb/broker.py), so nothing is lost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+
+class Channel(kombu_redis.Channel):
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        if self.connection.client is None:
+            raise RedisConnectionError("the broker connection was already closed")
+        return super()._connparams(asynchronous=asynchronous)
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel

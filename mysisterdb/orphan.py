@@ -1,0 +1,45 @@
+"""A child of `mysisterdb up` does not outlive it, whatever it is busy with.
+
+`up` starts each child with a parent-death signal (SIGTERM, `stack.die_with_parent`), so a
+killed `up` asks its children to stop. A child may take its time over that: a Celery worker
+stopping warmly while Redis (stopping too) goes away under it, a server waiting for its
+connections. This watch is the guarantee behind the request: once the supervisor is gone,
+the child exits at most ORPHAN_GRACE_S later. A prompt still running by then ends
+`worker_lost` through the sweep, as after any crash.
+
+Only children `up` started are watched (it names itself in MYSISTERDB_SUPERVISOR_PID): a
+worker run by hand under nohup, or by compose, is reparented or watched by others, and must
+not exit because its shell did.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+logger = logging.getLogger(__name__)
+
+SUPERVISOR_PID_ENV = "MYSISTERDB_SUPERVISOR_PID"
+ORPHAN_GRACE_S = 10.0
+CHECK_INTERVAL_S = 0.5
+
+
+def exit_when_orphaned(*, grace_s: float = ORPHAN_GRACE_S) -> None:
+    """Start the watch if `up` started this process; a no-op otherwise."""
+    raw = os.environ.get(SUPERVISOR_PID_ENV, "")
+    if not raw.isdigit():
+        return
+    threading.Thread(target=_watch, args=(int(raw), grace_s), daemon=True,
+                     name="orphan-watch").start()
+
+
+def _watch(supervisor_pid: int, grace_s: float) -> None:
+    while os.getppid() == supervisor_pid:
+        time.sleep(CHECK_INTERVAL_S)
+    logger.error("mysisterdb up (pid %s) is gone: exiting within %.0f s", supervisor_pid,
+                 grace_s)
+    time.sleep(grace_s)
+    logger.error("still running %.0f s after mysisterdb up died: exiting now", grace_s)
+    os._exit(1)

@@ -1,0 +1,53 @@
+"""The broker connection closes cleanly after Redis went away while a message was reserved
+(what made Celery log "Unrecoverable error" and stop consuming; mysisterdb/kombu_redis.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kombu import Connection, Exchange, Queue
+from kombu.common import ignore_errors
+
+from mysisterdb.queueing import KOMBU_TRANSPORT
+from mysisterdb.redis_server import RedisServer, start_redis
+
+
+@pytest.fixture
+def doomed_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = start_redis(data_dir=tmp_path)
+    yield server
+    if server.process.poll() is None:
+        server.stop()
+
+
+def reserved_then_redis_gone(server: RedisServer, transport: str) -> Connection:
+    """A connection holding one reserved (unacked) message, as Celery's consumer leaves it
+    after `collect()` on a broken connection: Redis gone, the transport detached."""
+    conn = Connection(server.url, transport=transport, transport_options={"socket_timeout": 2})
+    queue = Queue("t", Exchange("t"), "t")
+    with conn.Producer() as producer:
+        producer.publish({"prompt": 1}, exchange=queue.exchange, routing_key="t",
+                         declare=[queue])
+    received: list[object] = []
+    conn.Consumer([queue], callbacks=[lambda _body, msg: received.append(msg)],
+                  accept=["json"]).consume()
+    conn.drain_events(timeout=2)
+    assert len(received) == 1  # reserved, not acknowledged
+    server.process.kill()
+    server.process.wait(timeout=5)
+    conn._do_close_transport()  # what Connection.collect() does (Celery calls it first)
+    return conn
+
+
+def test_closing_after_redis_went_away_is_a_connection_error(doomed_redis: RedisServer) -> None:
+    conn = reserved_then_redis_gone(doomed_redis, KOMBU_TRANSPORT)
+    ignore_errors(conn, conn.close)  # Celery's own call: ignores connection errors only
+
+
+def test_the_stock_transport_still_has_the_defect(doomed_redis: RedisServer) -> None:
+    """When a kombu release fixes it, this fails: then mysisterdb/kombu_redis.py can go."""
+    conn = reserved_then_redis_gone(doomed_redis, "redis")
+    with pytest.raises(AttributeError, match="hostname"):
+        ignore_errors(conn, conn.close)
