@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     task_time_limit: float = 60.0
     task_soft_time_limit: float = 50.0
     summary_time_limit: float = 60.0
+    # A failed summary is tried again this long after, then twice, then three times as long
+    # (a chat reply never waits on it); the next chat job of the conversation queues it anew.
+    summary_retry_s: float = Field(default=30.0, gt=0)
     debug_directives: bool = False  # enables `#worker:stuck` for the hard-limit test only
     # Test aid for "stored means dispatched": the API process dies (as if killed -9) after a
     # prompt is stored and before its broker message is sent. Never set it in production.

@@ -26,6 +26,9 @@ TEST_LIMITS = {
     "MYSISTERDB_GEMINI_TIMEOUT": "1.5",
     "MYSISTERDB_GEMINI_RETRIES": "1",
     "MYSISTERDB_GEMINI_BACKOFF_S": "0.1",
+    # A summary failing on a directive left in its conversation retries within seconds, not
+    # minutes: tests that wait for a quiet stack do not wait on it.
+    "MYSISTERDB_SUMMARY_RETRY_S": "1",
     "MYSISTERDB_WORKER_CONCURRENCY": "2",
     "MYSISTERDB_DEBUG_DIRECTIVES": "1",
     "MYSISTERDB_LOG_LEVEL": "INFO",

@@ -41,7 +41,6 @@ from workers.signals import wake_sweeper
 logger = logging.getLogger(__name__)
 
 REDIS_RETRY_MAX_S = 5.0
-SUMMARY_RETRY_S = 30
 PARENT_REDIS_TIMEOUT_S = 1.0
 
 
@@ -275,7 +274,8 @@ def summarize(self: Task, conversation_id: str, token: str = "") -> str:
         if self.request.retries < (self.max_retries or 0):
             logger.warning("summary of %s failed (%s); retrying later", conversation_id, exc)
             summary.keep_flag(rt, conversation_id, token)
-            raise self.retry(countdown=SUMMARY_RETRY_S * (self.request.retries + 1)) from exc
+            delay_s = rt.settings.summary_retry_s * (self.request.retries + 1)
+            raise self.retry(countdown=delay_s) from exc
         logger.error("summary of %s failed (%s); the next chat job queues it again",
                      conversation_id, exc)
         summary.release_flag(rt, conversation_id, token)

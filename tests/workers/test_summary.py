@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import redis
 
 from context.redis_store import RedisHistoryStore
@@ -48,3 +50,9 @@ def test_a_failing_summary_never_fails_chat_jobs(stack: Stack, stack_redis: redi
              timeout_s=15, what="a summary attempt")
     assert [j["status"] for j in later] == ["completed"] * 5
     assert RedisHistoryStore(stack_redis, key_of=keys.conv_key).get_summary(conversation_id) is None
+    # Tried again later (MYSISTERDB_SUMMARY_RETRY_S, 1 s in tests), then given up: the flag is
+    # released so that the conversation's next chat job can queue a summary again.
+    wait_for(lambda: not stack_redis.exists(keys.conv_summarizing(conversation_id)),
+             timeout_s=30, what="the failing summary to give up")
+    log = stack.procs["summary-worker" if "summary-worker" in stack.procs else "worker"].log()
+    assert re.search(rf"summary of {conversation_id} failed \(.*\); retrying later", log)
