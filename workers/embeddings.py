@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Sequence
-
-from celery import current_app
 
 from context.tokens import truncate_to_tokens
 from context.types import Message
@@ -30,7 +27,7 @@ from context.vectors import QueryEmbedder, SemanticSource
 from mysisterdb import keys
 from mysisterdb.errors import LLMError
 from mysisterdb.queueing import EMBED_TASK, summary_soft_limit
-from mysisterdb.redis_client import delete_if_value
+from workers.once import OncePerConversation
 from workers.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -43,17 +40,12 @@ DOCUMENT_TASK = "RETRIEVAL_DOCUMENT"
 QUERY_TASK = "RETRIEVAL_QUERY"
 
 
+ONCE = OncePerConversation("embedding", EMBED_TASK, keys.conv_embedding,
+                           keys.embedding_pending_ttl_s)
+
+
 def request_embedding(rt: Runtime, conversation_id: str) -> bool:
-    """Queue a tail task unless one is already queued or running for the conversation."""
-    flag, token = keys.conv_embedding(conversation_id), uuid.uuid4().hex
-    if not rt.redis.set(flag, token, nx=True, ex=keys.embedding_pending_ttl_s):
-        return False
-    try:
-        current_app.send_task(EMBED_TASK, args=[conversation_id, token])
-    except Exception:
-        release_flag(rt, conversation_id, token)
-        raise
-    return True
+    return ONCE.request(rt, conversation_id)
 
 
 def request_backfill(app: object, conversation_id: str, *, after_seq: int) -> None:
@@ -62,10 +54,7 @@ def request_backfill(app: object, conversation_id: str, *, after_seq: int) -> No
 
 
 def release_flag(rt: Runtime, conversation_id: str, token: str) -> None:
-    try:
-        delete_if_value(rt.redis, keys.conv_embedding(conversation_id), token)
-    except Exception as exc:  # the flag's TTL releases it anyway
-        logger.warning("embedding flag of %s not released: %s", conversation_id, exc)
+    ONCE.release(rt, conversation_id, token)
 
 
 def embed_messages(rt: Runtime, conversation_id: str, messages: Sequence[Message], *,

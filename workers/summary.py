@@ -10,15 +10,12 @@ job queues it again anyway.
 from __future__ import annotations
 
 import logging
-import uuid
-
-from celery import current_app
 
 from context.summary import plan_summary
 from context.types import Turn
 from mysisterdb import keys
 from mysisterdb.queueing import SUMMARY_TASK, summary_soft_limit
-from mysisterdb.redis_client import delete_if_value
+from workers.once import OncePerConversation
 from workers.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -26,34 +23,20 @@ logger = logging.getLogger(__name__)
 SUMMARY_SYSTEM = "あなたは会話の内容を正確に要約する記録係です。"
 
 
-def request_summary(rt: Runtime, conversation_id: str) -> bool:
-    """Queue a summary task unless one is already queued or running for the conversation.
+ONCE = OncePerConversation("summary", SUMMARY_TASK, keys.conv_summarizing,
+                           keys.summary_pending_ttl_s)
 
-    The flag holds the task's token, so only that task releases it (compare-and-delete).
-    """
-    flag, token = keys.conv_summarizing(conversation_id), uuid.uuid4().hex
-    if not rt.redis.set(flag, token, nx=True, ex=keys.summary_pending_ttl_s):
-        return False
-    try:
-        current_app.send_task(SUMMARY_TASK, args=[conversation_id, token])
-    except Exception:
-        release_flag(rt, conversation_id, token)
-        raise
-    return True
+
+def request_summary(rt: Runtime, conversation_id: str) -> bool:
+    return ONCE.request(rt, conversation_id)
 
 
 def keep_flag(rt: Runtime, conversation_id: str, token: str) -> None:
-    """A retry is queued: the flag stays ours for another full lifetime."""
-    flag = keys.conv_summarizing(conversation_id)
-    if token and rt.redis.get(flag) == token.encode():
-        rt.redis.expire(flag, keys.summary_pending_ttl_s)
+    ONCE.keep(rt, conversation_id, token)
 
 
 def release_flag(rt: Runtime, conversation_id: str, token: str) -> None:
-    try:
-        delete_if_value(rt.redis, keys.conv_summarizing(conversation_id), token)
-    except Exception as exc:  # the flag's TTL releases it anyway
-        logger.warning("summary flag of %s not released: %s", conversation_id, exc)
+    ONCE.release(rt, conversation_id, token)
 
 
 def summarize_once(rt: Runtime, conversation_id: str, *, deadline: float) -> bool:
