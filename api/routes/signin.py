@@ -37,6 +37,21 @@ PAGE = """<!doctype html>
 <html lang="ja"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>サインイン · MySisterDB</title>
+<style>
+body {{ margin: 0; min-height: 100vh; display: grid; place-items: center; padding: 1rem;
+  box-sizing: border-box; background: #fffaf6; color: #1f1a17;
+  font: 16px/1.6 system-ui, "Hiragino Sans", "Noto Sans JP", sans-serif; }}
+main {{ width: min(26rem, 100%); background: #fff; border: 1px solid #e6d9cf;
+  border-radius: 12px; padding: 1.5rem; box-sizing: border-box; }}
+h1 {{ margin: 0 0 .5rem; font-size: 1.4rem; }}
+label {{ display: block; font-weight: 600; }}
+input[name=token] {{ display: block; width: 100%; box-sizing: border-box; margin: .4rem 0 1rem;
+  padding: .6rem .75rem; font: inherit; border: 1px solid #5c534d; border-radius: 8px; }}
+button {{ width: 100%; padding: .7rem; font: inherit; font-weight: 700; color: #fff;
+  background: #a8275f; border: 0; border-radius: 8px; cursor: pointer; }}
+:focus-visible {{ outline: 3px solid #0b57d0; outline-offset: 2px; }}
+p:last-child {{ color: #5c534d; font-size: .9rem; margin-bottom: 0; }}
+</style>
 <script src="{script}" defer></script></head>
 <body>
 <main>

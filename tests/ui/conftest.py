@@ -129,10 +129,12 @@ def ui_stack(ui_redis: RedisServer, ui_logs: Path) -> Iterator[Stack]:
     running.stop()
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="session")
 def artifacts_root() -> Path:
     root = Path(os.environ.get(ARTIFACTS_SETTING) or ROOT / "test-artifacts") / "ui"
-    shutil.rmtree(root, ignore_errors=True)  # the folder shows this run only
+    # The folder shows this run only, all of it: once per session (pytest-randomly interleaves
+    # packages, so a package fixture would be set up, and the folder emptied, more than once).
+    shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     print(f"browser test screenshots: {root}")
     return root

@@ -31,9 +31,10 @@ def token_stack(ui_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
     running.stop()
 
 
-def sign_in(chat: ChatPage, *, coming_back_to: str) -> None:
+def sign_in(chat: ChatPage, *, coming_back_to: str, shot: str) -> None:
     expect(chat.page).to_have_url(re.compile(r"/signin\?next="))
     expect(chat.page.locator("input[name=next]")).to_have_value(coming_back_to)
+    chat.shot(shot)
     chat.page.fill("input[name=token]", TOKEN)
     chat.page.press("input[name=token]", "Enter")
 
@@ -48,13 +49,12 @@ def test_an_ended_session_signs_in_again_and_comes_back(
     chat.allowed_console.append("401")  # Chromium logs the refused request itself
     try:
         chat.page.goto(f"{token_stack.api_url}/?conversation_id=diary")
-        sign_in(chat, coming_back_to="/?conversation_id=diary")
+        sign_in(chat, coming_back_to="/?conversation_id=diary", shot="first-visit")
         expect(chat.page).to_have_url(f"{token_stack.api_url}/?conversation_id=diary")
         chat.wait_ready()
         context.clear_cookies()  # the session ends while the page is open
         chat.send("まだいる？")
-        sign_in(chat, coming_back_to="/?conversation_id=diary")
-        chat.shot("signed-out")
+        sign_in(chat, coming_back_to="/?conversation_id=diary", shot="session-ended")
         expect(chat.page).to_have_url(f"{token_stack.api_url}/?conversation_id=diary")
         chat.wait_ready()
         chat.shot("back")
