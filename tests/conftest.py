@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from mysisterdb.redis_server import RedisServer, free_port, start_redis
-from tests.procs import Stack, http_ok, mysisterdb, start, wait_for
+from tests.procs import Stack, http_ok, mysisterdb, start, start_ready, wait_for
 
 STACK_DB = 1  # unit tests flush db 0; the running stack lives in db 1
 
@@ -111,25 +111,30 @@ def simulator_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     env = stack_env(redis_url="redis://127.0.0.1:1/0", api_port=free_port(), sim_port=port,
                     log_dir=log_dir)
-    proc = start("simulator", mysisterdb("simulator"), env=env, log_dir=log_dir)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(http_ok(f"{url}/_sim/health"), timeout_s=20, what="simulator")
-    except BaseException:
-        print(proc.log()[-3000:])
-        proc.stop()
-        raise
+    proc = start_ready("simulator", mysisterdb("simulator"), env=env, log_dir=log_dir,
+                       ready_url=f"{url}/_sim/health")
     yield url
     proc.stop()
 
 
-@pytest.fixture(scope="session")
-def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    log_dir = tmp_path_factory.mktemp("stack")
-    url = f"redis://{redis_server.host}:{redis_server.port}/{STACK_DB}"
-    running = start_stack(redis_url=url, log_dir=log_dir)
+def db_url(server: RedisServer, db: int) -> str:
+    return f"redis://{server.host}:{server.port}/{db}"
+
+
+def own_stack(server: RedisServer, tmp_path_factory: pytest.TempPathFactory, *, db: int,
+              name: str, extra: dict[str, str] | None = None) -> Iterator[Stack]:
+    """A stack of a module's own on a database of the shared redis-server, for a fixture to
+    `yield from`: settings the shared stack must not have, or load nobody should wait behind."""
+    running = start_stack(redis_url=db_url(server, db), log_dir=tmp_path_factory.mktemp(name),
+                          extra=extra)
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from own_stack(redis_server, tmp_path_factory, db=STACK_DB, name="stack")
 
 
 @pytest.fixture

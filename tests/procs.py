@@ -51,6 +51,27 @@ def start(name: str, argv: list[str], *, env: dict[str, str], log_dir: Path,
     return Proc(name=name, process=process, log_path=log_path)
 
 
+def start_ready(name: str, argv: list[str], *, env: dict[str, str], log_dir: Path,
+                ready_url: str, timeout_s: float = 20.0) -> Proc:
+    """Start a server and wait until `ready_url` answers; if it never does, its log is
+    printed and it is stopped (a test never leaves it behind)."""
+    proc = start(name, argv, env=env, log_dir=log_dir)
+    try:
+        wait_for(http_ok(ready_url), timeout_s=timeout_s, what=name)
+    except BaseException:
+        print(f"--- {name} ---\n{proc.log()[-3000:]}")
+        proc.stop()
+        raise
+    return proc
+
+
+def start_api(env: dict[str, str], *, log_dir: Path, name: str = "api") -> tuple[Proc, str]:
+    """An API process on MYSISTERDB_PORT of `env`, ready: (process, base URL)."""
+    url = f"http://127.0.0.1:{env['MYSISTERDB_PORT']}"
+    return start_ready(name, mysisterdb("api"), env=env, log_dir=log_dir,
+                       ready_url=f"{url}/api/current-time"), url
+
+
 def wait_for(check: Callable[[], bool], *, timeout_s: float, what: str,
              interval_s: float = 0.1) -> None:
     deadline = time.monotonic() + timeout_s

@@ -20,7 +20,7 @@ import redis
 import schemathesis
 
 from mysisterdb.redis_server import RedisServer
-from tests.conftest import start_stack
+from tests.conftest import own_stack
 from tests.procs import Stack
 
 CONTRACT_DB = 3  # schemathesis submits many prompts: its own stack, so no one waits behind them
@@ -32,10 +32,7 @@ CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
 @pytest.fixture(scope="module")
 def fuzzed_stack(redis_server: RedisServer,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    url = f"redis://{redis_server.host}:{redis_server.port}/{CONTRACT_DB}"
-    running = start_stack(redis_url=url, log_dir=tmp_path_factory.mktemp("contract"))
-    yield running
-    running.stop()
+    yield from own_stack(redis_server, tmp_path_factory, db=CONTRACT_DB, name="contract")
 
 
 def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(

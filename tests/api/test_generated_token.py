@@ -18,7 +18,7 @@ import pytest
 
 from mysisterdb.redis_server import RedisServer, free_port
 from tests.conftest import stack_env
-from tests.procs import ROOT, Proc, http_ok, mysisterdb, start, wait_for
+from tests.procs import ROOT, Proc, http_ok, mysisterdb, start, start_api, wait_for
 
 GENERATED_DB = 5
 
@@ -39,13 +39,9 @@ def exposed(redis_server: RedisServer,
     env = stack_env(redis_url=f"redis://{redis_server.host}:{redis_server.port}/{GENERATED_DB}",
                     api_port=port, sim_port=free_port(), log_dir=log_dir,
                     extra={"MYSISTERDB_HOST": "0.0.0.0"})
-    proc = start("api", mysisterdb("api"), env=env, log_dir=log_dir)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(http_ok(f"{url}/api/current-time"), timeout_s=20, what="api")
-        yield Exposed(url=url, proc=proc, env=env, data_dir=log_dir / "data")
-    finally:
-        proc.stop()
+    proc, url = start_api(env, log_dir=log_dir)
+    yield Exposed(url=url, proc=proc, env=env, data_dir=log_dir / "data")
+    proc.stop()
 
 
 def printed_token(proc: Proc) -> str:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from mysisterdb.redis_server import free_port
-from tests.procs import Proc, Stack, http_ok, mysisterdb, start, wait_for
+from tests.procs import Proc, Stack, start_api, wait_for
 
 # Health's promise is a time bound: an answer within 1 s, whatever the LLM endpoint does.
 # Asserted with a margin for a loaded machine, and a probe timeout above bound + margin, so a
@@ -21,27 +21,19 @@ HEALTH_BOUND_S = 1.0 + 1.0
 CHECK_TIMEOUT_S = 4.0
 
 
-def start_api(stack: Stack, log_dir: Path, *, endpoint: str) -> tuple[Proc, str]:
+def second_api(stack: Stack, log_dir: Path, *, endpoint: str) -> tuple[Proc, str]:
     """A second API on the shared stack's Redis (so its worker is online), whose LLM
     endpoint is `endpoint` instead of the simulator."""
     port = free_port()
     env = {**stack.env, "MYSISTERDB_PORT": str(port), "MYSISTERDB_GEMINI_ENDPOINT": endpoint,
            "MYSISTERDB_LLM_CHECK_TIMEOUT_S": str(CHECK_TIMEOUT_S), "MYSISTERDB_LLM_CHECK_INTERVAL_S": "2"}
-    proc = start(f"api-{port}", mysisterdb("api"), env=env, log_dir=log_dir)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(http_ok(f"{url}/api/current-time"), timeout_s=20, what="api")
-    except TimeoutError:
-        print(proc.log()[-3000:])
-        proc.stop()
-        raise
-    return proc, url
+    return start_api(env, log_dir=log_dir, name=f"api-{port}")
 
 
 @pytest.fixture(scope="module")
 def api_with_dead_llm(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # The issue's case: the endpoint refuses connections (nothing listens there).
-    proc, url = start_api(stack, tmp_path_factory.mktemp("deadllm"),
+    proc, url = second_api(stack, tmp_path_factory.mktemp("deadllm"),
                           endpoint=f"http://127.0.0.1:{free_port()}")
     yield url
     proc.stop()
@@ -53,7 +45,7 @@ def api_with_hung_llm(stack: Stack,
     with socket.socket() as listener:  # accepts, never answers
         listener.bind(("127.0.0.1", 0))
         listener.listen(64)
-        proc, url = start_api(stack, tmp_path_factory.mktemp("hungllm"),
+        proc, url = second_api(stack, tmp_path_factory.mktemp("hungllm"),
                               endpoint=f"http://127.0.0.1:{listener.getsockname()[1]}")
         yield url
         proc.stop()

@@ -14,7 +14,7 @@ import pytest
 
 from mysisterdb.redis_server import RedisServer, free_port, start_redis
 from tests.conftest import TEST_LIMITS, stack_env
-from tests.procs import Proc, http_ok, mysisterdb, start, wait_for
+from tests.procs import start_api
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +23,9 @@ def api_without_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     port = free_port()
     dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     env = stack_env(redis_url=dead, api_port=port, sim_port=free_port(), log_dir=log_dir)
-    proc: Proc = start("api", mysisterdb("api"), env=env, log_dir=log_dir)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(http_ok(f"{url}/api/current-time"), timeout_s=20, what="api")
-        yield url
-    finally:
-        proc.stop()
+    proc, url = start_api(env, log_dir=log_dir)
+    yield url
+    proc.stop()
 
 
 # The promises are time bounds (README, runbook: 503 within 2 s, health within 1 s); each is
@@ -73,14 +69,14 @@ def api_on_hung_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
     env = stack_env(redis_url=server.url, api_port=port, sim_port=free_port(), log_dir=log_dir)
     for name in TEST_LIMITS:
         env.pop(name)
-    proc: Proc = start("api", mysisterdb("api"), env=env, log_dir=log_dir)
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(http_ok(f"{url}/api/current-time"), timeout_s=20, what="api")
-        yield url, server
-    finally:
-        proc.stop()
+        proc, url = start_api(env, log_dir=log_dir)
+    except BaseException:
         server.stop()
+        raise
+    yield url, server
+    proc.stop()
+    server.stop()
 
 
 def test_submit_lookup_and_health_answer_503_in_time_when_redis_hangs_with_defaults(

@@ -11,7 +11,7 @@ import pytest
 
 from mysisterdb.redis_server import RedisServer
 from mysisterdb.simulator import reply_chunks
-from tests.conftest import start_stack
+from tests.conftest import own_stack
 from tests.procs import Stack
 
 FIRST_CHUNK = reply_chunks("")[0]
@@ -50,11 +50,8 @@ def test_partial_reply_shows_the_first_chunk_while_gemini_still_streams(
 @pytest.fixture(scope="module")
 def generativeai_stack(redis_server: RedisServer,
                        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    url = f"redis://{redis_server.host}:{redis_server.port}/{GENERATIVEAI_DB}"
-    running = start_stack(redis_url=url, log_dir=tmp_path_factory.mktemp("generativeai"),
-                          extra={"MYSISTERDB_GEMINI_SDK": "generativeai"})
-    yield running
-    running.stop()
+    yield from own_stack(redis_server, tmp_path_factory, db=GENERATIVEAI_DB, name="generativeai",
+                         extra={"MYSISTERDB_GEMINI_SDK": "generativeai"})
 
 
 def test_generativeai_stack_answers_and_keeps_a_stalled_reply(generativeai_stack: Stack,

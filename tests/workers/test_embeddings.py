@@ -18,7 +18,7 @@ from mysisterdb import keys
 from mysisterdb.history import history_store, vector_store
 from mysisterdb.redis_server import RedisServer
 from mysisterdb.settings import DEFAULT_PERSONA
-from tests.conftest import start_stack
+from tests.conftest import own_stack
 from tests.context.chatgen import ChatGenerator, make_message
 from tests.procs import ROOT, Stack, wait_for
 
@@ -32,11 +32,8 @@ QUESTION = "生まれたのっていつだっけ？"  # not one word in common w
 @pytest.fixture(scope="module")
 def embedding_stack(redis_server: RedisServer,
                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    url = f"redis://{redis_server.host}:{redis_server.port}/{EMBEDDINGS_DB}"
-    running = start_stack(redis_url=url, log_dir=tmp_path_factory.mktemp("embeddings"),
-                          extra={"MYSISTERDB_EMBEDDINGS": "on"})
-    yield running
-    running.stop()
+    yield from own_stack(redis_server, tmp_path_factory, db=EMBEDDINGS_DB, name="embeddings",
+                         extra={"MYSISTERDB_EMBEDDINGS": "on"})
 
 
 @pytest.fixture
