@@ -32,7 +32,9 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY README.md ./
 COPY api ./api
 COPY context ./context
+COPY core ./core
 COPY mysisterdb ./mysisterdb
+COPY taskqueue ./taskqueue
 COPY workers ./workers
 RUN pip install --no-deps . && rm -rf build *.egg-info
 

@@ -19,12 +19,12 @@ run: $(STAMP)
 	$(BIN)/mysisterdb up
 
 test: $(STAMP)
-	$(BIN)/ruff check api workers context mysisterdb tests bench
+	$(BIN)/ruff check api workers context core taskqueue mysisterdb tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check api workers context mysisterdb tests bench
+	$(BIN)/ruff check api workers context core taskqueue mysisterdb tests bench
 	$(BIN)/mypy
 
 # About 9 minutes on a 2-core box; the capacity table is written into docs/performance.md.

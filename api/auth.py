@@ -21,8 +21,8 @@ from urllib.parse import quote
 from fastapi import FastAPI, Request
 from starlette.routing import Route
 
-from mysisterdb.access import SIGN_IN_PATH, Access, Caller
-from mysisterdb.errors import Forbidden, MySisterDBError, Unauthorized
+from core.access import SIGN_IN_PATH, Access, Caller
+from core.errors import Forbidden, MySisterDBError, Unauthorized
 
 SESSION_COOKIE = "msdb_session"
 OPEN_PATHS = {"/api/health", "/api/current-time", SIGN_IN_PATH, f"{SIGN_IN_PATH}/script.js",

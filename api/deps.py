@@ -5,18 +5,17 @@ from __future__ import annotations
 from typing import Annotated
 
 import redis
-from celery import Celery
 from fastapi import Depends, Request
 
 from api.auth import caller_of
 from api.watch import JobWatcher
 from context.redis_store import RedisHistoryStore
-from mysisterdb.access import Caller
-from mysisterdb.chat import ChatService
-from mysisterdb.conversations import ConversationReader
-from mysisterdb.history import history_store
-from mysisterdb.lifecycle import Lifecycle, Limits
-from mysisterdb.settings import Settings
+from core.access import Caller
+from core.chat import ChatService
+from core.conversations import ConversationReader
+from core.history import history_store
+from core.lifecycle import Lifecycle, Limits
+from core.settings import Settings
 
 
 def get_settings(request: Request) -> Settings:
@@ -25,10 +24,6 @@ def get_settings(request: Request) -> Settings:
 
 def get_redis(request: Request) -> redis.Redis:
     return request.app.state.redis  # type: ignore[no-any-return]
-
-
-def get_celery(request: Request) -> Celery:
-    return request.app.state.celery  # type: ignore[no-any-return]
 
 
 def get_watcher(request: Request) -> JobWatcher:
@@ -40,7 +35,6 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 CallerDep = Annotated[Caller, Depends(caller_of)]
 WatcherDep = Annotated[JobWatcher, Depends(get_watcher)]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]
-CeleryDep = Annotated[Celery, Depends(get_celery)]
 
 
 def get_history(client: RedisDep) -> RedisHistoryStore:
@@ -53,7 +47,7 @@ HistoryDep = Annotated[RedisHistoryStore, Depends(get_history)]
 def get_lifecycle(request: Request, client: RedisDep, history: HistoryDep,
                   settings: SettingsDep) -> Lifecycle:
     return Lifecycle(client=client, history=history, limits=Limits.from_settings(settings),
-                     publish=request.app.state.publish)
+                     broker=request.app.state.broker)
 
 
 def lifecycle_of(request: Request) -> Lifecycle:

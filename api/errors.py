@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth import SignInRequired
-from mysisterdb.errors import MySisterDBError, QueueFull, StoreUnavailable, Unauthorized
+from core.errors import MySisterDBError, QueueFull, StoreUnavailable, Unauthorized
 
 logger = logging.getLogger(__name__)
 

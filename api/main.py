@@ -22,18 +22,20 @@ from api.watch import JobWatcher
 from context.builder import max_message_tokens
 from context.terms import warm_up as warm_up_terms
 from context.tokens import count_tokens
-from mysisterdb.access import load_access
-from mysisterdb.history import history_store
-from mysisterdb.lifecycle import Lifecycle, Limits
-from mysisterdb.llm_check import LLMCheck
-from mysisterdb.logs import configure_logging
-from mysisterdb.metrics import RedisCollector
-from mysisterdb.queueing import Publish, chat_publisher, create_celery
-from mysisterdb.ratelimit import SubmitLimiter
-from mysisterdb.redis_client import connect
-from mysisterdb.resources import ResourceMonitor
-from mysisterdb.settings import Settings, get_settings
-from mysisterdb.sweeper import Sweeper
+from core.access import load_access
+from core.history import history_store
+from core.lifecycle import Lifecycle, Limits
+from core.llm_check import LLMCheck
+from core.logs import configure_logging
+from core.metrics import RedisCollector
+from core.ports import Broker
+from core.ratelimit import SubmitLimiter
+from core.redis_client import connect
+from core.resources import ResourceMonitor
+from core.settings import Settings, get_settings
+from core.sweeper import Sweeper
+from taskqueue.app import create_celery
+from taskqueue.port import CeleryBroker
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         monitor.start()
         # Storing a message indexes its terms: load the analysers before the first one.
         await run_in_threadpool(warm_up_terms)
-        sweeper = api_sweeper(settings, publish=chat_publisher(app.state.celery))
+        sweeper = api_sweeper(settings, broker=app.state.broker)
         sweeper.start()
         app.state.llm_check.status()  # the first check of the LLM endpoint starts now
         app.state.watcher.start()
@@ -80,10 +82,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.limiter = SubmitLimiter(client=app.state.redis, rate=settings.rate_limit)
     app.state.metrics_registry = metrics_registry(app.state.redis, settings,
                                                   watcher=app.state.watcher)
-    celery = create_celery(settings, broker_socket_timeout_s=settings.redis_timeout_s)
-    app.state.celery = celery
-    app.state.publish = (die_before_publish if settings.debug_die_before_publish
-                         else chat_publisher(celery))
+    broker = CeleryBroker(create_celery(settings,
+                                        broker_socket_timeout_s=settings.redis_timeout_s))
+    app.state.broker = DyingBroker(broker) if settings.debug_die_before_publish else broker
     app.state.max_message_tokens = max_message_tokens(
         persona_tokens=count_tokens(settings.persona_text()),
         max_tokens=settings.max_context_tokens)
@@ -116,18 +117,25 @@ def announce(text: str) -> None:
     print(text, flush=True)
 
 
-def die_before_publish(job_id: str) -> None:
-    logger.critical("debug: dying before publishing job %s", job_id)
-    os._exit(137)
+class DyingBroker(CeleryBroker):
+    """MYSISTERDB_DEBUG_DIE_BEFORE_PUBLISH: the API dies between storing a job and sending
+    it, so a test can prove the outbox sends it anyway."""
+
+    def __init__(self, broker: CeleryBroker) -> None:
+        super().__init__(broker.app)
+
+    def publish_chat(self, job_id: str) -> None:
+        logger.critical("debug: dying before publishing job %s", job_id)
+        os._exit(137)
 
 
-def api_sweeper(settings: Settings, *, publish: Publish) -> Sweeper:
+def api_sweeper(settings: Settings, *, broker: Broker) -> Sweeper:
     """The API sweeps too: with every worker gone, stored prompts still reach the broker
     and dead jobs still end, so nobody waits on a job that cannot finish."""
     def make() -> Lifecycle:
         client = connect(settings.redis_url, timeout_s=settings.redis_timeout_s)
         return Lifecycle(client=client, history=history_store(client),
-                         limits=Limits.from_settings(settings), publish=publish)
+                         limits=Limits.from_settings(settings), broker=broker)
 
     return Sweeper(make_lifecycle=make, interval_s=settings.sweep_interval_s, name="api-sweep")
 

@@ -31,8 +31,8 @@ import redis.asyncio as aredis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.background import RedisLoop
-from mysisterdb.errors import StoreUnavailable
-from mysisterdb.redis_client import DEFAULT_URL
+from core.errors import StoreUnavailable
+from core.redis_client import DEFAULT_URL
 
 logger = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from context.types import Message
-from mysisterdb.conversations import ConversationView, TurnPage, TurnView
-from mysisterdb.errors import ErrorCode
-from mysisterdb.incidents import Incident
-from mysisterdb.models import Job, JobStatus, StepName, StepStatus, iso
-from mysisterdb.monitoring import QueueStats
+from core.conversations import ConversationView, TurnPage, TurnView
+from core.errors import ErrorCode
+from core.incidents import Incident
+from core.models import Job, JobStatus, StepName, StepStatus, iso
+from core.monitoring import QueueStats
 
 # Limits a client can see in the schema; the service enforces the same (and the token limit).
 MAX_MESSAGE_CHARS = 8000

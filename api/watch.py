@@ -24,9 +24,9 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 
 from api.background import RedisLoop
-from mysisterdb import keys
-from mysisterdb.models import Job
-from mysisterdb.redis_client import DEFAULT_URL
+from core import keys
+from core.models import Job
+from core.redis_client import DEFAULT_URL
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class JobWatcher(RedisLoop):
     def __init__(self, *, url: str | None, timeout_s: float) -> None:
         # A bounded pool: many waiters share a few connections (each read is short) and
         # queue for one at most timeout_s, instead of opening a connection each.
-        # As the sync clients (mysisterdb.redis_client.connect): a connection that broke
+        # As the sync clients (core.redis_client.connect): a connection that broke
         # while idle (Redis restarted) is replaced once; a timeout is never repeated.
         pool = aredis.BlockingConnectionPool.from_url(
             url or DEFAULT_URL, max_connections=POOL_SIZE, timeout=timeout_s,

@@ -19,7 +19,7 @@ import httpx
 import psutil
 import redis
 
-from mysisterdb import keys
+from core import keys
 
 MB = 1024 * 1024
 FINAL = {"completed", "failed", "cancelled", "incomplete"}

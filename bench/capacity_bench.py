@@ -61,7 +61,7 @@ from bench.benchlib import (  # noqa: E402
     submit_at_once,
     wait_idle,
 )
-from mysisterdb import keys  # noqa: E402
+from core import keys  # noqa: E402
 from mysisterdb.redis_server import RedisServer, free_port, start_redis  # noqa: E402
 from tests.conftest import start_stack  # noqa: E402
 from tests.procs import Stack, http_ok, start, wait_for  # noqa: E402

@@ -34,7 +34,7 @@ from context.builder import BuiltContext, build_context  # noqa: E402
 from context.fusion import CandidateSource  # noqa: E402
 from context.redis_store import RedisHistoryStore  # noqa: E402
 from context.vectors import RedisVectorStore, SemanticSource  # noqa: E402
-from mysisterdb import keys  # noqa: E402
+from core import keys  # noqa: E402
 from mysisterdb.redis_server import start_redis  # noqa: E402
 from tests.context.chatgen import ChatGenerator, make_message  # noqa: E402
 

@@ -27,8 +27,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.settings import Settings  # noqa: E402
 from mysisterdb.redis_server import RedisServer, start_redis  # noqa: E402
-from mysisterdb.settings import Settings  # noqa: E402
 from tests.conftest import TEST_LIMITS, start_stack  # noqa: E402
 from tests.procs import Stack, wait_for  # noqa: E402
 

@@ -35,9 +35,9 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mysisterdb import keys  # noqa: E402
-from mysisterdb.history import history_store
-from mysisterdb.lifecycle import Lifecycle, Limits, Outcome  # noqa: E402
+from core import keys  # noqa: E402
+from core.history import history_store
+from core.lifecycle import Lifecycle, Limits, Outcome  # noqa: E402
 from mysisterdb.redis_server import start_redis  # noqa: E402
 from tests.conftest import start_stack  # noqa: E402
 
@@ -150,7 +150,7 @@ def main() -> None:
                                "MYSISTERDB_TASK_SOFT_TIME_LIMIT": "100"})
     client = redis.Redis.from_url(url, socket_timeout=5)
     lifecycle = Lifecycle(client=client, history=history_store(client),
-                          limits=Limits(hard_limit_s=120, queue_timeout_s=600), publish=None)
+                          limits=Limits(hard_limit_s=120, queue_timeout_s=600), broker=None)
     job = lifecycle.submit(conversation_id="bench", text="待っててね", tokens=3).job
     client.zrem(keys.outbox(), job.id)
     try:

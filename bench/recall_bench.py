@@ -49,12 +49,13 @@ from context.fusion import CandidateSource  # noqa: E402
 from context.redis_store import RedisHistoryStore  # noqa: E402
 from context.tokens import count_tokens  # noqa: E402
 from context.vectors import SemanticSource  # noqa: E402
-from mysisterdb import keys  # noqa: E402
-from mysisterdb.history import vector_store  # noqa: E402
-from mysisterdb.queueing import EMBED_TASK, create_celery  # noqa: E402
+from core import keys  # noqa: E402
+from core.history import vector_store  # noqa: E402
+from core.ports import EMBED_TASK  # noqa: E402
+from core.settings import Settings  # noqa: E402
 from mysisterdb.redis_server import start_redis  # noqa: E402
-from mysisterdb.settings import Settings  # noqa: E402
 from mysisterdb.simulator import embed_text  # noqa: E402
+from taskqueue.app import create_celery  # noqa: E402
 from tests.conftest import start_stack  # noqa: E402
 from tests.context.chatgen import make_message  # noqa: E402
 from tests.procs import Stack, wait_for  # noqa: E402

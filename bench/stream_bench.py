@@ -28,7 +28,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from context.types import Turn  # noqa: E402
-from mysisterdb.errors import LLMError  # noqa: E402
+from core.errors import LLMError  # noqa: E402
 from mysisterdb.redis_server import free_port  # noqa: E402
 from tests.conftest import stack_env  # noqa: E402
 from tests.procs import http_ok, mysisterdb, start, wait_for  # noqa: E402

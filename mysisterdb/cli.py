@@ -9,10 +9,10 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from mysisterdb.files import private_umask
-from mysisterdb.logs import configure_logging
-from mysisterdb.orphan import exit_when_orphaned
-from mysisterdb.settings import Settings, get_settings
+from core.files import private_umask
+from core.logs import configure_logging
+from core.orphan import exit_when_orphaned
+from core.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -63,8 +63,8 @@ def cmd_simulator(args: argparse.Namespace) -> int:
 
 
 def cmd_incidents(args: argparse.Namespace) -> int:
-    from mysisterdb.incidents import IncidentLog, to_markdown
-    from mysisterdb.redis_client import connect
+    from core.incidents import IncidentLog, to_markdown
+    from core.redis_client import connect
 
     settings = get_settings()
     incidents = IncidentLog(connect(settings.resolved_redis_url(), timeout_s=5)).newest(limit=args.limit)
@@ -81,8 +81,8 @@ def cmd_incidents(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from core.redis_client import connect
     from mysisterdb.check import run_check
-    from mysisterdb.redis_client import connect
 
     settings = get_settings()
     client = connect(settings.resolved_redis_url(), timeout_s=10)
@@ -91,7 +91,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
-    from mysisterdb.redis_client import connect
+    from core.redis_client import connect
     from mysisterdb.reindex import reindex_all
 
     settings = get_settings()
@@ -104,9 +104,10 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
 
 def queue_embeddings(settings: Settings, client: Redis, conversation_ids: list[str] | None) -> int:
-    from mysisterdb.queueing import create_celery
     from mysisterdb.reindex import EXIT_FAILED
     from mysisterdb.reindex import queue_embeddings as queue
+    from taskqueue.app import create_celery
+    from taskqueue.port import CeleryBroker
 
     if not settings.embeddings_enabled:
         print(f"embeddings are off (MYSISTERDB_EMBEDDINGS={settings.embeddings}, "
@@ -114,7 +115,7 @@ def queue_embeddings(settings: Settings, client: Redis, conversation_ids: list[s
               file=sys.stderr)
         return EXIT_FAILED
     app = create_celery(settings.model_copy(update={"redis_url": settings.resolved_redis_url()}))
-    return queue(redis=client, app=app, conversation_ids=conversation_ids, out=sys.stdout)
+    return queue(redis=client, broker=CeleryBroker(app), conversation_ids=conversation_ids, out=sys.stdout)
 
 
 def cmd_watchdog(args: argparse.Namespace) -> int:
@@ -130,7 +131,7 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
 
 def cmd_token(args: argparse.Namespace) -> int:
     """The access token the API generated (or will generate) for this data directory."""
-    from mysisterdb.access import Mode, generated_token, load_access, sign_in_url
+    from core.access import Mode, generated_token, load_access, sign_in_url
 
     settings = get_settings()
     mode = load_access(settings).mode

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from mysisterdb.files import private_dir, write_private
+from core.files import private_dir, write_private
 
 logger = logging.getLogger(__name__)
 

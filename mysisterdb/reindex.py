@@ -21,12 +21,11 @@ import time
 from collections.abc import Iterable
 from typing import TextIO
 
-from celery import Celery
 from redis import Redis, RedisError
 
-from mysisterdb import keys
-from mysisterdb.history import history_store
-from mysisterdb.queueing import EMBED_TASK
+from core import keys
+from core.history import history_store
+from core.ports import Broker
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +61,12 @@ def reindex_all(*, redis: Redis, conversation_ids: Iterable[str] | None, batch: 
     return EXIT_FAILED if failed else EXIT_DONE
 
 
-def queue_embeddings(*, redis: Redis, app: Celery, conversation_ids: Iterable[str] | None,
+def queue_embeddings(*, redis: Redis, broker: Broker, conversation_ids: Iterable[str] | None,
                      out: TextIO) -> int:
     """Queue one embedding backfill per conversation (from its first message)."""
     cids = list(conversation_ids) if conversation_ids else _conversations(redis)
     for cid in cids:
-        app.send_task(EMBED_TASK, args=[cid, "", 0])
+        broker.request_embedding(cid, after_seq=0)
     print(f"reindex --embeddings: {len(cids)} conversations queued; the summary worker "
           "embeds them 100 messages at a time", file=out)
     return EXIT_DONE

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import httpx
 
-from mysisterdb.files import secret_in_file, write_private
-from mysisterdb.orphan import SUPERVISOR_PID_ENV
+from core.files import secret_in_file, write_private
+from core.orphan import SUPERVISOR_PID_ENV
+from core.settings import Settings
 from mysisterdb.redis_server import (
     RedisServer,
     free_port,
@@ -31,7 +32,6 @@ from mysisterdb.redis_server import (
     redis_args,
     wait_until_ready,
 )
-from mysisterdb.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class RestartRecorder:
     _warned: bool = False
 
     def notify(self, name: str, cause: str, action: str) -> None:
-        from mysisterdb.models import iso, utcnow
+        from core.models import iso, utcnow
 
         self.pending.append((iso(utcnow()) or "", name, cause, action))
         self.flush()
@@ -220,8 +220,8 @@ class RestartRecorder:
     def flush(self) -> None:
         if not self.pending:
             return
-        from mysisterdb.incidents import Incident, IncidentLog
-        from mysisterdb.redis_client import connect
+        from core.incidents import Incident, IncidentLog
+        from core.redis_client import connect
 
         client = connect(self.redis_url, timeout_s=0.5)  # the loop must go on tending
         try:

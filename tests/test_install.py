@@ -19,12 +19,20 @@ from pathlib import Path
 import pytest
 import redis
 
-from mysisterdb.monitoring import read_heartbeats
+from core.monitoring import read_heartbeats
 from mysisterdb.redis_server import RedisServer, start_redis
 from tests.procs import ROOT, start, wait_for
 
-# What the Dockerfile copies: the project as a user's `pip install .` sees it.
-PROJECT_FILES = ("pyproject.toml", "README.md", "api", "context", "mysisterdb", "workers")
+
+def dockerfile_copies() -> tuple[str, ...]:
+    """What the Dockerfile copies (`COPY name ./name`): the project as `pip install .` sees it.
+    Read from there, so a new package cannot be forgotten in one place only."""
+    lines = (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines()
+    return tuple(words[1] for line in lines if (words := line.split())[:1] == ["COPY"]
+                 and len(words) == 3 and words[2] in (f"./{words[1]}", "./"))
+
+
+PROJECT_FILES = dockerfile_copies()
 INSTALL_TIMEOUT_S = 600
 
 

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from mysisterdb.llm_check import LLMCheck, model_url, verdict
+from core.llm_check import LLMCheck, model_url, verdict
+from core.settings import Settings
 from mysisterdb.redis_server import free_port
-from mysisterdb.settings import Settings
 from tests.procs import wait_for
 
 MODEL_PATH = "/v1beta/models/gemini-3.5-flash"

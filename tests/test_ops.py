@@ -158,7 +158,7 @@ def expected_retry_after(ops: Ops) -> int:
 
     import redis
 
-    from mysisterdb import keys
+    from core import keys
 
     client = redis.Redis.from_url(ops.redis.url)
     replies = [float(r) for r in client.lrange(keys.recent_reply_s(), 0, -1)]
@@ -193,8 +193,9 @@ def test_queue_shows_chat_slots_busy_and_free_and_the_admission_figures(ops: Ops
 
 
 def test_queue_counts_priority_sub_lists(ops: Ops) -> None:
-    from mysisterdb.queueing import CHAT_TASK, create_celery
-    from mysisterdb.settings import Settings
+    from core.ports import CHAT_TASK
+    from core.settings import Settings
+    from taskqueue.app import create_celery
 
     wait_for(lambda: queue(ops.stack)["waiting"] == 0, timeout_s=20, what="an empty queue")
     ops.stack.procs["worker"].stop()
@@ -210,8 +211,8 @@ def test_queue_counts_priority_sub_lists(ops: Ops) -> None:
 
 
 def test_health_detects_a_worker_that_stopped_consuming(ops: Ops) -> None:
-    from mysisterdb.queueing import create_celery
-    from mysisterdb.settings import Settings
+    from core.settings import Settings
+    from taskqueue.app import create_celery
 
     app = create_celery(Settings(_env_file=None, redis_url=ops.redis.url))
     app.control.cancel_consumer("chat", reply=True, timeout=2)

@@ -10,7 +10,7 @@ from pathlib import Path
 import redis
 
 from context.redis_store import RedisHistoryStore
-from mysisterdb import keys
+from core import keys
 from mysisterdb.redis_server import RedisServer
 from tests.context.chatgen import ChatGenerator, make_message
 from tests.context.test_redis_store import _plant_legacy_index

@@ -7,8 +7,8 @@ import logging
 import pytest
 from pydantic import ValidationError
 
-from mysisterdb.logs import ContextFilter, job_context
-from mysisterdb.settings import Settings
+from core.logs import ContextFilter, job_context
+from core.settings import Settings
 
 
 def test_limits_must_be_ordered() -> None:
@@ -76,7 +76,7 @@ def test_log_lines_carry_the_job_and_conversation() -> None:
 
 
 def test_celery_is_configured_against_freezes_and_leaks() -> None:
-    from mysisterdb.queueing import create_celery
+    from taskqueue.app import create_celery
 
     settings = Settings(redis_url="redis://127.0.0.1:1/0", task_time_limit=60,
                         task_soft_time_limit=50, worker_max_tasks_per_child=7,

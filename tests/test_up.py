@@ -16,7 +16,7 @@ import psutil
 import pytest
 import redis
 
-from mysisterdb import keys
+from core import keys
 from mysisterdb.redis_server import free_port, start_redis
 from tests.procs import ROOT, mysisterdb, wait_for
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mysisterdb.logs import configure_logging
-from mysisterdb.orphan import exit_when_orphaned
-from mysisterdb.queueing import CHAT_QUEUE, SUMMARY_QUEUE
-from mysisterdb.settings import Settings, get_settings
+from core.logs import configure_logging
+from core.orphan import exit_when_orphaned
+from core.ports import CHAT_QUEUE, SUMMARY_QUEUE
+from core.settings import Settings, get_settings
 from workers.celery_app import worker_app
 
 ROLES = {"chat": (CHAT_QUEUE,), "summary": (SUMMARY_QUEUE,), "all": (CHAT_QUEUE, SUMMARY_QUEUE)}

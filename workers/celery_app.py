@@ -12,8 +12,8 @@ from functools import lru_cache
 
 from celery import Celery
 
-from mysisterdb.queueing import create_celery
-from mysisterdb.settings import get_settings
+from core.settings import get_settings
+from taskqueue.app import create_celery
 
 WORKER_MODULES = ("workers.tasks", "workers.signals")
 

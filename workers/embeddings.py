@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from context.tokens import truncate_to_tokens
 from context.types import Message
 from context.vectors import QueryEmbedder, SemanticSource
-from mysisterdb import keys
-from mysisterdb.errors import LLMError
-from mysisterdb.queueing import EMBED_TASK, summary_soft_limit
+from core import keys
+from core.errors import LLMError
+from taskqueue.app import summary_soft_limit
 from workers.once import OncePerConversation
 from workers.runtime import Runtime
 
@@ -40,7 +40,9 @@ DOCUMENT_TASK = "RETRIEVAL_DOCUMENT"
 QUERY_TASK = "RETRIEVAL_QUERY"
 
 
-ONCE = OncePerConversation("embedding", EMBED_TASK, keys.conv_embedding,
+ONCE = OncePerConversation("embedding",
+                           lambda b, cid, tok: b.request_embedding(cid, token=tok),
+                           keys.conv_embedding,
                            keys.embedding_pending_ttl_s)
 
 
@@ -48,9 +50,10 @@ def request_embedding(rt: Runtime, conversation_id: str) -> bool:
     return ONCE.request(rt, conversation_id)
 
 
-def request_backfill(app: object, conversation_id: str, *, after_seq: int) -> None:
+def request_backfill(rt: Runtime, conversation_id: str, *, after_seq: int) -> None:
     """Queue the backfill of a conversation's messages with seq > after_seq."""
-    app.send_task(EMBED_TASK, args=[conversation_id, "", after_seq])  # type: ignore[attr-defined]
+    if rt.lifecycle.broker is not None:
+        rt.lifecycle.broker.request_embedding(conversation_id, after_seq=after_seq)
 
 
 def release_flag(rt: Runtime, conversation_id: str, token: str) -> None:

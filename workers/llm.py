@@ -24,7 +24,7 @@ from functools import partial
 from typing import Protocol, TypeVar
 
 from context.types import Turn
-from mysisterdb.errors import LLMError, LLMTimeout
+from core.errors import LLMError, LLMTimeout
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from context.types import Turn
-from mysisterdb.errors import LLMError, LLMTimeout
+from core.errors import LLMError, LLMTimeout
 from workers.llm import (
     Attempt,
     Observer,

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
 from context.types import Turn
-from mysisterdb.errors import LLMError, LLMTimeout
+from core.errors import LLMError, LLMTimeout
 from workers.llm import (
     Attempt,
     Observer,

@@ -14,9 +14,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from celery import current_app
-
-from mysisterdb.redis_client import delete_if_value
+from core.ports import Broker
+from core.redis_client import delete_if_value
 from workers.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -25,7 +24,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class OncePerConversation:
     what: str  # for the logs: "summary", "embedding"
-    task: str
+    send: Callable[[Broker, str, str], None]  # (broker, conversation id, token)
     flag_of: Callable[[str], str]
     ttl_s: int
 
@@ -35,7 +34,9 @@ class OncePerConversation:
         if not rt.redis.set(flag, token, nx=True, ex=self.ttl_s):
             return False
         try:
-            current_app.send_task(self.task, args=[conversation_id, token])
+            if rt.lifecycle.broker is None:
+                raise RuntimeError(f"no broker to queue the {self.what} of {conversation_id}")
+            self.send(rt.lifecycle.broker, conversation_id, token)
         except Exception:
             self.release(rt, conversation_id, token)
             raise

@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from context.builder import BuiltContext, build_context
 from context.tokens import count_tokens
 from context.types import Message, reply_seq, user_seq
-from mysisterdb.lifecycle import JobGone, Outcome
-from mysisterdb.models import Job, StepName, iso, utcnow
+from core.lifecycle import JobGone, Outcome
+from core.models import Job, StepName, iso, utcnow
 from workers.embeddings import semantic_source
 from workers.runtime import Runtime
 

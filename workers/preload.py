@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from context.terms import warm_up as warm_up_terms
 from context.tokens import count_tokens
-from mysisterdb.settings import Settings
+from core.settings import Settings
 from workers.runtime import build_llm, persona_text
 
 logger = logging.getLogger(__name__)

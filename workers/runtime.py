@@ -13,12 +13,12 @@ from celery import current_app
 
 from context.redis_store import RedisHistoryStore
 from context.vectors import RedisVectorStore
-from mysisterdb.history import history_store, vector_store
-from mysisterdb.lifecycle import Lifecycle, Limits
-from mysisterdb.metrics import MetricsRecorder
-from mysisterdb.queueing import chat_publisher
-from mysisterdb.redis_client import connect
-from mysisterdb.settings import Settings, get_settings
+from core.history import history_store, vector_store
+from core.lifecycle import Lifecycle, Limits
+from core.metrics import MetricsRecorder
+from core.redis_client import connect
+from core.settings import Settings, get_settings
+from taskqueue.port import CeleryBroker
 from workers.llm import LLMClient, Observer, RetryPolicy
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def build_runtime(settings: Settings) -> Runtime:
     metrics = MetricsRecorder(client)
     history = history_store(client)
     lifecycle = Lifecycle(client=client, history=history, limits=Limits.from_settings(settings),
-                          publish=chat_publisher(current_app))
+                          broker=CeleryBroker(current_app))
     return Runtime(settings=settings, redis=client, lifecycle=lifecycle, history=history,
                    vectors=vector_store(client), llm=build_llm(settings, observe=latency_observer(metrics)),
                    persona=persona_text(settings.persona_file),

@@ -17,14 +17,14 @@ from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 from celery.worker import state as worker_state
 
-from mysisterdb.history import history_store
-from mysisterdb.lifecycle import Lifecycle, Limits
-from mysisterdb.monitoring import WorkerBeat, remove_heartbeat, write_heartbeat
-from mysisterdb.queueing import chat_publisher
-from mysisterdb.redis_client import connect
-from mysisterdb.resources import ResourceMonitor, sample
-from mysisterdb.settings import get_settings
-from mysisterdb.sweeper import Sweeper
+from core.history import history_store
+from core.lifecycle import Lifecycle, Limits
+from core.monitoring import WorkerBeat, remove_heartbeat, write_heartbeat
+from core.redis_client import connect
+from core.resources import ResourceMonitor, sample
+from core.settings import get_settings
+from core.sweeper import Sweeper
+from taskqueue.port import CeleryBroker
 from workers.preload import preload
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def sweeper_for(app: Celery) -> Sweeper:
     def make() -> Lifecycle:
         client = connect(settings.redis_url, timeout_s=SWEEP_REDIS_TIMEOUT_S)
         return Lifecycle(client=client, history=history_store(client),
-                         limits=Limits.from_settings(settings), publish=chat_publisher(app))
+                         limits=Limits.from_settings(settings), broker=CeleryBroker(app))
 
     return Sweeper(make_lifecycle=make, interval_s=settings.sweep_interval_s,
                    name="worker-sweep")

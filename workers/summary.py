@@ -13,8 +13,8 @@ import logging
 
 from context.summary import plan_summary
 from context.types import Turn
-from mysisterdb import keys
-from mysisterdb.queueing import SUMMARY_TASK, summary_soft_limit
+from core import keys
+from taskqueue.app import summary_soft_limit
 from workers.once import OncePerConversation
 from workers.runtime import Runtime
 
@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 SUMMARY_SYSTEM = "あなたは会話の内容を正確に要約する記録係です。"
 
 
-ONCE = OncePerConversation("summary", SUMMARY_TASK, keys.conv_summarizing,
+ONCE = OncePerConversation("summary", lambda b, cid, tok: b.request_summary(cid, token=tok),
+                           keys.conv_summarizing,
                            keys.summary_pending_ttl_s)
 
 

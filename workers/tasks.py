@@ -1,6 +1,6 @@
 """Celery tasks. The chat task runs one prompt's pipeline under the hard time limit.
 
-Every end goes through `mysisterdb.lifecycle`:
+Every end goes through `core.lifecycle`:
 - in the child, for everything it can catch (soft limit, LLM errors, bugs), with a last
   resort around it for what escapes the handlers themselves;
 - in the parent (`JobRequest`), for what kills the child: the hard limit, a lost child;
@@ -19,20 +19,20 @@ from typing import Any
 
 import redis
 from billiard.exceptions import WorkerLostError
-from celery import Task, current_app, shared_task
+from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.worker.request import Request
 
-from mysisterdb.capacity import record_reply
-from mysisterdb.errors import ErrorCode, LLMError
-from mysisterdb.history import history_store
-from mysisterdb.lifecycle import ClaimStatus, JobGone, Lifecycle, Limits, Outcome
-from mysisterdb.logs import job_context
-from mysisterdb.metrics import MetricsRecorder
-from mysisterdb.models import Job
-from mysisterdb.queueing import CHAT_TASK, EMBED_TASK, SUMMARY_TASK
-from mysisterdb.redis_client import connect
-from mysisterdb.settings import get_settings
+from core.capacity import record_reply
+from core.errors import ErrorCode, LLMError
+from core.history import history_store
+from core.lifecycle import ClaimStatus, JobGone, Lifecycle, Limits, Outcome
+from core.logs import job_context
+from core.metrics import MetricsRecorder
+from core.models import Job
+from core.ports import CHAT_TASK, EMBED_TASK, SUMMARY_TASK
+from core.redis_client import connect
+from core.settings import get_settings
 from workers import embeddings, pipeline, summary
 from workers.llm import PartialReplyError
 from workers.runtime import Runtime, get_runtime
@@ -52,7 +52,7 @@ def parent_lifecycle() -> Lifecycle:
     settings = get_settings()
     client = connect(settings.redis_url, timeout_s=PARENT_REDIS_TIMEOUT_S)
     return Lifecycle(client=client, history=history_store(client),
-                     limits=Limits.from_settings(settings), publish=None)
+                     limits=Limits.from_settings(settings), broker=None)
 
 
 class JobRequest(Request):  # type: ignore[misc]
@@ -250,7 +250,7 @@ def run_embedding(rt: Runtime, conversation_id: str, *, after_seq: int | None,
             stored, next_seq = embeddings.backfill_batch(rt, conversation_id, after_seq=after_seq,
                                                          deadline=deadline)
             if next_seq is not None:
-                embeddings.request_backfill(current_app, conversation_id, after_seq=next_seq)
+                embeddings.request_backfill(rt, conversation_id, after_seq=next_seq)
     except (LLMError, SoftTimeLimitExceeded) as exc:
         # Not retried here: the next completed chat job queues the tail again, and a
         # backfill is resumed by running `mysisterdb reindex --embeddings` again.

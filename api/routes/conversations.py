@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 
-from api.deps import CallerDep, CeleryDep, ConversationReaderDep, HistoryDep, LifecycleDep
+from api.deps import CallerDep, ConversationReaderDep, HistoryDep, LifecycleDep
 from api.schemas import (
     CONVERSATION_ID_PATTERN,
     ConversationListOut,
@@ -17,8 +17,8 @@ from api.schemas import (
     ResetOut,
     errors,
 )
-from mysisterdb.conversations import MAX_CONVERSATIONS, MAX_TURNS
-from mysisterdb.errors import CONVERSATION_NOT_FOUND, InvalidInput, NotFound
+from core.conversations import MAX_CONVERSATIONS, MAX_TURNS
+from core.errors import CONVERSATION_NOT_FOUND, InvalidInput, NotFound
 
 router = APIRouter(prefix="/api", tags=["conversations"])
 
@@ -72,15 +72,13 @@ def list_turns(
 @router.delete("/conversations/{conversation_id}", status_code=204, response_class=Response,
                responses=errors(404))
 def delete_conversation(conversation_id: ConversationId, lifecycle: LifecycleDep,
-                        celery: CeleryDep, caller: CallerDep) -> Response:
+                        caller: CallerDep) -> Response:
     """Delete the conversation: messages, index, summary, jobs. Its queued and running jobs
     end cancelled first, in the same transaction, so none can write into it afterwards."""
     lifecycle.check_owner(conversation_id, caller.person or "")
     deleted = lifecycle.delete_conversation(conversation_id)
     if deleted is None:
         raise NotFound(CONVERSATION_NOT_FOUND)
-    for job_id in deleted.stopped:  # stop the running task now rather than at its next write
-        celery.control.revoke(job_id, terminate=True, signal="SIGTERM")
     return Response(status_code=204)
 
 

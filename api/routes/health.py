@@ -10,10 +10,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from api.schemas import ErrorBody, HealthOut, TimeOut
-from mysisterdb.llm_check import PENDING, LLMCheck, LLMStatus
-from mysisterdb.models import iso, utcnow
-from mysisterdb.monitoring import QueueStats, queue_stats
-from mysisterdb.settings import Settings
+from core.llm_check import PENDING, LLMCheck, LLMStatus
+from core.models import iso, utcnow
+from core.monitoring import QueueStats, queue_stats
+from core.settings import Settings
 
 router = APIRouter(prefix="/api", tags=["health"])
 T = TypeVar("T")

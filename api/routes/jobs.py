@@ -16,7 +16,6 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import (
     CallerDep,
-    CeleryDep,
     ChatServiceDep,
     LifecycleDep,
     WatcherDep,
@@ -25,10 +24,10 @@ from api.deps import (
 from api.errors import NoContent
 from api.schemas import ACCEPTED, JOB_ID_PATTERN, MAX_WAIT_S, JobOut, errors, stream_errors
 from api.watch import JobWatcher
-from mysisterdb.access import Caller
-from mysisterdb.errors import JOB_NOT_FOUND, NotFound
-from mysisterdb.lifecycle import owned_by
-from mysisterdb.models import Job, JobStatus
+from core.access import Caller
+from core.errors import JOB_NOT_FOUND, NotFound
+from core.lifecycle import owned_by
+from core.models import Job
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
@@ -120,15 +119,10 @@ def event(job: Job) -> JobOut:
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=errors(404, 409))
-def cancel_job(job_id: JobId, lifecycle: LifecycleDep, celery: CeleryDep,
-               caller: CallerDep) -> JobOut:
+def cancel_job(job_id: JobId, lifecycle: LifecycleDep, caller: CallerDep) -> JobOut:
     """Cancel a queued or running job (the running task is terminated, best effort). The job
     ends `cancelled` with no error; the step it was in (or waiting for) is `cancelled`."""
-    ended = lifecycle.cancel(job_id, person=caller.person or "")
-    # The status it had when *we* ended it decides whether a process must be stopped.
-    if ended.previous_status is not JobStatus.QUEUED:
-        celery.control.revoke(job_id, terminate=True, signal="SIGTERM")
-    return JobOut.of(ended)
+    return JobOut.of(lifecycle.cancel(job_id, person=caller.person or ""))
 
 
 @router.post("/{job_id}/retry", status_code=202, response_model=JobOut,

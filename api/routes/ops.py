@@ -9,8 +9,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.deps import RedisDep, SettingsDep
 from api.schemas import IncidentListOut, IncidentOut, QueueOut, errors
-from mysisterdb.incidents import IncidentLog
-from mysisterdb.monitoring import queue_stats
+from core.incidents import IncidentLog
+from core.monitoring import queue_stats
 
 router = APIRouter(tags=["operations"])
 

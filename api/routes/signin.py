@@ -7,7 +7,7 @@
     GET    /api/session       who the session (or token) is: {person, operator, mode}
     DELETE /api/session       signs out (the cookie is cleared)
 
-The cookie holds no token (see mysisterdb.access). A browser can only sign in from the API's
+The cookie holds no token (see core.access). A browser can only sign in from the API's
 own pages: the form's POST is a state-changing request, refused from another origin.
 """
 
@@ -24,8 +24,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from api.auth import SESSION_COOKIE
 from api.schemas import SessionOut, SignInRequest, errors
-from mysisterdb.access import SIGN_IN_PATH, Access, Caller
-from mysisterdb.errors import InvalidInput, Unauthorized
+from core.access import SIGN_IN_PATH, Access, Caller
+from core.errors import InvalidInput, Unauthorized
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, HTMLResponse
 
 from api.deps import SettingsDep
-from mysisterdb.errors import NotFound
+from core.errors import NotFound
 
 router = APIRouter(include_in_schema=False)
 

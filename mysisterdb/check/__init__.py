@@ -76,14 +76,14 @@ from typing import TextIO
 
 from redis import Redis, RedisError
 
-from mysisterdb import keys
+from core import keys
+from core.history import history_store
+from core.lifecycle import Lifecycle, Limits
+from core.redis_client import to_str
 from mysisterdb.check.conversations import check_conversation
 from mysisterdb.check.findings import CheckConfig, Finding, Kind, Run
 from mysisterdb.check.jobs import check_jobs
 from mysisterdb.check.renumber import Renumber
-from mysisterdb.history import history_store
-from mysisterdb.lifecycle import Lifecycle, Limits
-from mysisterdb.redis_client import to_str
 
 __all__ = ["CheckConfig", "Finding", "Kind", "Renumber", "find_problems", "run_check"]
 
@@ -119,7 +119,7 @@ def find_problems(*, redis: Redis, config: CheckConfig) -> list[Finding]:
 def new_run(client: Redis, config: CheckConfig) -> Run:
     history = history_store(client)
     # The same dead-job rules as the sweep; no publishing: the sweep sends a hand-over.
-    lifecycle = Lifecycle(client=client, history=history, publish=None, limits=Limits(
+    lifecycle = Lifecycle(client=client, history=history, broker=None, limits=Limits(
         hard_limit_s=config.hard_limit_s, grace_s=config.grace_s,
         queue_timeout_s=config.queued_limit.total_seconds()))
     return Run(redis=client, config=config, jobs=lifecycle.jobs, history=history,

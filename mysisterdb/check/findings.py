@@ -10,8 +10,8 @@ from enum import StrEnum
 from redis import Redis
 
 from context.redis_store import RedisHistoryStore
-from mysisterdb.jobs import JobStore
-from mysisterdb.lifecycle import Lifecycle
+from core.jobs import JobStore
+from core.lifecycle import Lifecycle
 
 QUEUED_LIMIT_FACTOR = 10
 PREVIEW_CHARS = 40

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 
-from mysisterdb import keys
+from core import keys
+from core.models import Job, JobStatus, iso, utcnow
 from mysisterdb.check.findings import Finding, Kind, Run
-from mysisterdb.models import Job, JobStatus, iso, utcnow
 
 logger = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from redis import Redis, WatchError
 from redis.client import Pipeline
 
 from context.types import is_user_seq, reply_seq, turn_of, user_seq
-from mysisterdb import keys
+from core import keys
+from core.models import Job, iso, utcnow
 from mysisterdb.check.findings import Run
 from mysisterdb.check.stored import ConvState, load_conversation, seq_problem
-from mysisterdb.models import Job, iso, utcnow
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import httpx
 import pytest
 import redis
 
-from mysisterdb import keys
+from core import keys
 from tests.procs import Stack, wait_for
 
 STEP_NAMES = ["load_history", "build_context", "generate", "save"]

@@ -9,7 +9,7 @@ import redis
 from context.redis_store import RedisHistoryStore
 from context.tokens import count_tokens
 from context.types import Summary
-from mysisterdb import keys
+from core import keys
 from tests.context.chatgen import ChatGenerator, make_message
 from tests.procs import Stack, wait_for
 

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import redis
 
-from mysisterdb import keys
+from core import keys
 from mysisterdb.simulator import reply_chunks
 from tests.procs import Stack, wait_for
 

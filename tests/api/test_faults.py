@@ -23,7 +23,7 @@ import httpx
 import pytest
 import redis
 
-from mysisterdb import keys
+from core import keys
 from mysisterdb.redis_server import RedisServer, free_port, start_redis
 from tests.conftest import start_stack
 from tests.procs import Proc, Stack, followers, http_ok, mysisterdb, start, wait_for

@@ -21,10 +21,10 @@ import pytest
 import redis
 
 from context.types import Message, reply_seq
-from mysisterdb import keys
-from mysisterdb.history import history_store
-from mysisterdb.lifecycle import Lifecycle, Limits, Outcome
-from mysisterdb.models import StepName, iso, utcnow
+from core import keys
+from core.history import history_store
+from core.lifecycle import Lifecycle, Limits, Outcome
+from core.models import StepName, iso, utcnow
 from tests.procs import Stack, followers, wait_for
 
 WAKE_MARGIN_S = 1.0  # the promise is 300 ms after a change; generous on a busy 2-core box
@@ -62,7 +62,7 @@ class Parked:
 @pytest.fixture
 def parked(stack: Stack, stack_redis: redis.Redis, conversation_id: str) -> Iterator[Parked]:
     lifecycle = Lifecycle(client=stack_redis, history=history_store(stack_redis),
-                          limits=Limits(hard_limit_s=6, queue_timeout_s=600), publish=None)
+                          limits=Limits(hard_limit_s=6, queue_timeout_s=600), broker=None)
     job = lifecycle.submit(conversation_id=conversation_id, text="止まっててね", tokens=3).job
     stack_redis.zrem(keys.outbox(), job.id)  # nobody will dispatch it: only we change it
     yield Parked(stack=stack, lifecycle=lifecycle, job_id=job.id)

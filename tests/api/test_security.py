@@ -20,7 +20,7 @@ import httpx
 import pytest
 import redis
 
-from mysisterdb import keys
+from core import keys
 from mysisterdb.redis_server import RedisServer
 from tests.conftest import start_stack
 from tests.procs import Stack, wait_for

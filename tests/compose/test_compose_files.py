@@ -22,8 +22,8 @@ import pytest
 import yaml
 from pydantic import AliasChoices
 
+from core.settings import Settings
 from mysisterdb.cli import build_parser
-from mysisterdb.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -305,7 +305,7 @@ def test_environment_names_are_settings(name: str) -> None:
     known = env_names_read_by_settings()
     for key in environment(SERVICES[name]):
         if key.startswith("MYSISTERDB_"):
-            assert key in known, f"{name}: {key} is not read by mysisterdb.settings.Settings"
+            assert key in known, f"{name}: {key} is not read by core.settings.Settings"
 
 
 def test_env_defaults_are_valid_settings() -> None:

@@ -10,7 +10,7 @@ from context.builder import build_context
 from context.redis_store import RedisHistoryStore, StoreKeys, pack_seq, with_seq
 from context.terms import terms
 from context.types import Message, Summary
-from mysisterdb import keys
+from core import keys
 from tests.context.chatgen import ChatGenerator, make_message
 
 QUERY = "枡元さんの誕生日いつだっけ？"

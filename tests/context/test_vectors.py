@@ -24,7 +24,7 @@ from context.vectors import (
     top_matches,
     unpack,
 )
-from mysisterdb import keys
+from core import keys
 from tests.context.chatgen import ChatGenerator, make_message
 
 DIM = 64

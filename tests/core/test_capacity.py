@@ -10,8 +10,8 @@ import time
 import pytest
 import redis
 
-from mysisterdb import keys
-from mysisterdb.capacity import (
+from core import keys
+from core.capacity import (
     DEFAULT_REPLY_S,
     Capacity,
     admission,
@@ -20,7 +20,7 @@ from mysisterdb.capacity import (
     record_reply,
     retry_after_s,
 )
-from mysisterdb.monitoring import WorkerBeat, read_admission, read_heartbeats, write_heartbeat
+from core.monitoring import WorkerBeat, read_admission, read_heartbeats, write_heartbeat
 
 
 def cap(slots: int, reply_s: float, *, max_wait_s: float = 60, max_depth: int = 1000) -> int:

@@ -8,9 +8,9 @@ from datetime import timedelta
 import pytest
 import redis
 
-from mysisterdb import keys
-from mysisterdb.jobs import JobStore
-from mysisterdb.models import Job, JobStatus, utcnow
+from core import keys
+from core.jobs import JobStore
+from core.models import Job, JobStatus, utcnow
 
 
 def put(client: redis.Redis, cid: str, turn: int, *,

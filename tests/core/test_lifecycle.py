@@ -17,16 +17,16 @@ import redis
 from context.redis_store import RedisHistoryStore
 from context.tokens import count_tokens
 from context.types import Message, Summary, reply_seq
-from mysisterdb import keys
-from mysisterdb.access import OWNER
-from mysisterdb.chat import ChatService
-from mysisterdb.conversations import ConversationReader
-from mysisterdb.errors import Conflict, ErrorCode, IdempotencyKeyReused, NotFound, QueueFull
-from mysisterdb.history import history_store
-from mysisterdb.jobs import JobStore
-from mysisterdb.lifecycle import ClaimStatus, JobGone, Lifecycle, Limits, Outcome
-from mysisterdb.models import JobStatus, StepName, StepStatus, iso, utcnow
-from mysisterdb.redis_client import connect
+from core import keys
+from core.access import OWNER
+from core.chat import ChatService
+from core.conversations import ConversationReader
+from core.errors import Conflict, ErrorCode, IdempotencyKeyReused, NotFound, QueueFull
+from core.history import history_store
+from core.jobs import JobStore
+from core.lifecycle import ClaimStatus, JobGone, Lifecycle, Limits, Outcome
+from core.models import JobStatus, StepName, StepStatus, iso, utcnow
+from core.redis_client import connect
 from mysisterdb.redis_server import RedisServer
 
 LIMITS = Limits(hard_limit_s=60, queue_timeout_s=600)
@@ -34,21 +34,32 @@ LIMITS = Limits(hard_limit_s=60, queue_timeout_s=600)
 
 @dataclass
 class Broker:
-    """Records what was published; `down` makes every publish fail."""
+    """The broker port, recording what was asked of it; `down` makes every publish fail."""
 
     sent: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
     down: bool = False
 
-    def publish(self, job_id: str) -> None:
+    def publish_chat(self, job_id: str) -> None:
         if self.down:
             raise redis.ConnectionError("broker unreachable")
         self.sent.append(job_id)
+
+    def stop_chat(self, job_id: str) -> None:
+        self.stopped.append(job_id)
+
+    def request_summary(self, conversation_id: str, *, token: str) -> None:
+        raise AssertionError("the lifecycle never queues a summary")
+
+    def request_embedding(self, conversation_id: str, *, token: str = "",
+                          after_seq: int | None = None) -> None:
+        raise AssertionError("the lifecycle never queues an embedding")
 
 
 def make(client: redis.Redis, broker: Broker | None = None, *,
          limits: Limits = LIMITS) -> Lifecycle:
     return Lifecycle(client=client, history=history_store(client), limits=limits,
-                     publish=broker.publish if broker else None)
+                     broker=broker)
 
 
 def submit(lc: Lifecycle, text: str, *, cid: str = "c", key: str | None = None) -> str:
@@ -228,7 +239,7 @@ class BrokenHistory(RedisHistoryStore):
 
 
 def test_a_failed_store_leaves_no_key_message_job_or_turn(redis_client: redis.Redis) -> None:
-    broken = Lifecycle(client=redis_client, limits=LIMITS, publish=Broker().publish,
+    broken = Lifecycle(client=redis_client, limits=LIMITS, broker=Broker(),
                        history=BrokenHistory(redis_client, key_of=keys.conv_key))
     with pytest.raises(redis.ConnectionError):
         submit(broken, "hi", key="k1")

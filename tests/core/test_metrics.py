@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import redis
 
-from mysisterdb import keys
-from mysisterdb.metrics import MetricsRecorder, RedisCollector
+from core import keys
+from core.metrics import MetricsRecorder, RedisCollector
 
 
 def histogram(client: redis.Redis, name: str) -> dict[str, float]:

@@ -13,13 +13,13 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from mysisterdb.orphan import SUPERVISOR_PID_ENV
+from core.orphan import SUPERVISOR_PID_ENV
 from tests.procs import ROOT, wait_for
 
 CHILD = textwrap.dedent("""
     import os, signal, sys, time
     sys.path.insert(0, sys.argv[1])
-    from mysisterdb.orphan import exit_when_orphaned
+    from core.orphan import exit_when_orphaned
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a child that is slow to stop
     exit_when_orphaned(grace_s=0.5)
     print(os.getpid(), flush=True)

@@ -10,7 +10,7 @@ import redis
 from playwright.sync_api import expect
 
 from context.types import Message
-from mysisterdb.history import history_store
+from core.history import history_store
 from mysisterdb.redis_server import RedisServer
 from mysisterdb.simulator import reply_chunks
 from tests.procs import Stack

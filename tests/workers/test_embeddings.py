@@ -14,10 +14,10 @@ import redis
 
 from context.builder import build_context
 from context.types import Message
-from mysisterdb import keys
-from mysisterdb.history import history_store, vector_store
+from core import keys
+from core.history import history_store, vector_store
+from core.settings import DEFAULT_PERSONA
 from mysisterdb.redis_server import RedisServer
-from mysisterdb.settings import DEFAULT_PERSONA
 from tests.conftest import own_stack
 from tests.context.chatgen import ChatGenerator, make_message
 from tests.procs import ROOT, Stack, wait_for

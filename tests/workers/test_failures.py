@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from mysisterdb import keys
+from core import keys
 from mysisterdb.redis_server import start_redis
 from mysisterdb.simulator import reply_chunks
 from tests.conftest import start_stack
@@ -50,8 +50,9 @@ def incident_of(client: redis.Redis, job_id: str) -> dict[str, str]:
 
 def send_copy(stack: Stack, job_id: str) -> None:
     """A second delivery of a job's message, as Redis's at-least-once delivery may make."""
-    from mysisterdb.queueing import CHAT_TASK, create_celery
-    from mysisterdb.settings import Settings
+    from core.ports import CHAT_TASK
+    from core.settings import Settings
+    from taskqueue.app import create_celery
 
     create_celery(Settings(redis_url=stack.redis_url)).send_task(
         CHAT_TASK, args=[job_id], task_id=job_id)
@@ -77,8 +78,8 @@ def test_a_lost_queued_job_expires_and_frees_its_conversation(
         stack: Stack, stack_redis: redis.Redis, conversation_id: str) -> None:
     from datetime import timedelta
 
-    from mysisterdb.jobs import JobStore
-    from mysisterdb.models import Job, utcnow
+    from core.jobs import JobStore
+    from core.models import Job, utcnow
 
     # Turn 1's job was stored long ago but its message never reached the broker (and it is
     # not in the outbox either): the sweep expires it and hands the line to turn 2.

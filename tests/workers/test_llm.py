@@ -18,11 +18,11 @@ from google.api_core import exceptions as gexc
 from google.genai import errors as genai_errors
 
 from context.types import Turn
-from mysisterdb import keys
-from mysisterdb.errors import LLMError, LLMTimeout
-from mysisterdb.metrics import MetricsRecorder
+from core import keys
+from core.errors import LLMError, LLMTimeout
+from core.metrics import MetricsRecorder
+from core.settings import Settings
 from mysisterdb.redis_server import free_port
-from mysisterdb.settings import Settings
 from mysisterdb.simulator import HOLD_MAX_S, embed_text, reply_chunks
 from workers import llm_genai, llm_generativeai
 from workers.llm import LLMClient, PartialReplyError, RetryPolicy, call_with_retries

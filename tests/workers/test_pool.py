@@ -8,8 +8,8 @@ import sys
 import pytest
 from pydantic import ValidationError
 
+from core.settings import Settings
 from mysisterdb.cli import build_parser, main
-from mysisterdb.settings import Settings
 from workers.__main__ import parse_role, worker_argv
 
 
@@ -41,7 +41,7 @@ def test_all_consumes_both_queues_in_one_autoscaled_pool() -> None:
 
 
 def test_recycling_is_kept() -> None:
-    from mysisterdb.queueing import create_celery
+    from taskqueue.app import create_celery
 
     conf = create_celery(settings(worker_max_tasks_per_child=50,
                                   worker_max_memory_per_child_mb=300)).conf
@@ -83,7 +83,7 @@ import gc, json, sys
 from pydantic._internal._mock_val_ser import MockValSer
 from google.genai import types
 from workers.preload import GENAI_MODELS, preload
-from mysisterdb.settings import Settings
+from core.settings import Settings
 def built():
     return sorted(n for n in GENAI_MODELS if hasattr(types, n)
                   and not isinstance(getattr(types, n).__pydantic_validator__, MockValSer))

@@ -20,7 +20,7 @@ import psutil
 import pytest
 import redis
 
-from mysisterdb.broker import chat_reservations
+from core.reservations import chat_reservations
 from mysisterdb.redis_server import RedisServer, start_redis
 from tests.conftest import start_stack
 from tests.procs import Stack, mysisterdb, start, wait_for

@@ -7,7 +7,7 @@ import re
 import redis
 
 from context.redis_store import RedisHistoryStore
-from mysisterdb import keys
+from core import keys
 from tests.procs import Stack, wait_for
 
 SUMMARY_MARKER = "記録係"  # words of the summary prompt, not of any chat prompt

@@ -6,13 +6,13 @@ from datetime import timedelta
 
 import redis
 
-from mysisterdb import keys
+from core import keys
+from core.incidents import IncidentLog
+from core.jobs import JobStore
+from core.models import JobStatus, utcnow
 from mysisterdb.check import CheckConfig, Kind, new_run
 from mysisterdb.check.jobs import check_job_indexes
-from mysisterdb.incidents import IncidentLog
-from mysisterdb.jobs import JobStore
-from mysisterdb.models import JobStatus, utcnow
-from tests.core.check.plant import (
+from tests.mysisterdb.check.plant import (
     HARD_LIMIT_S,
     check,
     conversation,

@@ -21,9 +21,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from redis.client import Pipeline
 
-from mysisterdb import keys
-from mysisterdb.monitoring import QueueStats, queue_stats
-from mysisterdb.redis_client import to_str
+from core import keys
+from core.monitoring import QueueStats, queue_stats
+from core.redis_client import to_str
 
 logger = logging.getLogger(__name__)
 

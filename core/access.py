@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from mysisterdb.files import secret_in_file
-from mysisterdb.secrets import register
-from mysisterdb.settings import Settings
+from core.files import secret_in_file
+from core.secrets import register
+from core.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import redis
 
 from context.redis_store import RedisHistoryStore
 from context.types import Message, reply_seq, turn_of, user_seq
-from mysisterdb import keys
-from mysisterdb.models import Job
-from mysisterdb.redis_client import to_str
+from core import keys
+from core.models import Job
+from core.redis_client import to_str
 
 MAX_TURNS = 100  # per page of history
 MAX_CONVERSATIONS = 100  # per page of the conversation list

@@ -11,11 +11,11 @@ import redis
 
 from context.tokens import count_tokens
 from context.types import Message
-from mysisterdb import keys
+from core import keys
+from core.history import history_store
+from core.jobs import JobStore
+from core.models import Job, JobStatus, iso, utcnow
 from mysisterdb.check import CheckConfig, Finding, find_problems, run_check
-from mysisterdb.history import history_store
-from mysisterdb.jobs import JobStore
-from mysisterdb.models import Job, JobStatus, iso, utcnow
 
 HARD_LIMIT_S = 6.0
 LONG_AGO = utcnow() - timedelta(hours=1)

@@ -15,8 +15,8 @@ from limits import RateLimitItem, parse
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from mysisterdb import keys
-from mysisterdb.errors import RateLimited
+from core import keys
+from core.errors import RateLimited
 
 
 class SubmitLimiter:

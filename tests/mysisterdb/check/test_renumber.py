@@ -6,11 +6,11 @@ import pytest
 import redis
 
 from context.types import Message, Summary
-from mysisterdb import keys
+from core import keys
+from core.history import history_store
+from core.jobs import JobStore
 from mysisterdb.check import Kind, Renumber
-from mysisterdb.history import history_store
-from mysisterdb.jobs import JobStore
-from tests.core.check.plant import (
+from tests.mysisterdb.check.plant import (
     check,
     conversation,
     kinds,

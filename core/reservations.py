@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import redis
 
-from mysisterdb import keys
-from mysisterdb.queueing import CHAT_QUEUE, CHAT_TASK
-from mysisterdb.redis_client import to_str
+from core import keys
+from core.ports import CHAT_QUEUE, CHAT_TASK
+from core.redis_client import to_str
 
 
 @dataclass(frozen=True)

@@ -18,23 +18,16 @@ The choices here are what makes a hung prompt harmless:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from celery import Celery
 
-from mysisterdb.settings import Settings
+from core.ports import CHAT_QUEUE, CHAT_TASK, EMBED_TASK, SUMMARY_QUEUE, SUMMARY_TASK
+from core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-CHAT_QUEUE = "chat"
-SUMMARY_QUEUE = "summary"
-QUEUES = (CHAT_QUEUE, SUMMARY_QUEUE)
-CHAT_TASK = "mysisterdb.chat"
-SUMMARY_TASK = "mysisterdb.summarize"
-EMBED_TASK = "mysisterdb.embed"  # on the summary queue: background work beside summaries
-KOMBU_TRANSPORT = "mysisterdb.kombu_redis:Transport"  # resolved by kombu when it connects
-
-Publish = Callable[[str], None]  # send a job's broker message (task id = job id)
+KOMBU_TRANSPORT = "taskqueue.kombu_redis:Transport"  # resolved by kombu when it connects
 
 
 def broker_url(settings: Settings) -> str:
@@ -94,11 +87,3 @@ def summary_soft_limit(hard_s: float) -> float:
     """A summary's soft limit leaves time to release its flag before the hard one."""
     return max(1.0, hard_s * 0.8)
 
-
-def chat_publisher(app: Celery) -> Publish:
-    """Send a job's prompt to the chat queue; the job id is the task id, so the worker's
-    claim recognises a second copy."""
-    def publish(job_id: str) -> None:
-        app.send_task(CHAT_TASK, args=[job_id], task_id=job_id)
-
-    return publish

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, replace
 import redis
 from redis.client import Pipeline
 
-from mysisterdb import keys
-from mysisterdb.models import Job, iso, utcnow
-from mysisterdb.secrets import scrub
+from core import keys
+from core.models import Job, iso, utcnow
+from core.secrets import scrub
 
 logger = logging.getLogger(__name__)
 

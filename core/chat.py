@@ -19,12 +19,12 @@ import re
 from dataclasses import dataclass
 
 from context.tokens import count_tokens
-from mysisterdb.access import OWNER
-from mysisterdb.errors import JOB_NOT_FOUND, InvalidInput, MessageTooLarge, NotFound, QueueFull
-from mysisterdb.lifecycle import Lifecycle, Submitted, owned_by
-from mysisterdb.models import Job
-from mysisterdb.monitoring import read_admission
-from mysisterdb.ratelimit import SubmitLimiter
+from core.access import OWNER
+from core.errors import JOB_NOT_FOUND, InvalidInput, MessageTooLarge, NotFound, QueueFull
+from core.lifecycle import Lifecycle, Submitted, owned_by
+from core.models import Job
+from core.monitoring import read_admission
+from core.ratelimit import SubmitLimiter
 
 logger = logging.getLogger(__name__)
 

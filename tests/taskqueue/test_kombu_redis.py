@@ -10,8 +10,8 @@ import pytest
 from kombu import Connection, Exchange, Queue
 from kombu.common import ignore_errors
 
-from mysisterdb.queueing import KOMBU_TRANSPORT
 from mysisterdb.redis_server import RedisServer, start_redis
+from taskqueue.app import KOMBU_TRANSPORT
 
 
 @pytest.fixture

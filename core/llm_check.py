@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 
 import httpx
 
-from mysisterdb.secrets import scrub
-from mysisterdb.settings import Settings
+from core.secrets import scrub
+from core.settings import Settings
 
 logger = logging.getLogger(__name__)
 

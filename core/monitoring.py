@@ -13,10 +13,10 @@ from typing import Any
 
 import redis
 
-from mysisterdb import keys
-from mysisterdb.capacity import Admission, Capacity, admission, mean_reply_s
-from mysisterdb.queueing import CHAT_QUEUE, QUEUES
-from mysisterdb.redis_client import to_str
+from core import keys
+from core.capacity import Admission, Capacity, admission, mean_reply_s
+from core.ports import CHAT_QUEUE, QUEUES
+from core.redis_client import to_str
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ def oldest_waiting_age_s(client: redis.Redis) -> float | None:
 
 
 def created_epoch(job_raw: bytes | str) -> float:
-    from mysisterdb.models import Job
+    from core.models import Job
 
     return Job.model_validate_json(job_raw).created_at.timestamp()
 

@@ -8,10 +8,10 @@ import sys
 
 import redis
 
-from mysisterdb import keys
-from mysisterdb.models import JobStatus, utcnow
+from core import keys
+from core.models import JobStatus, utcnow
 from mysisterdb.redis_server import RedisServer
-from tests.core.check.plant import (
+from tests.mysisterdb.check.plant import (
     check,
     conversation,
     problems,

@@ -12,9 +12,9 @@ import logging.handlers
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from mysisterdb.files import private_dir
-from mysisterdb.secrets import register, registered
-from mysisterdb.settings import Settings
+from core.files import private_dir
+from core.secrets import register, registered
+from core.settings import Settings
 
 LOG_FILE = "mysisterdb.log"
 FORMAT = ("%(asctime)s %(levelname)s %(process_name)s[%(process)d] %(name)s "

@@ -7,11 +7,11 @@ import json
 import redis
 
 from context.types import Message
-from mysisterdb import keys
+from core import keys
+from core.history import history_store
+from core.models import JobStatus, iso, utcnow
 from mysisterdb.check import Kind
-from mysisterdb.history import history_store
-from mysisterdb.models import JobStatus, iso, utcnow
-from tests.core.check.plant import (
+from tests.mysisterdb.check.plant import (
     LONG_AGO,
     check,
     conversation,

@@ -1,6 +1,6 @@
 """The job record in Redis and its indexes: storage only.
 
-Who may change a job, and to what, is decided by `mysisterdb.lifecycle`; this module knows
+Who may change a job, and to what, is decided by `core.lifecycle`; this module knows
 how a record and its indexes are stored and gives the lifecycle (and `check`) the
 primitives to read and write them.
 
@@ -21,10 +21,10 @@ import redis
 from redis import Redis
 from redis.client import Pipeline
 
-from mysisterdb import keys
-from mysisterdb.errors import NotFound
-from mysisterdb.models import Job, JobStatus
-from mysisterdb.redis_client import run_transaction, to_str
+from core import keys
+from core.errors import NotFound
+from core.models import Job, JobStatus
+from core.redis_client import run_transaction, to_str
 
 T = TypeVar("T")
 Mutation = Callable[[Job], None]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import redis
 
-from mysisterdb import keys
+from core import keys
 
 DEFAULT_REPLY_S = 5.0  # until a prompt has been measured: a typical Gemini reply
 

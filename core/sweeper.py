@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from mysisterdb.lifecycle import Lifecycle
+from core.lifecycle import Lifecycle
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from mysisterdb.errors import ErrorCode
+from core.errors import ErrorCode
 
 __all__ = ["ErrorCode", "Job", "JobError", "JobStatus", "Step", "StepName", "StepStatus"]
 

@@ -55,15 +55,9 @@ from redis.client import Pipeline
 
 from context.redis_store import RedisHistoryStore
 from context.types import Message, user_seq
-from mysisterdb import keys
-from mysisterdb.access import OWNER
-from mysisterdb.broker import (
-    chat_reservations,
-    chat_waiting,
-    forget_reservation,
-    stale_chat_reservations,
-)
-from mysisterdb.errors import (
+from core import keys
+from core.access import OWNER
+from core.errors import (
     CONVERSATION_NOT_FOUND,
     JOB_NOT_FOUND,
     Conflict,
@@ -71,13 +65,19 @@ from mysisterdb.errors import (
     IdempotencyKeyReused,
     NotFound,
 )
-from mysisterdb.incidents import IncidentLog, is_incident
-from mysisterdb.jobs import JobStore, Skip
-from mysisterdb.metrics import MetricsRecorder
-from mysisterdb.models import Job, JobError, JobStatus, StepName, StepStatus, iso, utcnow
-from mysisterdb.queueing import Publish
-from mysisterdb.redis_client import run_transaction, to_str
-from mysisterdb.settings import Settings
+from core.incidents import IncidentLog, is_incident
+from core.jobs import JobStore, Skip
+from core.metrics import MetricsRecorder
+from core.models import Job, JobError, JobStatus, StepName, StepStatus, iso, utcnow
+from core.ports import Broker
+from core.redis_client import run_transaction, to_str
+from core.reservations import (
+    chat_reservations,
+    chat_waiting,
+    forget_reservation,
+    stale_chat_reservations,
+)
+from core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -182,12 +182,12 @@ class SweepReport:
 
 class Lifecycle:
     def __init__(self, *, client: redis.Redis, history: RedisHistoryStore, limits: Limits,
-                 publish: Publish | None) -> None:
+                 broker: Broker | None) -> None:
         self.redis = client
         self.jobs = JobStore(client)
         self.history = history
         self.limits = limits
-        self._publish = publish
+        self.broker = broker
         self._metrics = MetricsRecorder(client)
         self._incidents = IncidentLog(client)
 
@@ -283,10 +283,10 @@ class Lifecycle:
     def publish_now(self, job_id: str) -> bool:
         """Send the job's broker message and take it out of the outbox; on failure it stays
         there and the sweep sends it."""
-        if self._publish is None:
+        if self.broker is None:
             return False
         try:
-            self._publish(job_id)
+            self.broker.publish_chat(job_id)
             self.jobs.sent(job_id, at_epoch=time.time())
         except Exception as exc:  # Redis or the broker blinked: the outbox keeps it
             logger.warning("job %s: publish failed (%s); the sweep sends it", job_id, exc)
@@ -474,7 +474,21 @@ class Lifecycle:
         ended = self.end(job_id, Outcome.cancelled())
         if ended is None:
             raise Conflict(f"ジョブはすでに終了しています（{self.jobs.get(job_id).status.value}）。")
+        # The status it had when *we* ended it decides whether a process must be stopped.
+        if ended.previous_status is not JobStatus.QUEUED:
+            self.stop_task(job_id)
         return ended
+
+    def stop_task(self, job_id: str) -> None:
+        """Terminate the task of a job that was running when we ended it: the slot is free
+        now rather than at the task's next write. Best effort: a lost revoke leaves a task
+        whose next write finds its job over (JobGone)."""
+        if self.broker is None:
+            return
+        try:
+            self.broker.stop_chat(job_id)
+        except Exception as exc:
+            logger.warning("job %s: ended, but its task was not stopped (%s)", job_id, exc)
 
     # -- retry ------------------------------------------------------------------------
 
@@ -545,6 +559,8 @@ class Lifecycle:
                                   lambda pipe: self._delete_once(pipe, conversation_id),
                                   what=f"delete {conversation_id}")
         if deleted is not None:
+            for job_id in deleted.stopped:
+                self.stop_task(job_id)
             logger.info("conversation %s deleted (%d jobs, %d stopped)", conversation_id,
                         deleted.jobs, len(deleted.stopped))
         return deleted
@@ -626,7 +642,7 @@ class Lifecycle:
     def _resend_lost_reservations(self, report: SweepReport, *, now: float) -> None:
         """A prompt a worker reserved and never started (it lost its connection, Redis was
         restarted) would wait out the visibility timeout: send it again now."""
-        if self._publish is None:
+        if self.broker is None:
             return
         for lost in stale_chat_reservations(
                 self.redis, reserved_before_epoch=now - self.limits.stale_reservation_s,
@@ -645,7 +661,7 @@ class Lifecycle:
         worker, and not started, lost its message (a task that died before its claim, a
         broker that dropped it): send it again. While the chat queue is not empty the wait
         may be a backlog, so nothing is judged then."""
-        if self._publish is None or chat_waiting(self.redis) > 0:
+        if self.broker is None or chat_waiting(self.redis) > 0:
             return
         candidates = self.jobs.dispatched_before(now - self.limits.lost_message_s,
                                                  limit=SWEEP_BATCH)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from context.redis_store import RedisHistoryStore
-from mysisterdb import keys
+from core import keys
 
 if TYPE_CHECKING:
     from context.vectors import RedisVectorStore
