@@ -12,6 +12,9 @@ Layout::
     msdb:conv:{cid}:turn         string last turn handed out (INCR)           kept
     msdb:conv:{cid}:jobs         hash   turn -> job id                        kept
     msdb:conv:{cid}:messages     zset   score = seq, member = message JSON    kept
+                                 (a turn's chosen reply only: what is remembered)
+    msdb:conv:{cid}:alternatives hash   turn -> {"chosen": k, "replies": [...]}  kept
+                                 (every reply of a regenerated turn, max_alternatives)
     msdb:conv:{cid}:summary      hash   running summary + seq it covers       kept
     msdb:conv:{cid}:summarizing  string a summary task is queued or running   summary_pending_ttl_s
     msdb:conv:{cid}:embedding    string an embedding task is queued or running embedding_pending_ttl_s
@@ -55,6 +58,7 @@ worker_heartbeat_ttl_s = 10
 incidents_max = 1000
 summary_pending_ttl_s = 900  # above the longest retry chain of a summary task
 embedding_pending_ttl_s = 300  # above an embedding task's wait in the queue and its limit
+max_alternatives = 10  # replies kept per turn; the oldest is dropped past it
 recent_replies_max = 50  # the window of the reply time behind 429 (mysisterdb/capacity.py)
 
 
@@ -139,6 +143,12 @@ def conv_jobs(conversation_id: str) -> str:
 
 def conv_messages(conversation_id: str) -> str:
     return conv_prefix(conversation_id) + "messages"
+
+
+def conv_alternatives(conversation_id: str) -> str:
+    """The replies of regenerated turns (core/alternatives.py); the chosen one is also the
+    turn's message in conv_messages."""
+    return conv_prefix(conversation_id) + "alternatives"
 
 
 def conv_summary(conversation_id: str) -> str:
