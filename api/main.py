@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import authenticate, document_security
 from api.errors import install_error_handlers
 from api.middleware import RequestTimeoutMiddleware, StoreMonitor, request_budget
-from api.routes import chat, conversations, health, jobs, ops, signin, ui
+from api.routes import chat, conversations, health, jobs, ops, signin, turns, ui
 from api.security import SameOrigin, SecurityHeaders, TrustedHosts
 from api.watch import JobWatcher
 from context.builder import max_message_tokens
@@ -89,8 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         persona_tokens=count_tokens(settings.persona_text()),
         max_tokens=settings.max_context_tokens)
     install_error_handlers(app)
-    for router in (chat.router, jobs.router, conversations.router, health.router, ops.router,
-                   signin.router, ui.router):
+    for router in (chat.router, jobs.router, conversations.router, turns.router, health.router,
+                   ops.router, signin.router, ui.router):
         app.include_router(router)
     add_middlewares(app, settings, store=app.state.store_monitor)
     document_security(app)

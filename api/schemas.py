@@ -15,6 +15,7 @@ from core.errors import ErrorCode
 from core.incidents import Incident
 from core.models import Job, JobStatus, StepName, StepStatus, iso
 from core.monitoring import QueueStats
+from core.states import Action, TurnState
 
 # Limits a client can see in the schema; the service enforces the same (and the token limit).
 MAX_MESSAGE_CHARS = 8000
@@ -127,10 +128,6 @@ class TurnJobOut(Contract):
     error: JobErrorOut | None
 
 
-TurnState = Literal["completed", "queued", "in_progress", "failed", "incomplete", "cancelled",
-                    "unknown"]
-
-
 class TurnOut(Contract):
     turn: int
     state: TurnState = Field(description="completed (reply set), queued / in_progress (job "
@@ -139,21 +136,28 @@ class TurnOut(Contract):
                              "reply and the job record is gone)")
     user: MessageOut
     reply: MessageOut | None
-    job: TurnJobOut | None = Field(description="The turn's newest job (after a retry, the retry)")
+    job: TurnJobOut | None = Field(description="The turn's newest job (after a retry, the retry; "
+                                   "after a regenerate or continue, that job)")
     retryable: bool = Field(description="POST /api/jobs/{job.id}/retry would send it again")
+    replies: int = Field(description="How many replies the turn has (more than 1 after a "
+                         "regenerate; at most 10, the oldest dropped)")
+    chosen: int = Field(description="Which of them `reply` is (0-based); only it is remembered")
+    actions: list[Action] = Field(description="What the turn offers now (GET /api/states says "
+                                  "what each state offers; some only on the newest turn)")
 
     @classmethod
     def of(cls, view: TurnView) -> TurnOut:
         job = view.job
         return cls(
-            turn=view.turn, state=view.state,  # type: ignore[arg-type]
+            turn=view.turn, state=view.state,
             user=MessageOut.of(view.user),
             reply=MessageOut.of(view.reply) if view.reply else None,
             job=TurnJobOut(id=job.id, status=job.status, sequence=job.sequence,
                            partial_reply=job.partial_reply,
                            error=JobErrorOut(code=job.error.code, message=job.error.message)
                            if job.error else None) if job else None,
-            retryable=view.reply is None and job is not None and job.status.is_retryable)
+            retryable=Action.RETRY in view.actions, replies=view.reply_count,
+            chosen=view.chosen, actions=view.actions)
 
 
 class HistoryOut(Contract):

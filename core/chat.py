@@ -20,7 +20,14 @@ from dataclasses import dataclass
 
 from context.tokens import count_tokens
 from core.access import OWNER
-from core.errors import JOB_NOT_FOUND, InvalidInput, MessageTooLarge, NotFound, QueueFull
+from core.errors import (
+    CONVERSATION_NOT_FOUND,
+    JOB_NOT_FOUND,
+    InvalidInput,
+    MessageTooLarge,
+    NotFound,
+    QueueFull,
+)
 from core.lifecycle import Lifecycle, Submitted, owned_by
 from core.models import Job
 from core.monitoring import read_admission
@@ -96,6 +103,31 @@ class ChatService:
             raise NotFound(JOB_NOT_FOUND)  # 404 before 429 for an unknown job
         self._check_backpressure()
         return self.lifecycle.retry(job_id)
+
+    # -- the newest turn (core/turns.py): each new job counts like a submit -----------------
+
+    def regenerate(self, *, conversation_id: str, turn: int) -> Job:
+        self._admit(conversation_id)
+        return self.lifecycle.regenerate(conversation_id=conversation_id, turn=turn,
+                                         person=self.person)
+
+    def continue_turn(self, *, conversation_id: str, turn: int) -> Job:
+        self._admit(conversation_id)
+        return self.lifecycle.continue_turn(conversation_id=conversation_id, turn=turn,
+                                            person=self.person)
+
+    def edit_message(self, *, conversation_id: str, turn: int, text: str) -> Job:
+        text, tokens = self.validate(conversation_id=conversation_id, text=text)
+        self._admit(conversation_id)
+        return self.lifecycle.edit_message(conversation_id=conversation_id, turn=turn,
+                                           text=text, tokens=tokens, person=self.person)
+
+    def _admit(self, conversation_id: str) -> None:
+        """404 for another person's conversation before any 429."""
+        check_conversation_id(conversation_id)
+        if self.lifecycle.owner_of(conversation_id) != self.person:
+            raise NotFound(CONVERSATION_NOT_FOUND)
+        self._check_backpressure()
 
     def _check_backpressure(self) -> None:
         if self.limiter is not None:

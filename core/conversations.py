@@ -17,9 +17,11 @@ import redis
 
 from context.redis_store import RedisHistoryStore
 from context.types import Message, reply_seq, turn_of, user_seq
-from core import keys
+from core import alternatives, keys
+from core.alternatives import Alternatives
 from core.models import Job
 from core.redis_client import to_str
+from core.states import Action, TurnState, turn_actions, turn_state
 
 MAX_TURNS = 100  # per page of history
 MAX_CONVERSATIONS = 100  # per page of the conversation list
@@ -33,14 +35,25 @@ class TurnView:
     user: Message
     reply: Message | None
     job: Job | None
+    newest: bool = False  # the conversation's last turn (some actions are offered there only)
+    alternatives: Alternatives | None = None
 
     @property
-    def state(self) -> str:
-        """completed (a reply is stored), the job's status, or unknown (no reply and the
-        job record outlived its lifetime)."""
-        if self.reply is not None:
-            return "completed"
-        return self.job.status.value if self.job is not None else "unknown"
+    def state(self) -> TurnState:
+        return turn_state(has_reply=self.reply is not None,
+                          job_status=self.job.status if self.job else None)
+
+    @property
+    def reply_count(self) -> int:
+        return len(self.alternatives.replies) if self.alternatives else int(self.reply is not None)
+
+    @property
+    def chosen(self) -> int:
+        return self.alternatives.chosen if self.alternatives else 0
+
+    @property
+    def actions(self) -> list[Action]:
+        return turn_actions(self.state, newest=self.newest, alternatives=self.reply_count)
 
 
 @dataclass(frozen=True)
@@ -107,7 +120,10 @@ class ConversationReader:
             return []
         job_ids = self.redis.hmget(keys.conv_jobs(cid), [str(t) for t, _, _ in groups])
         records = self._jobs([to_str(j) if j else None for j in job_ids])
-        return [TurnView(turn=t, user=user, reply=reply, job=job)
+        newest = int(self.redis.get(keys.conv_turn(cid)) or 0)
+        alts = alternatives.read_many(self.redis, cid, [t for t, _, _ in groups])
+        return [TurnView(turn=t, user=user, reply=reply, job=job, newest=t == newest,
+                         alternatives=alts.get(t))
                 for (t, user, reply), job in zip(groups, records, strict=True)]
 
     def _jobs(self, job_ids: list[str | None]) -> list[Job | None]:

@@ -1,4 +1,11 @@
-"""A job's whole life, in one place: submit, claim, steps, end, hand-over, sweep.
+"""A job's whole life: submit, claim, steps, end, hand-over; the rest in rooms of its own.
+
+    core/outcomes.py  the values and pure rules (Outcome, Limits, next_head)
+    core/states.py    which status may follow which (checked before every write)
+    core/retry.py     a failed turn sent again
+    core/turns.py     regenerate, continue, edit, choose (the newest turn)
+    core/sweep.py     the dead-job rules and the sweep
+    core/removal.py   deleting a conversation
 
 No other module writes a job's status. Every path that ends a job (the worker's child, its
 parent after a hard limit or a lost child, the sweep, cancel, `check --repair`) calls
@@ -46,17 +53,15 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
-from datetime import timedelta
-from enum import StrEnum
 
 import redis
 from redis.client import Pipeline
 
 from context.redis_store import RedisHistoryStore
 from context.types import Message, user_seq
-from core import keys
+from core import keys, removal, retry, sweep, turns
 from core.access import OWNER
+from core.alternatives import Alternatives
 from core.errors import (
     CONVERSATION_NOT_FOUND,
     JOB_NOT_FOUND,
@@ -68,116 +73,32 @@ from core.errors import (
 from core.incidents import IncidentLog, is_incident
 from core.jobs import JobStore, Skip
 from core.metrics import MetricsRecorder
-from core.models import Job, JobError, JobStatus, StepName, StepStatus, iso, utcnow
-from core.ports import Broker
-from core.redis_client import run_transaction, to_str
-from core.reservations import (
-    chat_reservations,
-    chat_waiting,
-    forget_reservation,
-    stale_chat_reservations,
+from core.models import Job, JobStatus, StepName, StepStatus, iso, utcnow
+from core.outcomes import (
+    Claim,
+    ClaimStatus,
+    Deleted,
+    JobGone,
+    Limits,
+    Outcome,
+    Submitted,
+    SweepReport,
+    apply_outcome,
+    idempotency_value,
+    next_head,
+    parse_idempotency_value,
 )
-from core.settings import Settings
+from core.ports import Broker
+from core.records import owned_by, record_final, stored_owner, touch
+from core.redis_client import run_transaction, to_str
+
+__all__ = ["Claim", "ClaimStatus", "Deleted", "JobGone", "Lifecycle", "Limits", "Outcome",
+           "Submitted", "SweepReport", "apply_outcome", "next_head", "owned_by", "stored_owner",
+           "touch"]
 
 logger = logging.getLogger(__name__)
 
 PREVIEW_CHARS = 200
-SWEEP_BATCH = 100  # per kind and sweep: a backlog is worked off over a few sweeps
-
-
-class JobGone(Exception):
-    """The job ended under us (cancelled, or ended elsewhere): stop working on it."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """When a job is surely dead, and how soon a lost publish is repeated."""
-
-    hard_limit_s: float
-    queue_timeout_s: float
-    grace_s: float = 2.0
-    outbox_grace_s: float = 2.0
-    stale_reservation_s: float = 10.0  # reserved, never started: its worker lost it
-    lost_message_s: float = 10.0  # sent, not waiting, not reserved, not started: lost
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Limits:
-        return cls(hard_limit_s=settings.task_time_limit, queue_timeout_s=settings.queue_timeout_s,
-                   outbox_grace_s=settings.outbox_grace_s)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How a job ends. A failure becomes `incomplete` if text was generated and kept."""
-
-    status: JobStatus
-    code: ErrorCode | None = None
-    message: str | None = None  # more precise words than the code's (e.g. the HTTP status)
-    reply: Message | None = None
-    partial: str | None = None  # the text that arrived before a stream broke
-    keep_partial: bool = True
-    exception: str = ""
-    action: str = ""
-
-    @classmethod
-    def completed(cls, reply: Message) -> Outcome:
-        return cls(status=JobStatus.COMPLETED, reply=reply)
-
-    @classmethod
-    def failed(cls, code: ErrorCode, *, exception: str, action: str, message: str | None = None,
-               partial: str | None = None, keep_partial: bool = True) -> Outcome:
-        return cls(status=JobStatus.FAILED, code=code, message=message, partial=partial,
-                   keep_partial=keep_partial, exception=exception, action=action)
-
-    @classmethod
-    def cancelled(cls) -> Outcome:
-        return cls(status=JobStatus.CANCELLED, action="cancelled by the user")
-
-
-class ClaimStatus(StrEnum):
-    CLAIMED = "claimed"
-    GONE = "gone"  # no such job (expired record)
-    FINAL = "final"  # already ended (cancelled, reaped)
-    DUPLICATE = "duplicate"  # started before: a second delivery never runs it again
-    NOT_HEAD = "not_head"  # an earlier turn is unfinished; the hand-over dispatches it
-    EXPIRED = "expired"  # queued past the queue timeout: ended instead
-
-
-@dataclass(frozen=True)
-class Claim:
-    status: ClaimStatus
-    job: Job | None = None
-
-
-@dataclass(frozen=True)
-class Submitted:
-    job: Job
-    created: bool
-
-
-@dataclass(frozen=True)
-class Deleted:
-    """What deleting a conversation removed; `stopped` were running (their tasks may be
-    terminated)."""
-
-    jobs: int
-    stopped: list[str]
-
-
-def idempotency_value(job_id: str, digest: str | None) -> str:
-    return f"{job_id}:{digest}" if digest else job_id
-
-
-def parse_idempotency_value(raw: bytes | str) -> tuple[str, str | None]:
-    """(job id, request digest); keys stored before digests existed carry none."""
-    job_id, _, digest = to_str(raw).partition(":")
-    return job_id, digest or None
-
-
-@dataclass
-class SweepReport:
-    published: list[str] = field(default_factory=list)
-    ended: list[str] = field(default_factory=list)
 
 
 class Lifecycle:
@@ -443,11 +364,14 @@ class Lifecycle:
         next_id = next_head(job, [to_str(v) for v in pipe.zrange(line_key, 0, 1)])
         previous = job.status
         apply_outcome(job, outcome)
+        store_reply = (turns.reply_writer(self, pipe, job, outcome.reply)
+                       if outcome.reply is not None and job.status is JobStatus.COMPLETED
+                       else None)
         pipe.multi()
         self.jobs.write(pipe, job, write_id=write_id)
         touch(pipe, job.conversation_id, job.owner or OWNER)
-        if outcome.reply is not None and job.status is JobStatus.COMPLETED:
-            self.history.append(job.conversation_id, outcome.reply, pipe=pipe)
+        if store_reply is not None:
+            store_reply(pipe)
         record_final(self._metrics, job, pipe=pipe)
         if is_incident(job):
             self._incidents.record_job(job, exception=outcome.exception, action=outcome.action,
@@ -490,266 +414,36 @@ class Lifecycle:
         except Exception as exc:
             logger.warning("job %s: ended, but its task was not stopped (%s)", job_id, exc)
 
-    # -- retry ------------------------------------------------------------------------
+    # -- in rooms of their own ----------------------------------------------------------
 
     def retry(self, job_id: str) -> Job:
-        """A new job for the turn of a failed, incomplete or cancelled job, re-using its
-        stored message, placed in the line at its turn (see the module docstring)."""
-        new_id = uuid.uuid4().hex
-        job, dispatch = run_transaction(
-            self.redis, lambda pipe: self._retry_once(pipe, job_id, new_id),
-            recover=lambda: self._retried(new_id), what=f"retry {job_id}")
-        logger.info("job %s retries %s (turn %d)%s", job.id, job_id, job.turn,
-                    "" if dispatch else ", waiting for its turn")
-        if dispatch and self.redis.zscore(keys.outbox(), job.id) is not None:
-            self.publish_now(job.id)
-        return job
+        return retry.retry(self, job_id)
 
-    def _retried(self, new_id: str) -> tuple[Job, bool] | None:
-        job = self.jobs.find(new_id)
-        return (job, True) if job is not None else None  # the sweep publishes if needed
+    def regenerate(self, *, conversation_id: str, turn: int, person: str = OWNER) -> Job:
+        return turns.regenerate(self, conversation_id=conversation_id, turn=turn, person=person)
 
-    def _retry_once(self, pipe: Pipeline, job_id: str, new_id: str) -> tuple[Job, bool]:
-        pipe.watch(keys.job(job_id))
-        old = JobStore.read_watched(pipe, job_id)
-        if old is None:
-            raise NotFound("指定されたジョブは見つかりませんでした。")
-        if not old.status.is_retryable:
-            raise Conflict(f"このジョブはやり直せません（{old.status.value}）。やり直せるのは "
-                           "failed・incomplete・cancelled のジョブだけです。")
-        cid, turn = old.conversation_id, old.turn
-        jobs_key, line_key = keys.conv_jobs(cid), keys.conv_active(cid)
-        pipe.watch(jobs_key, line_key, keys.conv_messages(cid))
-        current = pipe.hget(jobs_key, str(turn))
-        if current is None or to_str(current) != job_id:
-            raise Conflict("このターンはすでにやり直されています。新しいジョブを確認してください。")
-        if not pipe.zcount(keys.conv_messages(cid), user_seq(turn), user_seq(turn)):
-            raise Conflict("元のメッセージが残っていないため、やり直せません。")
-        dispatch = self._retry_dispatches(pipe, line_key, turn)
-        job = Job(id=new_id, conversation_id=cid, turn=turn, input_preview=old.input_preview,
-                  retry_of=job_id, owner=old.owner)
-        pipe.multi()
-        JobStore.create(pipe, job)
-        touch(pipe, cid, old.owner or OWNER)
-        if dispatch:
-            JobStore.put_in_outbox(pipe, new_id, at_epoch=time.time())
-        pipe.execute()
-        return job, dispatch
+    def continue_turn(self, *, conversation_id: str, turn: int, person: str = OWNER) -> Job:
+        return turns.continue_turn(self, conversation_id=conversation_id, turn=turn,
+                                   person=person)
 
-    def _retry_dispatches(self, pipe: Pipeline, line_key: str, turn: int) -> bool:
-        """Whether the retry of `turn` is dispatched now: it becomes the head, and the head it
-        goes in front of (if any) has not started. A running head keeps running; its end
-        hands the line to the retry (`next_head`)."""
-        head = pipe.zrange(line_key, 0, 0, withscores=True)
-        if not head:
-            return True
-        head_id, head_turn = to_str(head[0][0]), float(head[0][1])
-        if head_turn < turn:
-            return False  # an earlier turn runs first; the hand-over reaches the retry
-        pipe.watch(keys.job(head_id))  # its claim must not slip between our read and EXEC
-        current = JobStore.read_watched(pipe, head_id)
-        return current is None or current.status is JobStatus.QUEUED
+    def edit_message(self, *, conversation_id: str, turn: int, text: str, tokens: int,
+                     person: str = OWNER) -> Job:
+        return turns.edit_message(self, conversation_id=conversation_id, turn=turn,
+                                  person=person, text=text, tokens=tokens)
 
-    # -- deleting a conversation --------------------------------------------------------
+    def choose(self, *, conversation_id: str, turn: int, index: int,
+               person: str = OWNER) -> Alternatives:
+        return turns.choose(self, conversation_id=conversation_id, turn=turn, person=person,
+                            index=index)
 
     def delete_conversation(self, conversation_id: str) -> Deleted | None:
-        """End its live jobs as cancelled and delete them, its messages, index, summary,
-        line, turn counter and list entries in one transaction; None if nothing existed."""
-        deleted = run_transaction(self.redis,
-                                  lambda pipe: self._delete_once(pipe, conversation_id),
-                                  what=f"delete {conversation_id}")
-        if deleted is not None:
-            for job_id in deleted.stopped:
-                self.stop_task(job_id)
-            logger.info("conversation %s deleted (%d jobs, %d stopped)", conversation_id,
-                        deleted.jobs, len(deleted.stopped))
-        return deleted
-
-    def _delete_once(self, pipe: Pipeline, cid: str) -> Deleted | None:
-        own = [keys.conv_turn(cid), keys.conv_jobs(cid), keys.conv_active(cid),
-               keys.conv_summarizing(cid), keys.conv_embedding(cid), keys.conv_owner(cid)]
-        pipe.watch(*own)
-        owner = stored_owner(pipe.get(keys.conv_owner(cid)), existed=True)
-        store_keys = self.history.conversation_keys(cid, watching=pipe)
-        job_ids = sorted({to_str(v) for v in pipe.hvals(keys.conv_jobs(cid))}
-                         | {to_str(v) for v in pipe.zrange(keys.conv_active(cid), 0, -1)})
-        listed = pipe.zscore(keys.conversations_by_activity(), cid) is not None
-        if not job_ids and not listed and not pipe.exists(*own, *store_keys):
-            return None
-        pipe.watch(*(keys.job(j) for j in job_ids))
-        live = [job for j in job_ids if (job := JobStore.read_watched(pipe, j)) is not None
-                and not job.status.is_final]
-        for job in live:
-            job.previous_status = job.status
-            apply_outcome(job, Outcome.cancelled())
-        pipe.multi()
-        for job in live:
-            record_final(self._metrics, job, pipe=pipe)
-        JobStore.forget(pipe, job_ids)
-        pipe.delete(*own, *store_keys)
-        pipe.srem(keys.conversations(), cid)
-        pipe.zrem(keys.conversations_by_activity(), cid)
-        pipe.zrem(keys.person_conversations(owner or OWNER), cid)
-        pipe.execute()
-        return Deleted(jobs=len(job_ids), stopped=[j.id for j in live
-                                                   if j.previous_status is JobStatus.IN_PROGRESS])
-
-    # -- the dead-job rules and the sweep -----------------------------------------------
+        return removal.delete_conversation(self, conversation_id)
 
     def death(self, job: Job) -> ErrorCode | None:
-        """Why a job can no longer end by itself, or None while it still can."""
-        now, lim = utcnow(), self.limits
-        running_for = now - (job.started_at or job.created_at)
-        if (job.status is JobStatus.IN_PROGRESS
-                and running_for > timedelta(seconds=lim.hard_limit_s + lim.grace_s)):
-            return ErrorCode.WORKER_LOST  # the hard limit would have killed it
-        if (job.status is JobStatus.QUEUED
-                and now - job.created_at > timedelta(seconds=lim.queue_timeout_s)):
-            return ErrorCode.EXPIRED
-        return None
+        return sweep.death(self, job)
 
     def reap(self, job: Job, *, by: str = "the sweep") -> Job:
-        """End a job that can no longer end by itself; return it as it now is."""
-        code = self.death(job)
-        if code is None:
-            return job
-        cause = (f"no end recorded {self.limits.hard_limit_s:g} s after start"
-                 if code is ErrorCode.WORKER_LOST
-                 else f"still queued {self.limits.queue_timeout_s:g} s after submit")
-        logger.error("job %s: %s; ending it", job.id, cause)
-        ended = self.end(job.id, Outcome.failed(
-            code, exception=cause, action=f"marked failed by {by}; the conversation moves on"))
-        return ended or self.jobs.get(job.id)
+        return sweep.reap(self, job, by=by)
 
     def sweep(self, *, outbox_grace_s: float | None = None) -> SweepReport:
-        """Publish what the outbox kept too long; end what can no longer end by itself."""
-        report, now, lim = SweepReport(), time.time(), self.limits
-        grace = lim.outbox_grace_s if outbox_grace_s is None else outbox_grace_s
-        for job_id in self.jobs.outbox_due(before_epoch=now - grace)[:SWEEP_BATCH]:
-            if self.publish_now(job_id):
-                report.published.append(job_id)
-        self._resend_lost_reservations(report, now=now)
-        self._resend_lost_messages(report, now=now)
-        dead = (self.jobs.ids_started_before(now - lim.hard_limit_s - lim.grace_s)[:SWEEP_BATCH]
-                + self.jobs.ids_created_before(now - lim.queue_timeout_s)[:SWEEP_BATCH])
-        for job_id in dict.fromkeys(dead):
-            job = self.jobs.find(job_id)
-            if job is not None and self.reap(job).status.is_final:
-                report.ended.append(job_id)
-        return report
-
-
-    def _resend_lost_reservations(self, report: SweepReport, *, now: float) -> None:
-        """A prompt a worker reserved and never started (it lost its connection, Redis was
-        restarted) would wait out the visibility timeout: send it again now."""
-        if self.broker is None:
-            return
-        for lost in stale_chat_reservations(
-                self.redis, reserved_before_epoch=now - self.limits.stale_reservation_s,
-                limit=SWEEP_BATCH):
-            job = self.jobs.find(lost.job_id)
-            if job is not None and job.status is JobStatus.QUEUED and job.attempts == 0:
-                logger.warning("job %s: reserved %g s ago and never started; sent again",
-                               lost.job_id, self.limits.stale_reservation_s)
-                if self.publish_now(lost.job_id):
-                    forget_reservation(self.redis, lost.tag)
-                    report.published.append(lost.job_id)
-
-
-    def _resend_lost_messages(self, report: SweepReport, *, now: float) -> None:
-        """A head sent a while ago that is neither waiting in the broker nor reserved by a
-        worker, and not started, lost its message (a task that died before its claim, a
-        broker that dropped it): send it again. While the chat queue is not empty the wait
-        may be a backlog, so nothing is judged then."""
-        if self.broker is None or chat_waiting(self.redis) > 0:
-            return
-        candidates = self.jobs.dispatched_before(now - self.limits.lost_message_s,
-                                                 limit=SWEEP_BATCH)
-        if not candidates:
-            return
-        reserved = {r.job_id for r in chat_reservations(self.redis)}
-        for job_id in candidates:
-            if job_id in reserved or job_id in report.published:
-                continue
-            job = self.jobs.find(job_id)
-            if job is None or job.status is not JobStatus.QUEUED:
-                self.jobs.forget_dispatch(job_id)
-                continue
-            logger.warning("job %s: its message was lost before it started; sent again", job_id)
-            if self.publish_now(job_id):
-                report.published.append(job_id)
-
-
-def apply_outcome(job: Job, outcome: Outcome) -> None:
-    now = utcnow()
-    if outcome.partial is not None:
-        job.partial_reply = outcome.partial
-    status = outcome.status
-    if status is JobStatus.FAILED and outcome.keep_partial and job.partial_reply:
-        status = JobStatus.INCOMPLETE
-    job.status, job.completed_at = status, now
-    job.error = (JobError(code=outcome.code, message=outcome.message or outcome.code.message)
-                 if outcome.code is not None else None)
-    if outcome.reply is not None:
-        job.reply = outcome.reply.text
-        job.step(StepName.SAVE).detail = f"reply seq {outcome.reply.seq}"
-    for step in job.steps:
-        if step.status is StepStatus.IN_PROGRESS:
-            step.status, step.completed_at = step_end_status(status), now
-        elif step.status is StepStatus.PENDING:
-            step.status = StepStatus.SKIPPED
-    if status is JobStatus.CANCELLED and StepStatus.CANCELLED not in {s.status for s in job.steps}:
-        # Cancelled before a step started: the step it was waiting for says so.
-        waiting = next((s for s in job.steps if s.status is StepStatus.SKIPPED), None)
-        if waiting is not None:
-            waiting.status = StepStatus.CANCELLED
-
-
-def next_head(job: Job, first_two: list[str]) -> str | None:
-    """Whom the end of `job` hands the line to, given the line's first two members.
-
-    The head hands over to the second. A running job that is not the head had a retried
-    earlier turn put in front of it while it ran; that retry waits for this end."""
-    if first_two[:1] == [job.id]:
-        return first_two[1] if len(first_two) > 1 else None
-    if job.status is JobStatus.IN_PROGRESS and first_two:
-        return first_two[0]
-    return None
-
-
-def touch(pipe: Pipeline, conversation_id: str, owner: str) -> None:
-    """The conversation's last activity (inside MULTI), in whole milliseconds (the list's
-    `before` cursor is an ISO time with milliseconds): never moves back. In the list of
-    everyone's (operators) and of its owner's."""
-    now = round(time.time(), 3)
-    pipe.zadd(keys.conversations_by_activity(), {conversation_id: now}, gt=True)
-    pipe.zadd(keys.person_conversations(owner), {conversation_id: now}, gt=True)
-
-
-def owned_by(job: Job, person: str) -> bool:
-    return (job.owner or OWNER) == person
-
-
-def stored_owner(raw: bytes | str | None, *, existed: bool) -> str | None:
-    """The owner from its key; a conversation from before owners were stored is OWNER's."""
-    if raw is not None:
-        return to_str(raw)
-    return OWNER if existed else None
-
-
-def step_end_status(status: JobStatus) -> StepStatus:
-    if status is JobStatus.COMPLETED:
-        return StepStatus.COMPLETED
-    return StepStatus.CANCELLED if status is JobStatus.CANCELLED else StepStatus.FAILED
-
-
-def record_final(metrics: MetricsRecorder, job: Job, *, pipe: Pipeline) -> None:
-    metrics.count("jobs", job.status.value, job.error.code.value if job.error else "", pipe=pipe)
-    if job.completed_at is None:
-        return
-    metrics.observe("job_duration", (job.completed_at - job.created_at).total_seconds(),
-                    pipe=pipe)
-    if job.started_at is not None:
-        metrics.observe("celery_task_runtime",
-                        (job.completed_at - job.started_at).total_seconds(), "mysisterdb.chat",
-                        pipe=pipe)
+        return sweep.sweep(self, outbox_grace_s=outbox_grace_s)

@@ -10,8 +10,9 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from core.errors import ErrorCode
+from core.states import JobKind, JobStatus
 
-__all__ = ["ErrorCode", "Job", "JobError", "JobStatus", "Step", "StepName", "StepStatus"]
+__all__ = ["ErrorCode", "Job", "JobError", "JobKind", "JobStatus", "Step", "StepName", "StepStatus"]
 
 
 def utcnow() -> datetime:
@@ -22,24 +23,6 @@ def iso(ts: datetime | None) -> str | None:
     if ts is None:
         return None
     return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    IN_PROGRESS = "in_progress"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    INCOMPLETE = "incomplete"
-
-    @property
-    def is_final(self) -> bool:
-        return self not in (JobStatus.QUEUED, JobStatus.IN_PROGRESS)
-
-    @property
-    def is_retryable(self) -> bool:
-        """Ended without a reply: the turn can be sent again (POST /api/jobs/{id}/retry)."""
-        return self in (JobStatus.FAILED, JobStatus.INCOMPLETE, JobStatus.CANCELLED)
 
 
 class StepStatus(StrEnum):
@@ -94,6 +77,8 @@ class Job(BaseModel):
     sequence: int = 0  # grows with every write: clients follow a job by it
     retry_of: str | None = None  # the failed, incomplete or cancelled job this one retries
     owner: str | None = None  # the person whose conversation it is (None: from before owners)
+    kind: JobKind = JobKind.REPLY
+    continues: str = ""  # a continue job's starting text: its reply is this plus what it adds
     # Set by the lifecycle's end on the returned object only; never stored.
     previous_status: JobStatus | None = Field(default=None, exclude=True)
 

@@ -73,15 +73,31 @@ def last_user_text(body: dict[str, Any]) -> str:
     return ""
 
 
+def seed_of(body: Any) -> int:
+    config = body.get("generationConfig") if isinstance(body, dict) else None
+    seed = config.get("seed") if isinstance(config, dict) else None
+    return int(seed) if isinstance(seed, int) and seed > 0 else 0
+
+
 def content_text(content: dict[str, Any] | None) -> str:
     return "".join(p.get("text", "") for p in (content or {}).get("parts") or [])
 
 
-def reply_chunks(text: str) -> list[str]:
-    """A short deterministic in-character reply, cut into a few stream chunks."""
+# Gemini samples: the same request asked again answers differently. The simulator is
+# deterministic, so it varies by the request's `generationConfig.seed` (a regenerate sends
+# one of its own): no seed, the one reply tests know; a seed, another opener and a mark.
+OPENERS = ("えへへ、お兄ちゃん！", "うーんとね、お兄ちゃん。", "わぁ、お兄ちゃん！", "ふふっ、お兄ちゃん♪",
+           "あのね、お兄ちゃん。")
+
+
+def reply_chunks(text: str, *, variant: int = 0) -> list[str]:
+    """A short in-character reply, cut into a few stream chunks; the same for the same
+    request, another `variant` for the same request asked again."""
     topic = DIRECTIVE.sub("", text).strip().replace("\n", " ")[:24] or "それ"
+    opener = (OPENERS[variant % len(OPENERS)] + f"（#{variant % 10_000}）" if variant
+              else OPENERS[0])
     return [
-        "えへへ、お兄ちゃん！",
+        opener,
         f"「{topic}」のことだね。",
         "しぃは今オフラインのシミュレーターだから、",
         "くわしいことは答えられないけど、ちゃんと聞いてるよ♪",
@@ -304,7 +320,7 @@ class Simulator:
         failure = await misbehave(match, sse=sse)
         if failure is not None:
             return failure
-        chunks, pace_s = reply_chunks(text), pace_of(match)
+        chunks, pace_s = reply_chunks(text, variant=seed_of(body)), pace_of(match)
         if not stream:
             if pace_s:
                 await asyncio.sleep(pace_s)

@@ -52,8 +52,9 @@ class PartialReplyError(LLMError):
 
 class LLMClient(Protocol):
     def stream(self, *, system_instruction: str, contents: list[Turn], deadline: float,
-               on_text: TextCallback) -> str:
-        """Generate a reply, calling on_text with each piece as it arrives; return the whole."""
+               on_text: TextCallback, seed: int | None = None) -> str:
+        """Generate a reply, calling on_text with each piece as it arrives; return the whole.
+        `seed`: sample with this seed (a regenerate's, so that it differs from before)."""
 
     def embed(self, texts: list[str], *, task: str,
               deadline: float | None = None) -> list[list[float]]:
@@ -207,10 +208,10 @@ class RetryingClient:
     _policy: RetryPolicy
 
     def stream(self, *, system_instruction: str, contents: list[Turn], deadline: float,
-               on_text: TextCallback) -> str:
+               on_text: TextCallback, seed: int | None = None) -> str:
         return call_with_retries(
             lambda timeout_s: self._stream_once(system_instruction, contents, timeout_s,
-                                                on_text),
+                                                on_text, seed=seed),
             policy=self._policy, deadline=deadline)
 
     def embed(self, texts: list[str], *, task: str,
@@ -219,7 +220,7 @@ class RetryingClient:
                                 embed_batch=partial(self._embed_once, task=task))
 
     def _stream_once(self, system_instruction: str, contents: list[Turn], timeout_s: float,
-                     on_text: TextCallback) -> str:
+                     on_text: TextCallback, *, seed: int | None = None) -> str:
         raise NotImplementedError
 
     def _embed_once(self, batch: list[str], timeout_s: float, *,

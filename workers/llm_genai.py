@@ -117,11 +117,11 @@ class GenAIClient(RetryingClient):
                                  client_args=client_args, async_client_args=async_client_args)
 
     def _stream_once(self, system_instruction: str, contents: list[Turn], timeout_s: float,
-                     on_text: TextCallback) -> str:
+                     on_text: TextCallback, *, seed: int | None = None) -> str:
         from google.genai import types
 
         config = types.GenerateContentConfig(
-            system_instruction=system_instruction,
+            system_instruction=system_instruction, seed=seed,
             http_options=self._http_options(timeout_s),
             automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
             automatic_continuation=False)

@@ -60,7 +60,8 @@ class GenerativeAIClient(RetryingClient):
         self._observe = observe
 
     def _stream_once(self, system_instruction: str, contents: list[Turn], timeout_s: float,
-                     on_text: TextCallback) -> str:
+                     on_text: TextCallback, *, seed: int | None = None) -> str:
+        # The retired SDK's GenerationConfig has no seed: a regenerate relies on sampling.
         model = self._genai.GenerativeModel(self._model, system_instruction=system_instruction)
         payload = [{"role": t.role, "parts": [t.text]} for t in contents]
         attempt = Attempt("generate", self._observe)

@@ -13,12 +13,14 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 from context.builder import BuiltContext, build_context
 from context.tokens import count_tokens
-from context.types import Message, reply_seq, user_seq
+from context.types import Message, Turn, user_seq
 from core.lifecycle import JobGone, Outcome
-from core.models import Job, StepName, iso, utcnow
+from core.models import Job, JobKind, StepName, iso, utcnow
+from core.turns import CONTINUE_PROMPT, reply_message
 from workers.embeddings import semantic_source
 from workers.runtime import Runtime
 
@@ -56,6 +58,8 @@ def run_chat(rt: Runtime, job: Job, *, deadline: float) -> None:
         detail["text"] = f"message seq {message.seq}, {message.tokens} tokens"
     with step(rt, job.id, StepName.BUILD_CONTEXT) as detail:
         built, semantic = build(rt, job, message)
+        if job.kind is JobKind.CONTINUE:
+            built = continuing(built, job.continues, max_tokens=rt.settings.max_context_tokens)
         detail["text"] = built.describe() + (f"; semantic: {semantic}" if semantic else "")
     with step(rt, job.id, StepName.GENERATE) as detail:
         reply = generate(rt, job, built, deadline=deadline)
@@ -80,6 +84,31 @@ def build(rt: Runtime, job: Job, message: Message) -> tuple[BuiltContext, str]:
     return built, source.status
 
 
+def continuing(built: BuiltContext, so_far: str, *, max_tokens: int) -> BuiltContext:
+    """The prompt of a continue: the reply so far as the model's own turn, then the request
+    to go on. Only its tail is sent, within a quarter of the context budget, so that a reply
+    continued again and again cannot grow the prompt without bound."""
+    tail = tail_within(so_far, max_tokens // 4)
+    contents = [*built.contents, Turn(role="model", text=tail),
+                Turn(role="user", text=CONTINUE_PROMPT)]
+    return replace(built, contents=contents,
+                   total_tokens=built.total_tokens + count_tokens(tail)
+                   + count_tokens(CONTINUE_PROMPT))
+
+
+def tail_within(text: str, max_tokens: int) -> str:
+    if count_tokens(text) <= max_tokens:
+        return text
+    low, high = 0, len(text)  # the longest suffix within the budget
+    while low < high:
+        mid = (low + high) // 2
+        if count_tokens(text[mid:]) <= max_tokens:
+            high = mid
+        else:
+            low = mid + 1
+    return text[low:]
+
+
 def generate(rt: Runtime, job: Job, built: BuiltContext, *, deadline: float) -> str:
     asked = built.contents[-1].text
     if rt.settings.debug_directives and STUCK_DIRECTIVE in asked:
@@ -88,11 +117,20 @@ def generate(rt: Runtime, job: Job, built: BuiltContext, *, deadline: float) -> 
         spin_in_python()
     return rt.llm.stream(system_instruction=built.system_instruction,
                          contents=list(built.contents), deadline=deadline,
-                         on_text=partial_writer(rt, job.id))
+                         on_text=partial_writer(rt, job.id, before=job.continues),
+                         seed=seed_of(job))
 
 
-def partial_writer(rt: Runtime, job_id: str) -> Callable[[str], None]:
-    so_far: list[str] = []
+def seed_of(job: Job) -> int | None:
+    """A regenerate samples with a seed of its own (from its id): another reply than the
+    turn's earlier ones, also from a deterministic model such as the simulator."""
+    return int(job.id[:8], 16) & 0x7FFF_FFFF or 1 if job.kind is JobKind.REGENERATE else None
+
+
+def partial_writer(rt: Runtime, job_id: str, *, before: str = "") -> Callable[[str], None]:
+    """The job's text as it grows; a continue's begins with the text it continues, so the
+    person sees one reply growing."""
+    so_far: list[str] = [before]
 
     def on_text(text: str) -> None:
         so_far.append(text)
@@ -104,8 +142,7 @@ def partial_writer(rt: Runtime, job_id: str) -> Callable[[str], None]:
 def commit_reply(rt: Runtime, job: Job, reply: str) -> None:
     """Store the reply and complete the job in one transaction: a job cancelled or timed out
     a moment before never leaves a reply in the history, and a completed job always has one."""
-    message = Message(seq=reply_seq(job.turn), role="assistant", text=reply,
-                      tokens=count_tokens(reply), created_at=iso(utcnow()) or "", job_id=job.id)
+    message = reply_message(job, reply, tokens_of=count_tokens, at=iso(utcnow()))
     ended = rt.lifecycle.end(job.id, Outcome.completed(message))
     if ended is None:
         raise JobGone(job.id)
