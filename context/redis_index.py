@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from redis.commands.core import Script
@@ -139,14 +140,16 @@ class SlotIndex:
 
 
     def _messages_from(self, cid: str, *, batch: int) -> Iterator[list[Message]]:
-        key = self.keys(cid).messages()
-        start = 0
+        # Paged by seq, not by rank: a message removed meanwhile would shift every rank
+        # after it, and the page after it would start one message too far.
+        key, after = self.keys(cid).messages(), "-inf"
         while True:
-            raws = self._redis.zrange(key, start, start + batch - 1)
-            yield list(readable(raws, conversation_id=cid))
-            if len(raws) < batch:
+            rows: list[Any] = list(self._redis.zrangebyscore(key, after, "+inf", start=0,
+                                                             num=batch, withscores=True))
+            yield list(readable((raw for raw, _ in rows), conversation_id=cid))
+            if len(rows) < batch:
                 return
-            start += len(raws)
+            after = f"({int(rows[-1][1])}"
 
     def _start_build(self, k: StoreKeys) -> str:
         """The slot to build: the one a crashed re-index left (resumed), else the other one,
