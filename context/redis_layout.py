@@ -125,6 +125,16 @@ class StoreKeys:
     def postings(self, slot: str, term: str) -> str:
         return self.ctx(f"{slot}:p:{term}")
 
+    def postings_prefix(self, slot: str) -> str:
+        """What every postings key of the slot starts with, the term following: a script
+        that finds terms in Redis (the old text's, for replace and remove) builds their
+        keys from it.  ValueError for a `key_of` that does not end its keys with the name."""
+        prefix = self.postings(slot, "")
+        if self.postings(slot, "\t") != prefix + "\t":
+            raise ValueError("replacing or removing messages needs a key_of(cid, name) that "
+                             "ends its keys with the name")
+        return prefix
+
     def legacy_vocab(self) -> str:
         return self.ctx("vocab")
 

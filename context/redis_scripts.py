@@ -4,12 +4,11 @@ A write that touches a message and its index entries is one script, so that no r
 ever sees a message stored but unindexed, or indexed twice.
 """
 
+# The index entries of one message (append and rewrite share them).
 # KEYS: messages, live, build, done, stats1, stats2, vocab1, vocab2, docs1, docs2, then
 # the n postings keys of slot 1 and the n of slot 2.
 # ARGV: seq, json, packed seq, length, n, encoded terms, the n terms.
-APPEND_LUA = """
-if redis.call('ZCOUNT', KEYS[1], ARGV[1], ARGV[1]) > 0 then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+_INDEX_FN = """
 local n = tonumber(ARGV[5])
 local function index(slot)
   local s = (slot == '2') and 1 or 0
@@ -22,12 +21,84 @@ local function index(slot)
   redis.call('HSET', KEYS[9 + s], ARGV[1], ARGV[6])
 end
 local live = redis.call('GET', KEYS[2]) or '1'
-index(live)
 local build = redis.call('GET', KEYS[3])
-if build and build ~= live then
+if build == live then build = false end
+"""
+
+APPEND_LUA = _INDEX_FN + """
+if redis.call('ZCOUNT', KEYS[1], ARGV[1], ARGV[1]) > 0 then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+index(live)
+if build then
   index(build)
   redis.call('SADD', KEYS[4], ARGV[1])
 end
+return 1
+"""
+
+# Replace (json non-empty) or remove (json '', n 0) the message at a seq, with its index
+# entries in each slot written to and its vector.  KEYS and ARGV as for append, then
+# KEYS: vectors; ARGV: the postings key prefix of slot 1, of slot 2.  The old text's terms
+# are read from the slot's docs hash, not sent: with `pipe` the caller cannot read first,
+# and each slot holds the terms of the analyser that built it.  Postings keys are the
+# prefix .. term (StoreKeys.postings_prefix checks that the layout allows it).
+REWRITE_LUA = _INDEX_FN + """
+local seq, packed = ARGV[1], ARGV[3]
+if redis.call('ZCOUNT', KEYS[1], seq, seq) == 0 then return 0 end
+local prefixes = {ARGV[7 + n], ARGV[8 + n]}
+local function without(raw)
+  local parts, from, init = {}, 1, 1
+  while true do
+    local at = string.find(raw, packed, init, true)
+    if not at then break end
+    if (at - 1) % 8 == 0 then
+      parts[#parts + 1] = string.sub(raw, from, at - 1)
+      from = at + 8
+      init = at + 8
+    else
+      init = at + 1
+    end
+  end
+  if from == 1 then return nil end
+  parts[#parts + 1] = string.sub(raw, from)
+  return table.concat(parts)
+end
+local function unindex(slot)
+  local s = (slot == '2') and 1 or 0
+  local doc = redis.call('HGET', KEYS[9 + s], seq)
+  if not doc then return end
+  local length, seen = nil, {}
+  for part in string.gmatch(doc, '[^\t]+') do
+    if not length then
+      length = tonumber(part)
+    elseif not seen[part] then
+      seen[part] = true
+      local key = prefixes[s + 1] .. part
+      local rest = without(redis.call('GET', key) or '')
+      if rest == '' then
+        redis.call('DEL', key)
+        redis.call('SREM', KEYS[7 + s], part)
+      elseif rest then
+        redis.call('SET', key, rest)
+      end
+    end
+  end
+  redis.call('HINCRBY', KEYS[5 + s], 'docs', -1)
+  -- 0 - x, not -x: -0 reaches Redis as "-0", which HINCRBY refuses.
+  redis.call('HINCRBY', KEYS[5 + s], 'words', 0 - (length or 0))
+  redis.call('HDEL', KEYS[9 + s], seq)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], seq, seq)
+redis.call('ZREMRANGEBYSCORE', KEYS[#KEYS], seq, seq)
+if ARGV[2] ~= '' then redis.call('ZADD', KEYS[1], seq, ARGV[2]) end
+for _, slot in ipairs({live, build}) do
+  if slot then
+    unindex(slot)
+    if ARGV[2] ~= '' then index(slot) end
+  end
+end
+-- A re-index batch read before this write must not index the old text after it.
+if build then redis.call('SADD', KEYS[4], seq) end
 return 1
 """
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, overload
 
 import redis
 
@@ -28,7 +28,13 @@ from context.redis_layout import (
     unpack_seqs,
     with_seq,
 )
-from context.redis_scripts import APPEND_LUA, DROP_COPIES_LUA, FETCH_LUA, SET_SUMMARY_LUA
+from context.redis_scripts import (
+    APPEND_LUA,
+    DROP_COPIES_LUA,
+    FETCH_LUA,
+    REWRITE_LUA,
+    SET_SUMMARY_LUA,
+)
 from context.relevance import DEFAULT_SEARCH, SearchConfig, search_index
 from context.terms import analyse
 from context.types import Message, ScoredMessage, Summary
@@ -54,16 +60,20 @@ class RedisHistoryStore(SlotIndex):
         self._fetch = redis.register_script(FETCH_LUA)
         self._set_summary = redis.register_script(SET_SUMMARY_LUA)
         self._drop_copies = redis.register_script(DROP_COPIES_LUA)
+        self._rewrite_script = redis.register_script(REWRITE_LUA)
 
     # -- writing ---------------------------------------------------------------
+
+    @staticmethod
+    def _write_keys(k: StoreKeys) -> list[str]:
+        return [k.messages(), k.ctx("live"), k.ctx("build"), k.ctx("done"),
+                k.stats("1"), k.stats("2"), k.vocab("1"), k.vocab("2"), k.docs("1"), k.docs("2")]
 
     def _append_args(self, cid: str, message: Message) -> tuple[list[str], list[Any]]:
         k = self.keys(cid)
         analysis = analyse(message.text)
         message_terms = list(analysis.weights)
-        script_keys = [k.messages(), k.ctx("live"), k.ctx("build"), k.ctx("done"),
-                       k.stats("1"), k.stats("2"), k.vocab("1"), k.vocab("2"),
-                       k.docs("1"), k.docs("2"),
+        script_keys = [*self._write_keys(k),
                        *(k.postings("1", t) for t in message_terms),
                        *(k.postings("2", t) for t in message_terms)]
         args: list[Any] = [message.seq, message.to_json(), pack_seq(message.seq),
@@ -94,6 +104,58 @@ class RedisHistoryStore(SlotIndex):
                 script_keys, args = self._append_args(conversation_id, message)
                 self._append(keys=script_keys, args=args, client=pipe)
             pipe.execute()
+
+    @overload
+    def replace(self, conversation_id: str, message: Message) -> bool: ...
+
+    @overload
+    def replace(self, conversation_id: str, message: Message, *,
+                pipe: redis.client.Pipeline) -> None: ...
+
+    def replace(self, conversation_id: str, message: Message, *,
+                pipe: redis.client.Pipeline | None = None) -> bool | None:
+        """Store `message` (as given: text, tokens and every other field) in place of the
+        message at its seq, and its index entries in place of the old text's, in the live
+        slot and in a slot being re-indexed; delete the seq's vector (it embeds the old
+        text: context/vectors.py).  Never stores a new message: False when none is at that
+        seq.  With `pipe` (a MULTI the caller executes) it joins the caller's transaction
+        and returns None; the script's reply in EXEC's results is 1 (replaced) or 0.
+
+        A term of both texts moves to the end of its postings, as if the message were new:
+        for the postings cap of a search (context/relevance.py) it counts as recent."""
+        return self._rewrite(conversation_id, message.seq, message, pipe)
+
+    @overload
+    def remove(self, conversation_id: str, seq: int) -> bool: ...
+
+    @overload
+    def remove(self, conversation_id: str, seq: int, *, pipe: redis.client.Pipeline) -> None: ...
+
+    def remove(self, conversation_id: str, seq: int, *,
+               pipe: redis.client.Pipeline | None = None) -> bool | None:
+        """Delete the message at `seq` with its index entries and its vector, as `replace`
+        does (False when none is stored there; with `pipe`, None and 1 or 0 in EXEC's
+        results).  The seq is then free: `append` may store another message at it."""
+        return self._rewrite(conversation_id, seq, None, pipe)
+
+    def _rewrite(self, cid: str, seq: int, message: Message | None,
+                 pipe: redis.client.Pipeline | None) -> bool | None:
+        k = self.keys(cid)
+        args: list[Any]
+        if message is None:
+            script_keys, args = self._write_keys(k), [seq, "", pack_seq(seq), 0, 0, ""]
+        else:
+            script_keys, args = self._append_args(cid, message)
+        script_keys.append(k.ctx("vec"))
+        args += [k.postings_prefix(SLOTS[0]), k.postings_prefix(SLOTS[1])]
+        if pipe is not None:
+            # EVAL for the reason given in `append`.
+            pipe.eval(REWRITE_LUA, len(script_keys), *script_keys, *args)
+            return None
+        done = bool(self._rewrite_script(keys=script_keys, args=args))
+        if not done:
+            logger.info("conversation %s: no message at seq %s to replace or remove", cid, seq)
+        return done
 
     # -- reading ---------------------------------------------------------------
 
