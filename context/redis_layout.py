@@ -19,7 +19,8 @@ conversation (no TTL):
                                   deleted by the first re-index
     ctx:vec               zset    the messages' quantized embeddings (context/vectors.py);
                                   deleted here with the rest, and by a renumber (the
-                                  seqs they point at move: `reindex --embeddings` again)
+                                  seqs they point at move: `reindex --embeddings` again);
+                                  a seq's own by replace and remove (see docs/context.md)
 
 A postings list is a string appended to (O(1)): its length / 8 is the term's document
 frequency, and its tail is the term's most recent postings (one GETRANGE), so a search
