@@ -54,12 +54,44 @@ class InMemoryHistoryStore:
         if message.seq in conv.by_seq:
             return
         bisect.insort(conv.seqs, message.seq)
+        self._index(conv, message)
+
+    @staticmethod
+    def _index(conv: _Conversation, message: Message) -> None:
         conv.by_seq[message.seq] = message
         analysis = analyse(message.text)
         conv.analyses[message.seq] = analysis
         conv.words += analysis.length
         for term in analysis.weights:
             conv.postings.setdefault(term, []).append(message.seq)
+
+    @staticmethod
+    def _unindex(conv: _Conversation, seq: int) -> None:
+        analysis = conv.analyses.pop(seq)
+        del conv.by_seq[seq]
+        conv.words -= analysis.length
+        for term in analysis.weights:
+            kept = [s for s in conv.postings[term] if s != seq]
+            if kept:
+                conv.postings[term] = kept
+            else:
+                del conv.postings[term]
+
+    def replace(self, conversation_id: str, message: Message) -> bool:
+        conv = self._conv(conversation_id)
+        if message.seq not in conv.by_seq:
+            return False
+        self._unindex(conv, message.seq)
+        self._index(conv, message)
+        return True
+
+    def remove(self, conversation_id: str, seq: int) -> bool:
+        conv = self._conv(conversation_id)
+        if seq not in conv.by_seq:
+            return False
+        self._unindex(conv, seq)
+        conv.seqs.remove(seq)
+        return True
 
     def last(self, conversation_id: str, *, limit: int) -> list[Message]:
         conv = self._conv(conversation_id)

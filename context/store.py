@@ -16,6 +16,18 @@ class HistoryStore(Protocol):
         """Store a message and index it; storing the same seq again does nothing."""
         ...
 
+    def replace(self, conversation_id: str, message: Message) -> bool:
+        """Put `message` in place of the stored message at its seq, and its terms in place
+        of the old text's in the index (searches then find it by the new text only);
+        False, storing nothing, when no message is stored at that seq.  The Redis store
+        also deletes the seq's vector and takes `pipe=` as `append` does."""
+        ...
+
+    def remove(self, conversation_id: str, seq: int) -> bool:
+        """Delete the message at `seq` and its index entries (False when there is none);
+        the seq may then be appended again."""
+        ...
+
     def last(self, conversation_id: str, *, limit: int) -> list[Message]:
         """The last `limit` messages, oldest first."""
         ...
