@@ -592,17 +592,17 @@ class Lifecycle:
             return ErrorCode.EXPIRED
         return None
 
-    def reap(self, job: Job, *, by: str = "the sweep") -> Job:
+    def reap(self, job: Job, *, by: str = "スイープ") -> Job:
         """End a job that can no longer end by itself; return it as it now is."""
         code = self.death(job)
         if code is None:
             return job
-        cause = (f"no end recorded {self.limits.hard_limit_s:g} s after start"
+        cause = (f"開始から {self.limits.hard_limit_s:g} 秒経っても終了の記録がない"
                  if code is ErrorCode.WORKER_LOST
-                 else f"still queued {self.limits.queue_timeout_s:g} s after submit")
+                 else f"投入から {self.limits.queue_timeout_s:g} 秒経っても開始されない")
         logger.error("job %s: %s; ending it", job.id, cause)
         ended = self.end(job.id, Outcome.failed(
-            code, exception=cause, action=f"marked failed by {by}; the conversation moves on"))
+            code, exception=cause, action=f"失敗として終了させた（{by}）。会話は次のターンへ進む"))
         return ended or self.jobs.get(job.id)
 
     def sweep(self, *, outbox_grace_s: float | None = None) -> SweepReport:
