@@ -1,34 +1,59 @@
-# Two commands: `make run` and `make test`. Both create .venv if it is missing
-# and install the pinned dependencies into it.
+# `make run` installs what running needs (`pip install -e .`) and starts everything;
+# `make test`, `make lint`, `make bench` and `make install` add the dev extras (pytest,
+# Playwright, schemathesis, mypy, ruff, hypothesis: ~900 MB). Each creates .venv if it is
+# missing; a stamp per install level re-runs pip when pyproject.toml changes.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
+.DEFAULT_GOAL := install
 .PHONY: run test lint bench install clean
 
+# The virtualenv is made while this file is read, when a goal needs it and it is missing
+# (no pip in it: also a venv left half-made), so that a Python that cannot make one stops
+# make with one line saying why. Debian/Ubuntu ship venv's pip bootstrap (ensurepip) in a
+# package of its own, python3-venv; without it `python3 -m venv` prints a paragraph and
+# leaves a venv without pip behind, which is removed here.
+ifeq ($(wildcard $(BIN)/pip),)
+ifneq ($(filter-out clean,$(or $(MAKECMDGOALS),$(.DEFAULT_GOAL))),)
+VENV_ERROR := $(shell out=$$($(PYTHON) -m venv $(VENV) 2>&1) && exit 0; rm -rf $(VENV); \
+  case "$$out" in (*ensurepip*) \
+    pkg=$$(printf '%s\n' "$$out" | sed -n 's/.*apt install \([^ ]*-venv\).*/\1/p' | head -n 1); \
+    echo "$(PYTHON) cannot create a virtualenv, its ensurepip is missing: sudo apt install $${pkg:-python3-venv} (Debian/Ubuntu), then run make again";; \
+  (*) echo "$(PYTHON) -m venv $(VENV) failed: $$out";; esac)
+ifneq ($(VENV_ERROR),)
+$(error $(VENV_ERROR))
+endif
+endif
+endif
+
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(DEV_STAMP)
+
+install: $(DEV_STAMP)
 
 run: $(STAMP)
 	$(BIN)/mysisterdb up
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/ruff check api workers context core taskqueue mysisterdb tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check api workers context core taskqueue mysisterdb tests bench
 	$(BIN)/mypy
 
 # About 9 minutes on a 2-core box; the capacity table is written into docs/performance.md.
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python bench/context_bench.py
 	$(BIN)/python bench/failure_bench.py
 	$(BIN)/python bench/stream_bench.py

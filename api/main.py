@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import authenticate, document_security
 from api.errors import install_error_handlers
+from api.head import HeadAsGet
 from api.middleware import RequestTimeoutMiddleware, StoreMonitor, request_budget
 from api.routes import chat, conversations, health, jobs, ops, signin, turns, ui
 from api.security import SameOrigin, SecurityHeaders, TrustedHosts
@@ -110,6 +111,7 @@ def add_middlewares(app: FastAPI, settings: Settings, *, store: StoreMonitor) ->
                                           "Last-Event-ID"],
                            expose_headers=["Location", "Retry-After"], max_age=600)
     app.add_middleware(TrustedHosts, allowed=settings.host_list())
+    app.add_middleware(HeadAsGet)  # outermost: every layer answers a HEAD as its GET
 
 
 def announce(text: str) -> None:

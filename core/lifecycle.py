@@ -442,7 +442,7 @@ class Lifecycle:
     def death(self, job: Job) -> ErrorCode | None:
         return sweep.death(self, job)
 
-    def reap(self, job: Job, *, by: str = "the sweep") -> Job:
+    def reap(self, job: Job, *, by: str = "スイープ") -> Job:
         return sweep.reap(self, job, by=by)
 
     def sweep(self, *, outbox_grace_s: float | None = None) -> SweepReport:

@@ -38,17 +38,17 @@ def death(lc: Lifecycle, job: Job) -> ErrorCode | None:
     return None
 
 
-def reap(lc: Lifecycle, job: Job, *, by: str = "the sweep") -> Job:
+def reap(lc: Lifecycle, job: Job, *, by: str = "スイープ") -> Job:
     """End a job that can no longer end by itself; return it as it now is."""
     code = death(lc, job)
     if code is None:
         return job
-    cause = (f"no end recorded {lc.limits.hard_limit_s:g} s after start"
+    cause = (f"開始から {lc.limits.hard_limit_s:g} 秒経っても終了の記録がない"
              if code is ErrorCode.WORKER_LOST
-             else f"still queued {lc.limits.queue_timeout_s:g} s after submit")
+             else f"投入から {lc.limits.queue_timeout_s:g} 秒経っても開始されない")
     logger.error("job %s: %s; ending it", job.id, cause)
     ended = lc.end(job.id, Outcome.failed(
-        code, exception=cause, action=f"marked failed by {by}; the conversation moves on"))
+        code, exception=cause, action=f"失敗として終了させた（{by}）。会話は次のターンへ進む"))
     return ended or lc.jobs.get(job.id)
 
 

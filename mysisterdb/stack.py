@@ -187,8 +187,8 @@ class Supervisor:
             child.next_start_at = now + delay
             logger.error("%s exited with %s; restarting in %.0f s", child.name, code, delay)
             if self.notify:
-                self.notify(child.name, f"exit code {code}",
-                            f"restarted by mysisterdb up after {delay:.0f} s")
+                self.notify(child.name, f"終了コード {code}",
+                            f"mysisterdb up が {delay:.0f} 秒後に再起動した")
             return
         if now >= child.next_start_at:
             child.restarts += 1

@@ -64,8 +64,8 @@ class JobRequest(Request):  # type: ignore[misc]
             held_slot(parent_lifecycle().redis, timeout)
             end_from_parent(self.id, Outcome.failed(
                 ErrorCode.TIMEOUT, exception=f"TimeLimitExceeded({timeout:g} s)",
-                action=f"process killed at the hard limit ({timeout:g} s); worker process "
-                       "replaced"), hard_limit=True)
+                action=f"ハードリミット（{timeout:g} 秒）でプロセスを強制終了し、ワーカープロセスを"
+                       "入れ替えた"), hard_limit=True)
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True,
                    return_ok: bool = False) -> None:
@@ -75,10 +75,10 @@ class JobRequest(Request):  # type: ignore[misc]
         if isinstance(exc, (WorkerLostError, SystemExit, KeyboardInterrupt)):
             end_from_parent(self.id, Outcome.failed(
                 ErrorCode.WORKER_LOST, exception=f"{type(exc).__name__}: {exc}",
-                action="worker process replaced; prompt not run again"))
+                action="ワーカープロセスを入れ替えた（プロンプトは再実行しない）"))
         elif isinstance(exc, TimeLimitExceeded):
             end_from_parent(self.id, Outcome.failed(
-                ErrorCode.TIMEOUT, exception=repr(exc), action="process killed at the hard limit"))
+                ErrorCode.TIMEOUT, exception=repr(exc), action="ハードリミットでプロセスを強制終了した"))
 
 
 def end_from_parent(job_id: str, outcome: Outcome, *, hard_limit: bool = False) -> None:
@@ -143,7 +143,7 @@ def run_guarded(rt: Runtime, job: Job, *, deadline: float) -> str:
         rt.metrics.count("time_limits", "soft")
         rt.lifecycle.end(job.id, Outcome.failed(
             ErrorCode.TIMEOUT, exception="SoftTimeLimitExceeded",
-            action=f"task stopped at the soft limit ({rt.settings.task_soft_time_limit:g} s)"))
+            action=f"ソフトリミット（{rt.settings.task_soft_time_limit:g} 秒）でタスクを中断した"))
         return ErrorCode.TIMEOUT.value
     except LLMError as error:
         rt.lifecycle.end(job.id, llm_outcome(rt, error))
@@ -153,12 +153,12 @@ def run_guarded(rt: Runtime, job: Job, *, deadline: float) -> str:
         # end is written once it answers again (the client retries); if it does not, this
         # raises on to the last resort, and the sweep ends the job later (worker_lost).
         logger.error("job %s: redis lost while running: %s", job.id, exc)
-        rt.lifecycle.end(job.id, store_lost(exc, action="job failed; the prompt can be retried"))
+        rt.lifecycle.end(job.id, store_lost(exc, action="ジョブを失敗で終了した（プロンプトは再試行できる）"))
         return ErrorCode.STORE_UNAVAILABLE.value
     except Exception as exc:
         logger.exception("job %s failed", job.id)
         rt.lifecycle.end(job.id, Outcome.failed(
-            ErrorCode.INTERNAL, exception=f"{type(exc).__name__}: {exc}", action="job failed",
+            ErrorCode.INTERNAL, exception=f"{type(exc).__name__}: {exc}", action="ジョブを失敗で終了した",
             keep_partial=False))
         return ErrorCode.INTERNAL.value
     queue_summary(rt, job.conversation_id)
@@ -170,7 +170,7 @@ def llm_outcome(rt: Runtime, error: LLMError) -> Outcome:
     cause = error.__cause__ or getattr(error, "cause", None) or error
     return Outcome.failed(
         error.error_code, message=error.message, exception=f"{type(cause).__name__}: {cause}"[:500],
-        action=f"request failed after up to {rt.settings.gemini_retries} retries",
+        action=f"リクエストを最大 {rt.settings.gemini_retries} 回再試行したが失敗した",
         # The stream broke mid-way: keep exactly what arrived.
         partial=error.partial if isinstance(error, PartialReplyError) else None)
 
@@ -181,19 +181,19 @@ def store_lost(exc: BaseException, *, action: str) -> Outcome:
 
 
 def last_resort(rt: Runtime, job_id: str, exc: BaseException) -> None:
-    action = "ended by the task's last-resort handler"
+    action = "タスクの最後の例外処理でジョブを終了した"
     if isinstance(exc, redis.RedisError):
         outcome = store_lost(exc, action=action)
     elif isinstance(exc, (SystemExit, KeyboardInterrupt)):
         # The worker stopped the task: it lost its broker connection (Redis died) and cancels
         # what it can no longer acknowledge, or it is shutting down.
         outcome = Outcome.failed(
-            ErrorCode.WORKER_LOST, exception=f"{type(exc).__name__}: the worker stopped the task",
-            action="stopped by its worker (broker connection lost, or shutdown)")
+            ErrorCode.WORKER_LOST, exception=f"{type(exc).__name__}: ワーカーがタスクを止めた",
+            action="ワーカーがタスクを止めた（ブローカーとの接続が切れたか、停止処理中）")
     else:
         outcome = Outcome.failed(
             ErrorCode.TIMEOUT if isinstance(exc, SoftTimeLimitExceeded) else ErrorCode.INTERNAL,
-            exception=f"{type(exc).__name__} while ending the job", action=action)
+            exception=f"ジョブの終了処理中に {type(exc).__name__}", action=action)
     try:
         rt.lifecycle.end(job_id, outcome)
     except BaseException:  # nothing more to do here; the sweep ends the job

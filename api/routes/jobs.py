@@ -44,7 +44,7 @@ async def current(request: Request, job: Job | None, caller: Caller) -> Job:
         raise NotFound(JOB_NOT_FOUND)
     lifecycle = lifecycle_of(request)
     if not job.status.is_final and lifecycle.death(job) is not None:
-        return await run_in_threadpool(lifecycle.reap, job, by="a reader of the job")
+        return await run_in_threadpool(lifecycle.reap, job, by="ジョブの読み出し")
     return job
 
 

@@ -308,8 +308,8 @@ def test_a_dead_worker_s_prompt_ends_worker_lost_and_the_next_turn_waits_for_a_w
     assert end_of(ended) == ("failed", "worker_lost"), ended
     incidents = [i for i in httpx.get(f"{stack.api_url}/api/incidents", timeout=5)
                  .json()["incidents"] if i["job_id"] == stuck]
-    assert len(incidents) == 1 and incidents[0]["action"].split(";")[0] in (
-        "marked failed by the sweep", "marked failed by a reader of the job")
+    assert len(incidents) == 1 and incidents[0]["action"].split("。")[0] in (
+        "失敗として終了させた（スイープ）", "失敗として終了させた（ジョブの読み出し）")
     assert stack.job(waiting)["status"] == "queued"  # handed over, waiting in the broker
     stack.procs["worker"] = start("worker", mysisterdb("worker"), env=stack.env,
                                   log_dir=tmp_path)

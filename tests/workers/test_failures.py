@@ -141,7 +141,7 @@ def test_soft_limit_interrupts_a_python_loop_and_the_worker_serves_on(
     assert [s["status"] for s in done["steps"]][2:] == ["failed", "skipped"]
     # The soft limit's own path, in the child: not the parent's SIGKILL at the hard limit.
     assert incident_of(stack_redis, job["id"])["action"].startswith(
-        "task stopped at the soft limit")
+        "ソフトリミット（4 秒）でタスクを中断した")
     nxt = stack.submit("まだいる？", conversation_id=conversation_id)
     assert stack.wait_job(nxt["id"])["status"] == "completed"
 
@@ -196,7 +196,7 @@ def test_kill_9_of_busy_child_ends_worker_lost_and_is_not_rerun(
     assert done["error"]["code"] == "worker_lost"
     # Ended by the worker's parent, which saw its child die, not by the sweep later on.
     assert incident_of(stack_redis, job["id"])["action"] == (
-        "worker process replaced; prompt not run again")
+        "ワーカープロセスを入れ替えた（プロンプトは再実行しない）")
     # Not run again: the broker holds no copy of its message (unacked ones are redelivered).
     wait_for(lambda: not broker_holds(stack_redis, job["id"]), timeout_s=3,
              what="the message acknowledged")
@@ -233,6 +233,6 @@ def test_soft_limit_cuts_a_slow_stream_ends_timeout_and_keeps_the_text(
     assert partial.startswith(reply_chunks(text)[0]) and whole.startswith(partial)
     assert partial != whole and done["reply"] is None
     # The soft limit's own path, in the child: not the read timeout, not the hard limit.
-    assert incident_of(client, job["id"])["action"].startswith("task stopped at the soft limit")
+    assert incident_of(client, job["id"])["action"].startswith("ソフトリミット（4 秒）でタスクを中断した")
     nxt = stack.submit("まだいる？", conversation_id=cid)
     assert stack.wait_job(nxt["id"])["status"] == "completed"

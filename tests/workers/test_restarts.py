@@ -134,7 +134,7 @@ def test_a_dead_worker_s_running_prompt_is_ended_worker_lost_by_the_sweep(
              what="the dead worker's prompt to be ended")
     [incident] = incidents_of(stack, stuck)
     assert incident["kind"] == "worker_lost"
-    assert incident["action"].startswith("marked failed by the sweep"), incident
+    assert incident["action"].startswith("失敗として終了させた（スイープ）"), incident
     ended = stack.job(stuck)
     assert (ended["status"], ended["error"]["code"]) == ("failed", "worker_lost")
     assert stack.job(waiting)["status"] == "queued"  # its turn came; no worker yet

@@ -41,7 +41,7 @@ def test_stale_running_job_is_marked_failed_worker_lost(redis_client: redis.Redi
     assert job.id not in JobStore(redis_client).active_ids()
     incident = IncidentLog(redis_client).newest(limit=1)[0]
     assert incident.job_id == job.id and incident.kind == "worker_lost"
-    assert incident.action.startswith("marked failed by mysisterdb check --repair")
+    assert incident.action.startswith("失敗として終了させた（mysisterdb check --repair）")
     assert check(redis_client)[0] == 0 and problems(redis_client) == []
 
 
