@@ -10,6 +10,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from context.types import Message
+from core import contract
+from core.contract import anchored
 from core.conversations import ConversationView, TurnPage, TurnView
 from core.errors import ErrorCode
 from core.incidents import Incident
@@ -18,10 +20,9 @@ from core.monitoring import QueueStats
 from core.states import Action, TurnState
 
 # Limits a client can see in the schema; the service enforces the same (and the token limit).
-MAX_MESSAGE_CHARS = 8000
-CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
-IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,128}$"
+CONVERSATION_ID_PATTERN = anchored(contract.CONVERSATION_ID)
+JOB_ID_PATTERN = anchored(contract.JOB_ID)
+IDEMPOTENCY_KEY_PATTERN = anchored(contract.IDEMPOTENCY_KEY)
 MAX_WAIT_S = 30.0
 
 Timestamp = str  # ISO 8601 UTC with milliseconds and a trailing Z
@@ -56,9 +57,12 @@ class JobErrorOut(Contract):
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    message: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS, pattern=r"\S",
-                         description="The user's message (not blank; also at most the "
-                         "context's token budget, else 422 message_too_large)")
+    # No max_length here: the limit is a setting (MYSISTERDB_MAX_MESSAGE_CHARS), enforced by
+    # the service and stated in the OpenAPI document (api/openapi_limits.py).
+    message: str = Field(min_length=1, pattern=contract.NOT_BLANK,
+                         description="The user's message (not blank; at most "
+                         "MYSISTERDB_MAX_MESSAGE_CHARS characters and the context's token "
+                         "budget, else 422 message_too_large)")
     conversation_id: str = Field(default="default", pattern=CONVERSATION_ID_PATTERN,
                                  description="Letters, digits, - and _ (1-64)")
 

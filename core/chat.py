@@ -15,10 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from dataclasses import dataclass
 
 from context.tokens import count_tokens
+from core import contract
 from core.access import OWNER
 from core.errors import (
     CONVERSATION_NOT_FOUND,
@@ -35,8 +35,6 @@ from core.ratelimit import SubmitLimiter
 
 logger = logging.getLogger(__name__)
 
-CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
 
 
 def request_digest(*, conversation_id: str, text: str) -> str:
@@ -47,7 +45,7 @@ def request_digest(*, conversation_id: str, text: str) -> str:
 
 
 def check_conversation_id(conversation_id: str) -> str:
-    if not CONVERSATION_ID.fullmatch(conversation_id):
+    if not contract.matches(contract.CONVERSATION_ID, conversation_id):
         raise InvalidInput("conversation_id は英数字・-・_ の1〜64文字で指定してください。")
     return conversation_id
 
@@ -84,7 +82,7 @@ class ChatService:
         digest = request_digest(conversation_id=conversation_id, text=text)
         text, tokens = self.validate(conversation_id=conversation_id, text=text)
         if idempotency_key is not None:
-            if not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+            if not contract.matches(contract.IDEMPOTENCY_KEY, idempotency_key):
                 raise InvalidInput("Idempotency-Key は表示可能な ASCII 1〜128 文字にしてください。")
             known = self.lifecycle.find_by_key(idempotency_key, owner=self.person,
                                                digest=digest)

@@ -10,8 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import CallerDep, ChatServiceDep, ConversationReaderDep, LifecycleDep
 from api.routes.conversations import ConversationId
-from api.schemas import ACCEPTED, MAX_MESSAGE_CHARS, JobOut, TurnOut, errors
+from api.schemas import ACCEPTED, JobOut, TurnOut, errors
 from context.types import user_seq
+from core import contract
 from core.errors import NotFound
 from core.states import states_document
 from core.turns import TURN_NOT_FOUND
@@ -30,7 +31,7 @@ class ChooseRequest(BaseModel):
 class EditRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    message: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS, pattern=r"\S",
+    message: str = Field(min_length=1, pattern=contract.NOT_BLANK,
                          description="The corrected message (checked like a new one)")
 
 

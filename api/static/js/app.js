@@ -456,7 +456,7 @@ const sidebar = new Sidebar({
 
 const composer = new Composer({
   form: $("composer"), textarea: $("message"), button: $("send"), counter: $("counter"),
-  maxChars: Number(document.body.dataset.maxChars) || 8000,
+  maxChars: Number(document.body.dataset.maxChars),  // the server's setting, given with the page
   onSend: (text) => send(text),
   onTooLong: (length, max) => showNotice(
     `メッセージが長すぎます（${length.toLocaleString("ja-JP")} 文字、送れるのは ${max.toLocaleString("ja-JP")} 文字まで）。短くしてから送ってください。`),
