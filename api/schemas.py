@@ -17,6 +17,7 @@ from core.errors import ErrorCode
 from core.incidents import Incident
 from core.models import Job, JobStatus, StepName, StepStatus, iso
 from core.monitoring import QueueStats
+from core.namespaces import external_id
 from core.states import Action, TurnState
 
 # Limits a client can see in the schema; the service enforces the same (and the token limit).
@@ -99,7 +100,7 @@ class JobOut(Contract):
     @classmethod
     def of(cls, job: Job) -> JobOut:
         return cls(
-            id=job.id, conversation_id=job.conversation_id, turn=job.turn, status=job.status,
+            id=job.id, conversation_id=external_id(job.conversation_id), turn=job.turn, status=job.status,
             sequence=job.sequence,
             steps=[StepOut(name=StepName(s.name), status=s.status, started_at=iso(s.started_at),
                            completed_at=iso(s.completed_at), detail=s.detail)
@@ -187,7 +188,7 @@ class ConversationOut(Contract):
 
     @classmethod
     def of(cls, view: ConversationView) -> ConversationOut:
-        return cls(id=view.id, title=view.title, message_count=view.message_count,
+        return cls(id=external_id(view.id), title=view.title, message_count=view.message_count,
                    last_activity=iso(view.last_activity) or "", job_running=view.job_running)
 
 

@@ -8,7 +8,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import CallerDep, ChatServiceDep, ConversationReaderDep, LifecycleDep
+from api.deps import (
+    CallerDep,
+    ChatServiceDep,
+    ConversationReaderDep,
+    LifecycleDep,
+    OwnConversationDep,
+)
 from api.routes.conversations import ConversationId
 from api.schemas import ACCEPTED, JobOut, TurnOut, errors
 from context.types import user_seq
@@ -74,13 +80,14 @@ def edit_message(conversation_id: ConversationId, turn: TurnNumber, body: EditRe
 
 @router.put("/conversations/{conversation_id}/turns/{turn}/chosen", response_model=TurnOut,
             responses=errors(404, 409, 422))
-def choose(conversation_id: ConversationId, turn: TurnNumber, body: ChooseRequest,
-           lifecycle: LifecycleDep, reader: ConversationReaderDep, caller: CallerDep) -> TurnOut:
+def choose(conversation_id: ConversationId, stored: OwnConversationDep, turn: TurnNumber,
+           body: ChooseRequest, lifecycle: LifecycleDep, reader: ConversationReaderDep,
+           caller: CallerDep) -> TurnOut:
     """Make another of the newest turn's replies the chosen one: later prompts and recall
     see it alone. Answers the turn as the history shows it."""
-    lifecycle.choose(conversation_id=conversation_id, turn=turn, index=body.index,
+    lifecycle.choose(conversation_id=stored, turn=turn, index=body.index,
                      person=caller.person or "")
-    page = reader.turns(conversation_id, limit=1, after=user_seq(turn) - 1)
+    page = reader.turns(stored, limit=1, after=user_seq(turn) - 1)
     if not page.turns or page.turns[0].turn != turn:
         raise NotFound(TURN_NOT_FOUND)
     return TurnOut.of(page.turns[0])
