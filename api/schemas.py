@@ -18,7 +18,7 @@ from core.incidents import Incident
 from core.models import Job, JobStatus, StepName, StepStatus, iso
 from core.monitoring import QueueStats
 from core.namespaces import external_id
-from core.states import Action, TurnState
+from core.states import Action, JobKind, TurnState
 
 # Limits a client can see in the schema; the service enforces the same (and the token limit).
 CONVERSATION_ID_PATTERN = anchored(contract.CONVERSATION_ID)
@@ -93,6 +93,8 @@ class JobOut(Contract):
     error: JobErrorOut | None = Field(description="Set for failed and incomplete jobs; "
                                       "null for completed and cancelled ones")
     retry_of: str | None = Field(description="The job this one retries")
+    kind: JobKind = Field(description="reply (the turn's reply), regenerate (another reply "
+                          "beside it), continue (more of it: partial_reply starts with it)")
     created_at: Timestamp
     started_at: Timestamp | None
     completed_at: Timestamp | None
@@ -100,8 +102,8 @@ class JobOut(Contract):
     @classmethod
     def of(cls, job: Job) -> JobOut:
         return cls(
-            id=job.id, conversation_id=external_id(job.conversation_id), turn=job.turn, status=job.status,
-            sequence=job.sequence,
+            id=job.id, conversation_id=external_id(job.conversation_id), turn=job.turn,
+            status=job.status, sequence=job.sequence, kind=job.kind,
             steps=[StepOut(name=StepName(s.name), status=s.status, started_at=iso(s.started_at),
                            completed_at=iso(s.completed_at), detail=s.detail)
                    for s in job.steps],
