@@ -46,7 +46,8 @@ def _delete_once(lc: Lifecycle, pipe: Pipeline, cid: str) -> Deleted | None:
     listed = pipe.zscore(keys.conversations_by_activity(), cid) is not None
     if not job_ids and not listed and not pipe.exists(*own, *store_keys):
         return None
-    pipe.watch(*(keys.job(j) for j in job_ids))
+    if job_ids:  # WATCH with no key is an error: an imported conversation has no jobs
+        pipe.watch(*(keys.job(j) for j in job_ids))
     live = [job for j in job_ids if (job := JobStore.read_watched(pipe, j)) is not None
             and not job.status.is_final]
     for job in live:
