@@ -16,6 +16,7 @@ from core.conversations import ConversationReader
 from core.history import history_store
 from core.lifecycle import Lifecycle, Limits
 from core.settings import Settings
+from core.transfer_store import TransferStore
 
 
 def get_settings(request: Request) -> Settings:
@@ -76,3 +77,12 @@ def get_chat_service(request: Request, lifecycle: LifecycleDep, settings: Settin
 
 
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
+
+
+def get_transfer_store(request: Request, client: RedisDep, history: HistoryDep,
+                       settings: SettingsDep) -> TransferStore:
+    return TransferStore(client=client, history=history, broker=request.app.state.broker,
+                         embeddings=settings.embeddings_enabled)
+
+
+TransferStoreDep = Annotated[TransferStore, Depends(get_transfer_store)]

@@ -106,7 +106,9 @@ def operations(url: str) -> list[tuple[str, str]]:
 def call(url: str, method: str, path: str, *, cid: str, job_id: str,
          headers: dict[str, str]) -> httpx.Response:
     target = path.replace("{conversation_id}", cid).replace("{job_id}", job_id)
-    body = {"message": "横取り", "conversation_id": cid} if method == "POST" else None
+    body: dict[str, Any] | None = {"message": "横取り", "conversation_id": cid} if method == "POST" else None
+    if path.endswith("/branch"):
+        body = {"turn": 1}
     params = {"conversation_id": cid} if path == "/api/reset_conversation" else None
     return httpx.request(method, f"{url}{target}", json=body, params=params, headers=headers,
                          timeout=10)
@@ -141,6 +143,9 @@ def test_every_route_refuses_no_token_and_the_other_person(
             assert other.status_code == 403, (method, path)
         elif path in ("/api/conversations", "/"):
             assert other.status_code == 200 and cid not in other.text, (method, path)
+        elif path == "/api/conversations/import":
+            # Makes a conversation of the caller's own; this body is no file: refused.
+            assert other.status_code == 422, (method, path, other.text)
         elif path != "/api/chat" or method == "POST":
             assert other.status_code == 404, (method, path, other.text)
     assert secured.wait_final(ALICE, job_id)["status"] != "cancelled"
