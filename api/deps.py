@@ -18,6 +18,7 @@ from core.history import history_store
 from core.lifecycle import Lifecycle, Limits
 from core.namespaces import internal_id
 from core.settings import Settings
+from core.transfer_store import TransferStore
 
 
 def get_settings(request: Request) -> Settings:
@@ -88,3 +89,12 @@ def own_conversation(conversation_id: Annotated[str, Path(pattern=CONVERSATION_I
 
 # The stored id of the caller's conversation named by the path's {conversation_id}.
 OwnConversationDep = Annotated[str, Depends(own_conversation)]
+
+
+def get_transfer_store(request: Request, client: RedisDep, history: HistoryDep,
+                       settings: SettingsDep) -> TransferStore:
+    return TransferStore(client=client, history=history, broker=request.app.state.broker,
+                         embeddings=settings.embeddings_enabled)
+
+
+TransferStoreDep = Annotated[TransferStore, Depends(get_transfer_store)]

@@ -18,7 +18,7 @@ from api.errors import install_error_handlers
 from api.head import HeadAsGet
 from api.middleware import RequestTimeoutMiddleware, StoreMonitor, request_budget
 from api.openapi_limits import document_limits
-from api.routes import chat, conversations, health, jobs, ops, signin, turns, ui
+from api.routes import chat, conversations, health, jobs, ops, signin, transfer, turns, ui
 from api.security import SameOrigin, SecurityHeaders, TrustedHosts
 from api.watch import JobWatcher
 from context.builder import max_message_tokens
@@ -91,8 +91,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         persona_tokens=count_tokens(settings.persona_text()),
         max_tokens=settings.max_context_tokens)
     install_error_handlers(app)
-    for router in (chat.router, jobs.router, conversations.router, turns.router, health.router,
-                   ops.router, signin.router, ui.router):
+    for router in (chat.router, jobs.router, conversations.router, turns.router,
+                   transfer.router, health.router, ops.router, signin.router, ui.router):
         app.include_router(router)
     add_middlewares(app, settings, store=app.state.store_monitor)
     document_security(app)
@@ -103,7 +103,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def add_middlewares(app: FastAPI, settings: Settings, *, store: StoreMonitor) -> None:
     """Innermost first: the last one added sees a request first (the Host check)."""
     app.add_middleware(RequestTimeoutMiddleware, timeout_s=settings.request_timeout,
-                       budget=request_budget(settings.request_timeout), store=store)
+                       budget=request_budget(settings.request_timeout,
+                                             transfer_s=settings.import_timeout_s),
+                       store=store)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(SameOrigin, allowed_origins=settings.cors_list())
     if settings.cors_list():  # off unless configured: no other site reads our answers

@@ -54,17 +54,22 @@ UNGUARDED_PREFIXES = ("/static/",)
 
 EVENTS_PATH = re.compile(r"^/api/jobs/[^/]+/events$")
 JOB_PATH = re.compile(r"^/api/jobs/[^/]+$")
+# Import and branch index every message they write: MYSISTERDB_IMPORT_TIMEOUT_S (they stop
+# themselves before it, storing nothing).
+TRANSFER_PATH = re.compile(r"^/api/conversations/(import|[^/]+/branch)$")
 MAX_WAIT_S = 30.0
 
 Budget = Callable[[Scope], "float | None"]
 
 
-def request_budget(timeout_s: float) -> Budget:
+def request_budget(timeout_s: float, *, transfer_s: float | None = None) -> Budget:
     """How long a request may take; None: it bounds itself (an SSE stream)."""
     def budget(scope: Scope) -> float | None:
         path = scope.get("path", "")
         if EVENTS_PATH.match(path):
             return None
+        if transfer_s is not None and scope.get("method") == "POST" and TRANSFER_PATH.match(path):
+            return max(timeout_s, transfer_s)
         if scope.get("method") == "GET" and JOB_PATH.match(path):
             return timeout_s + requested_wait(scope)
         return timeout_s

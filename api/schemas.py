@@ -38,7 +38,7 @@ class Contract(BaseModel):
 
 class ErrorDetail(Contract):
     code: str = Field(description="Machine-readable: invalid_input, message_too_large, "
-                      "idempotency_key_reused, not_found, conflict, queue_full, "
+                      "idempotency_key_reused, not_found, conflict, payload_too_large, queue_full, "
                       "store_unavailable, request_timeout, http_405, internal")
     message: str = Field(description="What is wrong, in Japanese, for the user")
 
@@ -205,6 +205,50 @@ class ResetOut(Contract):
     reset: bool
 
 
+# -- export, import, branch (core/transfer.py) ----------------------------------------------
+
+
+class BranchRequest(Contract):
+    turn: int = Field(ge=1, description="The last turn the branch keeps (it must have a reply)")
+    conversation_id: str | None = Field(default=None, pattern=CONVERSATION_ID_PATTERN,
+                                        description="The new conversation's id (generated "
+                                        "when absent; 409 if it is taken)")
+
+
+class CreatedConversationOut(Contract):
+    conversation_id: str
+    turns: int = Field(description="How many turns it holds")
+    source: Literal["branch", "mysisterdb", "sillytavern"] = Field(
+        description="What it was made from: a branch, our JSON export, a SillyTavern chat")
+
+
+class ExportedMessage(Contract):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    created_at: str
+    tokens: int
+    job_id: str | None = Field(default=None, description="Dropped on import")
+
+
+class ExportedTurn(Contract):
+    turn: int = Field(ge=1)
+    user: ExportedMessage
+    chosen: int | None = Field(description="Index of the chosen reply; null without a reply")
+    replies: list[ExportedMessage] = Field(description="Every reply the turn has had "
+                                           "(regenerated turns keep several)")
+
+
+class ExportOut(Contract):
+    """format=json: lossless, and what POST /api/conversations/import takes back."""
+
+    format: Literal["mysisterdb.conversation"]
+    version: Literal[1]
+    conversation_id: str
+    exported_at: Timestamp
+    turns: list[ExportedTurn]
+
+
 # -- signing in ------------------------------------------------------------------------------
 
 
@@ -336,6 +380,7 @@ ERROR_TEXT = {
     403: "A page of another site asked for a change, or the token may not use this route",
     404: "Not found (unknown job or conversation, or another person's)",
     409: "Not possible in the job's current state",
+    413: "The import file is larger than MYSISTERDB_MAX_IMPORT_BYTES",
     422: "Invalid input: bad id, parameter, body, token budget, or a reused Idempotency-Key",
     429: "Too many prompts waiting, or the person's rate limit (Retry-After header)",
     503: "The data store (Redis) is unavailable",

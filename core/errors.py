@@ -13,6 +13,7 @@ worker turns LLM errors into a job's ``error.code``. Messages are for the user, 
     ├── NotFound                         404 not_found (also: another person's conversation
     │                                        or job: no probing which ids exist)
     ├── Conflict                         409 conflict
+    ├── PayloadTooLarge                  413 payload_too_large (an import file over the limit)
     ├── QueueFull                        429 queue_full (Retry-After)
     │   └── RateLimited                  429 rate_limited (Retry-After): one person's limit
     ├── StoreUnavailable                 503 store_unavailable
@@ -113,6 +114,12 @@ class Conflict(MySisterDBError):
     status_code = 409
     code = "conflict"
     default_message = "この操作は今の状態ではできません。"
+
+
+class PayloadTooLarge(MySisterDBError):
+    status_code = 413
+    code = "payload_too_large"
+    default_message = "ファイルが大きすぎます。"
 
 
 class QueueFull(MySisterDBError):

@@ -36,6 +36,8 @@ Layout::
     msdb:metrics:counters        hash   counter name|labels -> value          kept
     msdb:metrics:hist:{name}     hash   histogram buckets, sum, count         kept
     msdb:jobs:last_started_at    string epoch of the last job start           kept
+    msdb:transfer:staging        zset   staging id of an import/branch being written
+                                 -> started (epoch); its keys are msdb:conv:~…:*  transfer_staging_stale_s
 
 Pub/sub channel (not a key): `msdb:jobs:changed` carries "job_id sequence" for every job
 write, published in the write's own transaction; API processes wake long-polls and SSE
@@ -59,6 +61,7 @@ incidents_max = 1000
 summary_pending_ttl_s = 900  # above the longest retry chain of a summary task
 embedding_pending_ttl_s = 300  # above an embedding task's wait in the queue and its limit
 max_alternatives = 10  # replies kept per turn; the oldest is dropped past it
+transfer_staging_stale_s = 3600  # an import's staged keys older than this are leftovers
 recent_replies_max = 50  # the window of the reply time behind 429 (mysisterdb/capacity.py)
 
 
@@ -203,6 +206,12 @@ def metrics_histogram(name: str) -> str:
 
 def last_job_started_at() -> str:
     return f"{PREFIX}:jobs:last_started_at"
+
+
+def transfer_staging() -> str:
+    """Imports and branches being written under a staging id (core/transfer_store.py): the
+    next one deletes what a crashed one left, past transfer_staging_stale_s."""
+    return f"{PREFIX}:transfer:staging"
 
 
 BROKER_PRIORITY_SEP = "\x06\x16"

@@ -105,6 +105,13 @@ class Settings(BaseSettings):
     worker_max_tasks_per_child: int = 200
     worker_max_memory_per_child_mb: int = 400
 
+    # Export, import and branch (core/transfer.py, README "Export, import, branch").
+    max_import_bytes: int = Field(default=20 * 1024 * 1024, ge=1)  # a bigger file: 413
+    max_import_turns: int = Field(default=5000, ge=1)  # a conversation with more: 422
+    # An import or branch indexes every message it writes: it may take longer than an
+    # ordinary request (the request watchdog gives its routes this budget instead).
+    import_timeout_s: float = Field(default=120.0, gt=0)
+
     # Security (docs/runbook.md, "Security settings"). Tokens are secrets: SecretStr, never
     # printed by a repr, registered with the log scrubber.
     # "alice:TOKEN,bob:TOKEN": one access token per person (names: letters, digits, . _ -).

@@ -108,8 +108,10 @@ def call(url: str, method: str, path: str, *, cid: str, job_id: str,
          headers: dict[str, str]) -> httpx.Response:
     target = (path.replace("{conversation_id}", cid).replace("{job_id}", job_id)
               .replace("{turn}", "1"))
-    body = ({"message": "横取り", "conversation_id": cid, "index": 0}
-            if method in ("POST", "PUT") else None)
+    body: dict[str, Any] | None = ({"message": "横取り", "conversation_id": cid, "index": 0}
+                                   if method in ("POST", "PUT") else None)
+    if path.endswith("/branch"):
+        body = {"turn": 1}
     params = {"conversation_id": cid} if path == "/api/reset_conversation" else None
     return httpx.request(method, f"{url}{target}", json=body, params=params, headers=headers,
                          timeout=10)
