@@ -115,7 +115,7 @@ def alternatives_of(raw: bytes | str | None) -> tuple[tuple[Said, ...], int] | N
 
 
 def alternatives_json(record: TurnRecord) -> str:
-    return Alternatives(chosen=record.chosen, replies=[
+    return Alternatives(chosen=record.chosen or 0, replies=[  # written for turns with replies
         Reply(text=s.text, tokens=s.tokens, job_id=s.job_id, created_at=s.created_at)
         for s in record.replies]).dumps()
 
