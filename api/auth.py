@@ -1,9 +1,11 @@
 """Who is asking, for every route: one dependency of the whole app (`authenticate`), so a
 route added later is closed until it is listed as open.
 
-    open      /api/health, /api/current-time (the runbook's monitors), the sign-in page and
-              its script, POST /api/session (signing in), the page's static files
-    page      /: without a session the browser is sent to /signin?next=/
+    open      /api/health (details only for the operator), /api/current-time (the runbook's
+              monitors), the sign-in page and its script, POST /api/session (signing in), the
+              page's static files and the API explorers' scripts
+    page      /, /docs, /redoc: without a session the browser is sent to /signin?next=…
+    document  /openapi.json: any token or session (a person's or the operator's)
     operator  /api/queue, /api/incidents, /metrics: the operator token (or the one person
               of the open and generated modes)
     person    everything else: a person's token (`Authorization: Bearer`) or the page's
@@ -25,10 +27,15 @@ from core.access import SIGN_IN_PATH, Access, Caller
 from core.errors import Forbidden, MySisterDBError, Unauthorized
 
 SESSION_COOKIE = "msdb_session"
+# Over https the cookie takes the __Host- prefix: the browser then keeps it only if it is
+# Secure, for this host alone (no Domain) and path /, so no sibling site can plant one.
+SECURE_SESSION_COOKIE = f"__Host-{SESSION_COOKIE}"
+SESSION_COOKIES = (SECURE_SESSION_COOKIE, SESSION_COOKIE)
 OPEN_PATHS = {"/api/health", "/api/current-time", SIGN_IN_PATH, f"{SIGN_IN_PATH}/script.js",
               "/api/session", "/favicon.ico"}
-OPEN_PREFIXES = ("/static/",)
-PAGE_PATHS = {"/"}
+OPEN_PREFIXES = ("/static/", "/docs/assets/")
+PAGE_PATHS = {"/", "/docs", "/redoc"}
+DOCUMENT_PATHS = {"/openapi.json"}
 OPERATOR_PATHS = {"/api/queue", "/api/incidents", "/metrics"}
 
 
@@ -59,7 +66,7 @@ def identify(request: Request, access: Access) -> Caller | None:
     token = bearer(request)
     if token is not None:
         return access.identify(token)
-    cookie = request.cookies.get(SESSION_COOKIE)
+    cookie = next((request.cookies[n] for n in SESSION_COOKIES if n in request.cookies), None)
     if cookie and access.needs_credentials:
         found = access.session_caller(cookie)
         if found is not None:
@@ -83,7 +90,7 @@ async def authenticate(request: Request) -> None:
         if not caller.operator:
             raise Forbidden("運用者のトークン（MYSISTERDB_OPERATOR_TOKEN）が必要です。")
         return
-    if caller.person is None and path not in PAGE_PATHS:
+    if caller.person is None and path not in PAGE_PATHS | DOCUMENT_PATHS:
         raise Forbidden("運用者のトークンでは会話を扱えません。個人のトークンを使ってください。")
 
 

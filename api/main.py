@@ -16,15 +16,17 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import authenticate, document_security
 from api.errors import install_error_handlers
 from api.head import HeadAsGet
+from api.limits import BodyTooLarge, BoundedInput, on_body_too_large, route_limits
 from api.middleware import RequestTimeoutMiddleware, StoreMonitor, request_budget
 from api.openapi_limits import document_limits
-from api.routes import chat, conversations, health, jobs, ops, signin, transfer, turns, ui
-from api.security import SameOrigin, SecurityHeaders, TrustedHosts
+from api.routes import chat, conversations, docs, health, jobs, ops, signin, transfer, turns, ui
+from api.security import LocalOnly, SameOrigin, SecurityHeaders, TrustedHosts
 from api.watch import JobWatcher
 from context.builder import max_message_tokens
 from context.terms import warm_up as warm_up_terms
 from context.tokens import count_tokens
-from core.access import load_access
+from core.access import Access, load_access
+from core.followers import FollowerSlots
 from core.history import history_store
 from core.lifecycle import Lifecycle, Limits
 from core.llm_check import LLMCheck
@@ -73,7 +75,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.health_redis.close()
 
     app = FastAPI(title="MySisterDB", version="0.1.0", lifespan=lifespan,
-                  description=API_DESCRIPTION, dependencies=[Depends(authenticate)])
+                  description=API_DESCRIPTION, dependencies=[Depends(authenticate)],
+                  # Our own routes (api/routes/docs.py): authenticated, no CDN.
+                  docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     app.state.access = load_access(settings, announce=announce)
     app.state.redis = connect(settings.redis_url, timeout_s=settings.redis_timeout_s)
@@ -82,6 +86,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.watcher = JobWatcher(url=settings.redis_url, timeout_s=settings.redis_timeout_s)
     app.state.store_monitor = StoreMonitor(url=settings.redis_url)
     app.state.limiter = SubmitLimiter(client=app.state.redis, rate=settings.rate_limit)
+    # Open mode is this machine's one user (and the long-poll bench's 200 waiters): the cap
+    # is for people who reach the API from elsewhere.
+    app.state.followers = (FollowerSlots(client=app.state.redis,
+                                         cap=settings.max_followers_per_person)
+                           if app.state.access.needs_credentials else None)
     app.state.metrics_registry = metrics_registry(app.state.redis, settings,
                                                   watcher=app.state.watcher)
     broker = CeleryBroker(create_celery(settings,
@@ -91,17 +100,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         persona_tokens=count_tokens(settings.persona_text()),
         max_tokens=settings.max_context_tokens)
     install_error_handlers(app)
+    app.add_exception_handler(BodyTooLarge, on_body_too_large)
     for router in (chat.router, jobs.router, conversations.router, turns.router,
-                   transfer.router, health.router, ops.router, signin.router, ui.router):
+                   transfer.router, health.router, ops.router, signin.router, docs.router,
+                   ui.router):
         app.include_router(router)
-    add_middlewares(app, settings, store=app.state.store_monitor)
+    add_middlewares(app, settings, store=app.state.store_monitor, access=app.state.access)
     document_security(app)
     document_limits(app, settings)
     return app
 
 
-def add_middlewares(app: FastAPI, settings: Settings, *, store: StoreMonitor) -> None:
-    """Innermost first: the last one added sees a request first (the Host check)."""
+def add_middlewares(app: FastAPI, settings: Settings, *, store: StoreMonitor,
+                    access: Access) -> None:
+    """Innermost first: the last one added sees a request first (the input bounds)."""
     app.add_middleware(RequestTimeoutMiddleware, timeout_s=settings.request_timeout,
                        budget=request_budget(settings.request_timeout,
                                              transfer_s=settings.import_timeout_s),
@@ -115,7 +127,12 @@ def add_middlewares(app: FastAPI, settings: Settings, *, store: StoreMonitor) ->
                                           "Last-Event-ID"],
                            expose_headers=["Location", "Retry-After"], max_age=600)
     app.add_middleware(TrustedHosts, allowed=settings.host_list())
-    app.add_middleware(HeadAsGet)  # outermost: every layer answers a HEAD as its GET
+    if not access.needs_credentials:  # open mode: this machine only, never through a proxy
+        app.add_middleware(LocalOnly)
+    app.add_middleware(HeadAsGet)  # every layer inside answers a HEAD as its GET
+    app.add_middleware(BoundedInput, max_body=settings.max_body, routes=route_limits(settings),
+                       max_query=settings.max_query_bytes,
+                       max_headers=settings.max_header_bytes)  # outermost: before anything
 
 
 def announce(text: str) -> None:

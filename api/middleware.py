@@ -50,7 +50,7 @@ PROBE_TIMEOUT_S = 0.5
 DOWN_AFTER_S = 0.6  # no PING answered for this long: Redis is down (noticed within ~0.8 s)
 UNGUARDED = {"/api/health", "/api/current-time", "/", "/signin", "/signin/script.js",
              "/api/session", "/favicon.ico", "/openapi.json", "/docs", "/redoc"}
-UNGUARDED_PREFIXES = ("/static/",)
+UNGUARDED_PREFIXES = ("/static/", "/docs/assets/")
 
 EVENTS_PATH = re.compile(r"^/api/jobs/[^/]+/events$")
 JOB_PATH = re.compile(r"^/api/jobs/[^/]+$")

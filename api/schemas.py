@@ -360,11 +360,14 @@ class HealthOut(Contract):
     status: Literal["ok", "degraded", "unavailable"] = Field(
         description="ok; degraded (200): the stack runs but the LLM endpoint does not answer; "
                     "unavailable (503): Redis, the workers or consumption is not ok")
-    redis: Check
+    ok: bool = Field(description="Whether chats can be answered now (status is not unavailable)")
+    # The details only for the operator (anyone in open mode): worker host names, the LLM
+    # endpoint and the queue say too much about the deployment to tell the whole internet.
+    redis: Check | None = None
     workers: WorkersCheck | None = None
     consuming: Check | None = None
     queue: QueueSummary | None = None
-    llm: LLMInfo
+    llm: LLMInfo | None = None
     time: Timestamp
 
 

@@ -9,7 +9,11 @@
   Origin is not the API's own (nor in MYSISTERDB_CORS_ORIGINS), or the browser says it is
   cross-site / same-site (Sec-Fetch-Site; another port of localhost is "same-site"). Clients
   that are not browsers send neither header and are judged by their token alone.
-- SecurityHeaders: every answer gets nosniff, a same-origin referrer policy and no framing;
+- LocalOnly (open mode only): the API trusts that nobody but this machine talks to it, so a
+  request that shows a proxy on its way (Forwarded, X-Forwarded-*, X-Real-IP, or a Host
+  that is not a loopback name) is refused: 403 proxy_needs_token, which says to set tokens.
+- SecurityHeaders: every answer gets nosniff, a same-origin referrer policy and no framing
+  (and HSTS over https);
   an HTML page without its own Content-Security-Policy gets one that allows only its own files and the
   inline blocks it was sent with (by hash), and nothing from elsewhere.
 """
@@ -26,6 +30,9 @@ from urllib.parse import urlsplit
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.access import is_loopback
+from core.errors import ProxyNeedsToken
+
 logger = logging.getLogger(__name__)
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -35,18 +42,22 @@ INLINE = re.compile(rb"<(script|style)(\s[^>]*)?>(.*?)</\1>", re.S | re.I)
 BASE_CSP = ("default-src 'none'; script-src 'self'{scripts}; style-src 'self'{styles}; "
             "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; "
             "frame-ancestors 'none'")
-# FastAPI's API explorers load their scripts from a CDN: they keep no CSP of ours (they show
-# the API's description, no data; calls from them carry the visitor's own credentials).
-NO_DEFAULT_CSP = {"/docs", "/redoc", "/docs/oauth2-redirect"}
+HSTS = (b"strict-transport-security", b"max-age=31536000")
+FORWARDING_HEADERS = {b"forwarded", b"x-forwarded-for", b"x-forwarded-proto",
+                      b"x-forwarded-host", b"x-forwarded-port", b"x-real-ip"}
 COMMON_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin"),
                   (b"x-frame-options", b"DENY")]
 
 
-async def refuse(send: Send, status: int, code: str, message: str) -> None:
+async def refuse(send: Send, status: int, code: str, message: str, *,
+                 close: bool = False) -> None:
+    """An error answer from a middleware (no route ran); `close`: end the connection after
+    it (a body left unread)."""
     body = json.dumps({"error": {"code": code, "message": message}}, ensure_ascii=False).encode()
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+                "headers": [*headers, (b"connection", b"close")] if close else headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -81,6 +92,26 @@ class TrustedHosts:
                                name[:100])
                 await refuse(send, 400, "invalid_host",
                              "このホスト名では受け付けていません（MYSISTERDB_ALLOWED_HOSTS）。")
+                return
+        await self.app(scope, receive, send)
+
+
+class LocalOnly:
+    """Open mode's own guard: only this machine, directly."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            names = {name.lower() for name, _ in scope.get("headers", [])}
+            host = host_name(Headers(scope=scope).get("host", ""))
+            proxied = sorted(n.decode() for n in names & FORWARDING_HEADERS)
+            if proxied or not is_loopback(host):
+                logger.warning("refused a request through a proxy in open mode (%s): set "
+                               "MYSISTERDB_API_TOKENS", ", ".join(proxied) or f"Host {host[:100]!r}")
+                error = ProxyNeedsToken()
+                await refuse(send, error.status_code, error.code, error.message)
                 return
         await self.app(scope, receive, send)
 
@@ -172,11 +203,12 @@ class SecurityHeaders:
             if message["type"] == "http.response.start":
                 names = {k.lower() for k, _ in message.get("headers", [])}
                 extra = [(k, v) for k, v in COMMON_HEADERS if k not in names]
+                if scope.get("scheme") == "https":  # as a trusted proxy says (uvicorn)
+                    extra.append(HSTS)
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
                 html = Headers(raw=message["headers"]).get("content-type", "").startswith(
                     "text/html")
-                if (html and b"content-security-policy" not in names
-                        and scope.get("path") not in NO_DEFAULT_CSP):
+                if html and b"content-security-policy" not in names:
                     held.append(message)
                     return
             if held:

@@ -2,11 +2,15 @@
 
 Three modes, chosen at start from the settings (docs/runbook.md, "Security settings"):
 
-    open       no token configured and the API listens on loopback only: as before, one
-               person (`OWNER`), who is also the operator; nobody signs in.
-    generated  no token configured and the API listens on any other address (a container's
-               0.0.0.0 included): a token is generated at first start, kept 0600 in the data
-               directory (`mysisterdb token` prints it), and is `OWNER`'s and the operator's.
+    open       no token configured and everything says only this machine talks to the API
+               (`local_only`): a loopback bind, only loopback names in
+               MYSISTERDB_ALLOWED_HOSTS, no MYSISTERDB_PUBLIC_URL. One person (`OWNER`), who
+               is also the operator; nobody signs in. A request that still arrives through
+               a proxy (forwarding headers, another Host) is refused: 403 proxy_needs_token.
+    generated  no token configured and anything else (a container's 0.0.0.0, a public URL, a
+               domain in the allowed hosts: a proxy in front): fail closed. A token is
+               generated at first start, kept 0600 in the data directory (`mysisterdb token`
+               prints it), and is `OWNER`'s and the operator's.
     tokens     MYSISTERDB_API_TOKENS / MYSISTERDB_API_TOKENS_FILE name the people;
                MYSISTERDB_OPERATOR_TOKEN (if set) opens the operator routes.
 
@@ -116,6 +120,19 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def not_local_because(settings: Settings) -> str | None:
+    """Why the settings say that others may reach the API (so open mode would hand them
+    everything), or None when only this machine can."""
+    if not is_loopback(settings.host):
+        return f"it listens on {settings.host}"
+    if settings.public_url:
+        return "MYSISTERDB_PUBLIC_URL is set"
+    others = [h for h in settings.host_list() if not is_loopback(h.strip("[]"))]
+    if others:
+        return f"MYSISTERDB_ALLOWED_HOSTS names {', '.join(others)}"
+    return None
+
+
 @dataclass
 class Access:
     """The policy in force: who each token is, and the page's sessions."""
@@ -206,8 +223,11 @@ def load_access(settings: Settings, *, announce: Announce | None = None) -> Acce
     session_s = settings.session_days * 86400
     if people:
         return Access(Mode.TOKENS, people, operator, session_s)
-    if is_loopback(settings.host):
+    because = not_local_because(settings)
+    if because is None:
         return Access(Mode.OPEN, {}, operator, session_s)
+    logger.warning("no access token configured and %s: signing in is required "
+                   "(generated token)", because)
     created = not settings.api_token_file.exists()
     token = generated_token(settings.api_token_file)
     access = Access(Mode.GENERATED, {OWNER: token}, operator, session_s)

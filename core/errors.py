@@ -9,13 +9,19 @@ worker turns LLM errors into a job's ``error.code``. Messages are for the user, 
     │   └── IdempotencyKeyReused         422 idempotency_key_reused
     ├── Unauthorized                     401 unauthorized (WWW-Authenticate: Bearer)
     ├── Forbidden                        403 forbidden (a person's token on an operator route,
-    │                                        or a cross-site request)
+    │   │                                    or a cross-site request)
+    │   └── ProxyNeedsToken              403 proxy_needs_token (open mode reached through a
+    │                                        proxy: tokens are needed)
     ├── NotFound                         404 not_found (also: another person's conversation
     │                                        or job: no probing which ids exist)
     ├── Conflict                         409 conflict
-    ├── PayloadTooLarge                  413 payload_too_large (an import file over the limit)
+    ├── PayloadTooLarge                  413 payload_too_large (a body over its limit)
+    ├── UriTooLong                       414 uri_too_long (a query string over its limit)
+    ├── HeadersTooLarge                  431 headers_too_large (headers over their limit)
     ├── QueueFull                        429 queue_full (Retry-After)
-    │   └── RateLimited                  429 rate_limited (Retry-After): one person's limit
+    │   ├── RateLimited                  429 rate_limited (Retry-After): one person's limit
+    │   └── TooManyStreams               429 too_many_streams (Retry-After): one person's
+    │                                        open event streams and long-polls
     ├── StoreUnavailable                 503 store_unavailable
     └── LLMError                         job error code llm_error
         └── LLMTimeout                   job error code llm_timeout
@@ -104,6 +110,34 @@ class Forbidden(MySisterDBError):
     default_message = "この操作は許可されていません。"
 
 
+class ProxyNeedsToken(Forbidden):
+    """Open mode (no token) trusts that only this machine talks to it: a request that came
+    through a proxy (forwarding headers, another Host) proves otherwise."""
+
+    code = "proxy_needs_token"
+    default_message = ("プロキシ経由のアクセスです。トークンなしでは、このマシンからの直接の"
+                       "アクセスしか受け付けません。MYSISTERDB_API_TOKENS を設定して再起動して"
+                       "ください。")
+
+
+class PayloadTooLarge(MySisterDBError):
+    status_code = 413
+    code = "payload_too_large"
+    default_message = "リクエストが大きすぎます。小さくしてもう一度送ってください。"
+
+
+class UriTooLong(MySisterDBError):
+    status_code = 414
+    code = "uri_too_long"
+    default_message = "URL（クエリ文字列）が長すぎます。"
+
+
+class HeadersTooLarge(MySisterDBError):
+    status_code = 431
+    code = "headers_too_large"
+    default_message = "リクエストのヘッダーが大きすぎます（Cookie を消すと直ることがあります）。"
+
+
 class NotFound(MySisterDBError):
     status_code = 404
     code = "not_found"
@@ -114,12 +148,6 @@ class Conflict(MySisterDBError):
     status_code = 409
     code = "conflict"
     default_message = "この操作は今の状態ではできません。"
-
-
-class PayloadTooLarge(MySisterDBError):
-    status_code = 413
-    code = "payload_too_large"
-    default_message = "ファイルが大きすぎます。"
 
 
 class QueueFull(MySisterDBError):
@@ -137,6 +165,14 @@ class RateLimited(QueueFull):
 
     code = "rate_limited"
     default_message = "短い時間にたくさん送られました。少し待ってからもう一度送ってください。"
+
+
+class TooManyStreams(QueueFull):
+    """One person holds MYSISTERDB_MAX_FOLLOWERS_PER_PERSON event streams and long-polls."""
+
+    code = "too_many_streams"
+    default_message = ("同時に開いている応答の待ち受けが多すぎます。ほかのタブや接続を閉じてから"
+                       "もう一度試してください。")
 
 
 class StoreUnavailable(MySisterDBError):

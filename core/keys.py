@@ -29,6 +29,8 @@ Layout::
     msdb:conversations:activity  zset   conversation id -> last activity (epoch) kept
     msdb:person:{name}:conversations zset the person's conversations -> last activity kept
     msdb:ratelimit/...           the `limits` library's counters (per person)  its window
+    msdb:person:{name}:followers zset   open event stream / long-poll -> lease end (epoch)
+                                 (members past their lease are dropped)  follower_lease_s
     msdb:incidents               list   incident JSON, newest first          incidents_max
     msdb:worker:heartbeat:{host} string a worker's heartbeat JSON            worker_heartbeat_ttl_s
     msdb:workers                 set    hostnames that sent a heartbeat (readers drop expired) kept
@@ -62,6 +64,9 @@ summary_pending_ttl_s = 900  # above the longest retry chain of a summary task
 embedding_pending_ttl_s = 300  # above an embedding task's wait in the queue and its limit
 max_alternatives = 10  # replies kept per turn; the oldest is dropped past it
 transfer_staging_stale_s = 3600  # an import's staged keys older than this are leftovers
+# A slot of an open event stream or long-poll is leased this long and renewed while it is
+# open: an API that dies (kill -9) holding slots gives them back within this.
+follower_lease_s = 60
 recent_replies_max = 50  # the window of the reply time behind 429 (mysisterdb/capacity.py)
 
 
@@ -112,6 +117,11 @@ def conv_owner(conversation_id: str) -> str:
 def person_conversations(person: str) -> str:
     """One person's conversations by last activity: their conversation list."""
     return f"{PREFIX}:person:{person}:conversations"
+
+
+def person_followers(person: str) -> str:
+    """The person's open event streams and long-polls, across every API process."""
+    return f"{PREFIX}:person:{person}:followers"
 
 
 RATE_LIMIT_PREFIX = f"{PREFIX}:ratelimit"  # given to `limits`' RedisStorage as key_prefix

@@ -106,7 +106,6 @@ class Settings(BaseSettings):
     worker_max_memory_per_child_mb: int = 400
 
     # Export, import and branch (core/transfer.py, README "Export, import, branch").
-    max_import_bytes: int = Field(default=20 * 1024 * 1024, ge=1)  # a bigger file: 413
     max_import_turns: int = Field(default=5000, ge=1)  # a conversation with more: 422
     # An import or branch indexes every message it writes: it may take longer than an
     # ordinary request (the request watchdog gives its routes this budget instead).
@@ -132,6 +131,25 @@ class Settings(BaseSettings):
     # (compose: the secrets volume).
     redis_password: SecretStr | None = None
     redis_password_file: Path | None = None
+    # Bounded input (api/limits.py), enforced while the body arrives, before anything reads
+    # it. Unset: sized from the longest message (see max_body).
+    max_body_bytes: int | None = Field(default=None, ge=1024)
+    max_import_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)  # an import: 413 above
+    max_header_bytes: int = Field(default=16 * 1024, ge=4096)  # request line + headers (h11)
+    max_query_bytes: int = Field(default=4096, ge=256)
+    # Proxies whose X-Forwarded-For/-Proto uvicorn believes (addresses or networks, "*":
+    # all); from anyone else they are ignored (scheme and client address stay the socket's).
+    forwarded_allow_ips: str = "127.0.0.1,::1"
+    # Event streams and long-polls one person may hold open at once, across API processes.
+    max_followers_per_person: int = Field(default=8, ge=1)
+
+    @property
+    def max_body(self) -> int:
+        # A message's character may arrive as a JSON escape pair (a surrogate pair, 12 bytes),
+        # plus room for the other fields and whitespace.
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return self.max_message_chars * 12 + 16 * 1024
 
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> Settings:

@@ -39,8 +39,12 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     exit_when_orphaned()
+    # h11 (not httptools, were it installed): its buffer limit bounds the request line and
+    # headers before the app sees them. Forwarded headers only from the proxies named.
     uvicorn.run("api.main:create_app", factory=True, host=settings.host, port=settings.port,
-                log_level=settings.log_level.lower(), timeout_graceful_shutdown=5)
+                log_level=settings.log_level.lower(), timeout_graceful_shutdown=5,
+                http="h11", h11_max_incomplete_event_size=settings.max_header_bytes,
+                proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips)
     return 0
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from api.deps import (
     CallerDep,
@@ -32,6 +32,8 @@ router = APIRouter(prefix="/api", tags=["conversations"])
 ConversationId = Annotated[str, Path(pattern=CONVERSATION_ID_PATTERN,
                                      description="Letters, digits, - and _ (1-64)")]
 ISO_TIME = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})?$"
+LEGACY_RESET_GONE = ("GET /api/reset_conversation はトークンなしの（このマシンだけの）構成でしか"
+                     "使えません。POST /api/conversations/{id}/reset を使ってください。")
 MAX_SEQ = 2**53  # a seq beyond any conversation; bigger numbers are refused
 
 
@@ -118,9 +120,13 @@ def reset_conversation(conversation_id: ConversationId, history: HistoryDep,
 
 @router.get("/reset_conversation", response_model=ResetOut, responses=errors(404))
 def reset_conversation_legacy(
-    history: HistoryDep, lifecycle: LifecycleDep, caller: CallerDep,
+    request: Request, history: HistoryDep, lifecycle: LifecycleDep, caller: CallerDep,
     conversation_id: Annotated[str, Query(pattern=CONVERSATION_ID_PATTERN)] = "default",
 ) -> ResetOut:
-    """The old runbook's emergency reset, kept for those who know it: the caller's own
-    conversation only, and refused when a page of another site triggers it."""
+    """The old runbook's emergency reset, kept for those who know it, in open mode only (a
+    GET that changes state is a link away from misuse): the caller's own conversation only,
+    refused when a page of another site triggers it. With tokens: 404, use
+    POST /api/conversations/{id}/reset."""
+    if request.app.state.access.needs_credentials:
+        raise NotFound(LEGACY_RESET_GONE)
     return reset(conversation_id, history, lifecycle, caller)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from api.schemas import ErrorBody, HealthOut, TimeOut
+from core.access import Caller
 from core.llm_check import PENDING, LLMCheck, LLMStatus
 from core.models import iso, utcnow
 from core.monitoring import QueueStats, queue_stats
@@ -18,6 +19,7 @@ from core.settings import Settings
 router = APIRouter(prefix="/api", tags=["health"])
 T = TypeVar("T")
 
+PUBLIC_HEALTH = ("status", "ok", "time")  # what anyone may know; the rest is the operator's
 HEALTH_BUDGET_S = 0.8  # the whole check, whatever is down: health answers within 1 s
 FIRST_LLM_CHECK_WAIT_S = 0.5  # only when the LLM check has no recent result (see LLMCheck.status)
 
@@ -100,17 +102,22 @@ async def llm_status(llm_check: LLMCheck) -> LLMStatus:
                                              "MYSISTERDB_REQUEST_TIMEOUT"}})
 async def health(request: Request) -> JSONResponse:
     """200 when Redis answers, a worker is alive and prompts get picked up (`degraded`
-    when the LLM endpoint does not answer its check); else 503."""
+    when the LLM endpoint does not answer its check); else 503. Without the operator's
+    credentials only `status`, `ok` and `time`; the operator (anyone in open mode) also
+    sees Redis, the workers, consumption, the queue and the LLM endpoint."""
     settings: Settings = request.app.state.settings
     llm_check: LLMCheck = request.app.state.llm_check
     # Both at once, each in a thread: neither may hold the event loop or the other.
     llm, (healthy, body) = await asyncio.gather(
         llm_status(llm_check), stack_check(request.app.state.health_redis, settings))
     status, code = overall(healthy, llm)
-    body.update({"status": status, "llm": llm_info(settings, llm, llm_check.url),
-                 "time": iso(utcnow())})
-    return JSONResponse(HealthOut.model_validate(body).model_dump(mode="json"),
-                        status_code=code)
+    body.update({"status": status, "ok": code == 200, "time": iso(utcnow()),
+                 "llm": llm_info(settings, llm, llm_check.url)})
+    out = HealthOut.model_validate(body).model_dump(mode="json")
+    caller: Caller | None = getattr(request.state, "caller", None)
+    if caller is None or not caller.operator:
+        out = {name: out[name] for name in PUBLIC_HEALTH}
+    return JSONResponse(out, status_code=code)
 
 
 @router.get("/current-time", response_model=TimeOut, responses={

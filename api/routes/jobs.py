@@ -1,15 +1,20 @@
 """Follow a job: read it, long-poll it (?wait=&after=), stream it (SSE), cancel or retry it.
 
 Long-polls and streams are async and wait on `api.watch.JobWatcher` (pub/sub): a waiting
-client holds neither a thread nor a worker.
+client holds neither a thread nor a worker. Each holds one of its person's follower slots
+(MYSISTERDB_MAX_FOLLOWERS_PER_PERSON across API processes, core/followers.py): beyond them
+429 too_many_streams.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, cast
 
+import anyio
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
@@ -25,10 +30,12 @@ from api.errors import NoContent
 from api.schemas import ACCEPTED, JOB_ID_PATTERN, MAX_WAIT_S, JobOut, errors, stream_errors
 from api.watch import JobWatcher
 from core.access import Caller
-from core.errors import JOB_NOT_FOUND, NotFound
+from core.errors import JOB_NOT_FOUND, NotFound, TooManyStreams
+from core.followers import FollowerSlots
 from core.lifecycle import owned_by
 from core.models import Job
 
+logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
 JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="A job id (32 hex digits)")]
@@ -48,7 +55,36 @@ async def current(request: Request, job: Job | None, caller: Caller) -> Job:
     return job
 
 
-@router.get("/{job_id}", response_model=JobOut, responses=errors(404))
+NO_SLOT = ""  # open mode counts nothing (app.state.followers is None)
+
+
+async def take_slot(request: Request, caller: Caller) -> str:
+    slots: FollowerSlots | None = request.app.state.followers
+    if slots is None:
+        return NO_SLOT
+    slot = await run_in_threadpool(slots.take, caller.person or "")
+    if slot is None:
+        logger.warning("%s holds %d event streams and long-polls: refused one more",
+                       caller.person, slots.cap)
+        raise TooManyStreams()
+    return slot
+
+
+async def give_back(request: Request, caller: Caller, slot: str) -> None:
+    slots: FollowerSlots | None = request.app.state.followers
+    if slots is None:
+        return
+    # Shielded: a stream ends by cancellation when its client goes, and the slot must still
+    # be given back (if Redis does not answer, the lease lapses by itself).
+    with anyio.CancelScope(shield=True):
+        try:
+            await run_in_threadpool(slots.give_back, caller.person or "", slot)
+        except Exception as exc:  # any Redis failure: the lease ends it
+            logger.warning("follower slot not given back (%s): it lapses with its lease",
+                           type(exc).__name__)
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=errors(404, 429))
 async def get_job(
     job_id: JobId, request: Request, watcher: WatcherDep, caller: CallerDep,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description=(
@@ -62,9 +98,19 @@ async def get_job(
     job = await current(request, await watcher.read(job_id), caller)
     if wait > 0:
         seen = job.sequence if after is None else after
-        job = await current(request, await watcher.wait_past(job_id, after=seen, timeout_s=wait),
-                            caller)
+        slot = await take_slot(request, caller)
+        try:
+            job = await current(request, await watcher.wait_past(job_id, after=seen,
+                                                                 timeout_s=wait), caller)
+        finally:
+            await give_back(request, caller, slot)
     return JobOut.of(job)
+
+
+@dataclass(frozen=True)
+class StreamStart:
+    seen: int  # the sequence the client has
+    slot: str  # the person's follower slot the stream holds
 
 
 async def stream_start(
@@ -74,33 +120,47 @@ async def stream_start(
         description="The last event id received (sent back by EventSource on reconnect)")] = None,
     after: Annotated[int | None, Query(ge=0, description=(
         "Same as Last-Event-ID, for clients that cannot set headers"))] = None,
-) -> int:
-    """Where the stream starts (the sequence the client has); 404 for an unknown job, 204
-    when the client already has the final state (EventSource then stops reconnecting)."""
+) -> StreamStart:
+    """Where the stream starts (the sequence the client has) and its follower slot; 404 for
+    an unknown job, 204 when the client already has the final state (EventSource then
+    stops reconnecting), 429 when the person holds too many streams."""
     seen = int(last_event_id) if last_event_id is not None else (after if after is not None
                                                                   else -1)
     job = await current(request, await watcher.read(job_id), caller)
     if job.status.is_final and job.sequence <= seen:
         raise NoContent()
-    return seen
+    return StreamStart(seen=seen, slot=await take_slot(request, caller))
 
 
 @router.get("/{job_id}/events", response_class=EventSourceResponse,
             responses={204: {"description": "The client already has the final state: "
-                             "EventSource stops reconnecting"}, **stream_errors(404)})
-async def job_events(job_id: JobId, watcher: WatcherDep,
-                     seen: Annotated[int, Depends(stream_start)]) -> AsyncIterator[JobOut]:
+                             "EventSource stops reconnecting"}, **stream_errors(404, 429)})
+async def job_events(job_id: JobId, watcher: WatcherDep, request: Request, caller: CallerDep,
+                     start: Annotated[StreamStart, Depends(stream_start)]
+                     ) -> AsyncIterator[JobOut]:
     """Server-Sent Events: one event per change, `id:` = the job's sequence, `data:` = the
     whole job (changes that land together arrive as one event). Resumes after
     `Last-Event-ID`; ends after the final state (and after 300 s: EventSource reconnects)."""
-    async for job in changes(watcher, job_id, seen=seen):
-        yield event(job)
+    slots: FollowerSlots | None = request.app.state.followers
+
+    async def renew() -> None:  # each wait (<= SSE_WAIT_S) renews the slot's lease
+        if slots is not None:
+            await run_in_threadpool(slots.renew, caller.person or "", start.slot)
+
+    try:
+        async for job in changes(watcher, job_id, seen=start.seen, renew=renew):
+            yield event(job)
+    finally:
+        await give_back(request, caller, start.slot)
 
 
-async def changes(watcher: JobWatcher, job_id: str, *, seen: int) -> AsyncIterator[Job]:
+async def changes(watcher: JobWatcher, job_id: str, *, seen: int,
+                  renew: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[Job]:
     loop = asyncio.get_running_loop()
     ends = loop.time() + SSE_MAX_S
     while (left := ends - loop.time()) > 0:
+        if renew is not None:
+            await renew()
         job = await watcher.wait_past(job_id, after=seen, timeout_s=min(left, SSE_WAIT_S))
         if job is None:
             return  # deleted: a reconnect gets 404

@@ -22,7 +22,8 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from api.auth import SESSION_COOKIE
+from api.auth import SECURE_SESSION_COOKIE, SESSION_COOKIE, SESSION_COOKIES
+from api.limits import SIGN_IN_FORM_BYTES
 from api.schemas import SessionOut, SignInRequest, errors
 from core.access import SIGN_IN_PATH, Access, Caller
 from core.errors import InvalidInput, Unauthorized
@@ -32,7 +33,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(tags=["session"])
 
 SCRIPT = Path(__file__).resolve().parent.parent / "static" / "signin.js"
-MAX_FORM_BYTES = 4096
 PAGE = """<!doctype html>
 <html lang="ja"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -101,15 +101,18 @@ def sign_in_script() -> Response:
 
 
 def set_session(request: Request, response: Response, access: Access, person: str) -> None:
-    response.set_cookie(SESSION_COOKIE, access.new_session(person),
-                        max_age=int(access.session_s), path="/", httponly=True,
-                        samesite="strict", secure=request.url.scheme == "https")
+    # https as uvicorn sees it: the socket's, or X-Forwarded-Proto from a trusted proxy
+    # (MYSISTERDB_FORWARDED_ALLOW_IPS).
+    https = request.url.scheme == "https"
+    response.set_cookie(SECURE_SESSION_COOKIE if https else SESSION_COOKIE,
+                        access.new_session(person), max_age=int(access.session_s), path="/",
+                        httponly=True, samesite="strict", secure=https)
 
 
 async def read_form(request: Request) -> tuple[str, str]:
     """(token, next) from the sign-in form."""
     body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
+    if len(body) > SIGN_IN_FORM_BYTES:  # the middleware cut it already: a second guard
         raise InvalidInput("リクエストが大きすぎます。")
     fields = parse_qs(body.decode("utf-8", errors="replace"))
     return fields.get("token", [""])[0].strip(), local_path(fields.get("next", ["/"])[0])
@@ -167,5 +170,7 @@ def who(request: Request) -> SessionOut:
 def sign_out() -> Response:
     """Sign out: the session cookie is cleared (a bearer token is unaffected)."""
     response = Response(status_code=204)
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    for name in SESSION_COOKIES:
+        response.delete_cookie(name, path="/", httponly=True, samesite="strict",
+                               secure=name == SECURE_SESSION_COOKIE)
     return response

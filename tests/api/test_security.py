@@ -99,7 +99,7 @@ def snapshot(client: redis.Redis, cid: str, job_id: str) -> dict[bytes, bytes | 
 
 
 def operations(url: str) -> list[tuple[str, str]]:
-    document = httpx.get(f"{url}/openapi.json", timeout=5).json()
+    document = httpx.get(f"{url}/openapi.json", headers=bearer(ALICE), timeout=5).json()
     return [(method.upper(), path) for path, ops in document["paths"].items()
             for method in ops]
 
@@ -184,7 +184,9 @@ def test_alice_sees_her_own_and_the_operator_sees_the_queue(
 
 def test_health_and_time_stay_open(secured: Secured) -> None:
     assert httpx.get(f"{secured.url}/api/current-time", timeout=5).status_code == 200
-    assert httpx.get(f"{secured.url}/api/health", timeout=5).json()["redis"]["ok"] is True
+    assert httpx.get(f"{secured.url}/api/health", timeout=5).json()["ok"] is True
+    details = httpx.get(f"{secured.url}/api/health", headers=bearer(OPERATOR), timeout=5)
+    assert details.json()["redis"]["ok"] is True  # the details are the operator's
 
 
 def test_idempotency_keys_are_each_persons_own(secured: Secured) -> None:
@@ -227,13 +229,16 @@ def test_a_foreign_origin_cannot_change_anything(secured: Secured) -> None:
     reset = httpx.get(f"{secured.url}/api/reset_conversation", params={"conversation_id": cid},
                       headers={**bearer(ALICE), "Sec-Fetch-Site": "cross-site"}, timeout=5)
     assert reset.status_code == 403
-    # The same requests from the API's own page, and the runbook's GET reset with a token.
+    # The same requests from the API's own page; the runbook's GET reset is open mode's only.
     own = secured.stack.api_url
     r = secured.submit(ALICE, cid, "自分のページから", Origin=own, **{"Sec-Fetch-Site": "same-origin"})
     assert r.status_code == 202, r.text
     secured.wait_final(ALICE, r.json()["id"])
     reset = httpx.get(f"{secured.url}/api/reset_conversation", params={"conversation_id": cid},
                       headers=bearer(ALICE), timeout=5)
+    assert reset.status_code == 404
+    reset = httpx.post(f"{secured.url}/api/conversations/{cid}/reset", headers=bearer(ALICE),
+                       timeout=5)
     assert reset.status_code == 200 and reset.json()["reset"] is True
     assert httpx.options(f"{secured.url}/api/chat", timeout=5, headers={
         "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
