@@ -37,7 +37,8 @@ def delete_conversation(lc: Lifecycle, conversation_id: str) -> Deleted | None:
 
 def _delete_once(lc: Lifecycle, pipe: Pipeline, cid: str) -> Deleted | None:
     own = [keys.conv_turn(cid), keys.conv_jobs(cid), keys.conv_active(cid),
-           keys.conv_summarizing(cid), keys.conv_embedding(cid), keys.conv_owner(cid)]
+           keys.conv_summarizing(cid), keys.conv_embedding(cid), keys.conv_owner(cid),
+           keys.conv_alternatives(cid)]
     pipe.watch(*own)
     owner = stored_owner(pipe.get(keys.conv_owner(cid)), existed=True)
     store_keys = lc.history.conversation_keys(cid, watching=pipe)

@@ -30,6 +30,7 @@ SECURITY_DB = 4
 ALICE = "alice-token-" + "a" * 24
 BOB = "bob-token-" + "b" * 24
 CAROL = "carol-token-" + "c" * 24  # only for the rate limit
+DAVE = "dave-token-" + "d" * 24  # only for probing every route (it spends his rate limit)
 OPERATOR = "operator-token-" + "o" * 24
 RATE = 6  # per minute and person
 OPEN_PATHS = {"/api/health", "/api/current-time", "/api/session"}
@@ -70,7 +71,7 @@ def secured(redis_server: RedisServer,
     client = redis.Redis.from_url(url, socket_timeout=5)
     client.flushdb()
     running = start_stack(redis_url=url, log_dir=tmp_path_factory.mktemp("security"), extra={
-        "MYSISTERDB_API_TOKENS": f"alice:{ALICE},bob:{BOB},carol:{CAROL}",
+        "MYSISTERDB_API_TOKENS": f"alice:{ALICE},bob:{BOB},carol:{CAROL},dave:{DAVE}",
         "MYSISTERDB_OPERATOR_TOKEN": OPERATOR,
         "MYSISTERDB_RATE_LIMIT": f"{RATE}/minute"})
     yield Secured(stack=running, redis=client)
@@ -141,20 +142,20 @@ def test_every_route_refuses_no_token_and_the_other_person(
         anonymous = call(secured.url, method, path, cid=cid, job_id=job_id, headers={})
         expected = 303 if path == "/" else 401
         assert anonymous.status_code == expected, (method, path, anonymous.text)
-    # Bob, on every route, with Alice's conversation and job ids and then with ids nobody
+    # Dave, on every route, with Alice's conversation and job ids and then with ids nobody
     # used: the same answers (no route tells him whether her ids exist), never her words.
     free_cid, free_job = f"free-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     theirs, free = [], []
     for method, path in ops:
         if path in OPEN_PATHS:
             continue
-        other = call(secured.url, method, path, cid=cid, job_id=job_id, headers=bearer(BOB))
+        other = call(secured.url, method, path, cid=cid, job_id=job_id, headers=bearer(DAVE))
         assert "アリスの秘密" not in other.text, (method, path)
         if path in OPERATOR_PATHS:
             assert other.status_code == 403, (method, path)
         theirs.append((method, path, other.status_code))
         control = call(secured.url, method, path, cid=free_cid, job_id=free_job,
-                       headers=bearer(BOB))
+                       headers=bearer(DAVE))
         free.append((method, path, control.status_code))
     assert theirs == free
     assert ("GET", "/api/jobs/{job_id}", 404) in theirs
