@@ -78,6 +78,12 @@ def run_transaction(client: redis.Redis, attempt: Callable[[Pipeline], T], *,
                     found = recover()
                     if found is not None:
                         return found
+            except (redis.ConnectionError, redis.TimeoutError):
+                # The reply to EXEC was lost and reconnecting failed too (a server busy past
+                # our timeout): the writes may be there. Otherwise the error stands.
+                if recover is not None and (found := recover()) is not None:
+                    return found
+                raise
             finally:
                 pipe.reset()
     raise TransactionFailed(f"{what}: no transaction after {MAX_TRANSACTION_ATTEMPTS} attempts")
