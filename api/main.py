@@ -32,7 +32,9 @@ from core.ports import Broker
 from core.ratelimit import SubmitLimiter
 from core.redis_client import connect
 from core.resources import ResourceMonitor
+from core.sessions import Sessions
 from core.settings import Settings, get_settings
+from core.signin_guard import SignInGuard
 from core.sweeper import Sweeper
 from taskqueue.app import create_celery
 from taskqueue.port import CeleryBroker
@@ -80,6 +82,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.watcher = JobWatcher(url=settings.redis_url, timeout_s=settings.redis_timeout_s)
     app.state.store_monitor = StoreMonitor(url=settings.redis_url)
     app.state.limiter = SubmitLimiter(client=app.state.redis, rate=settings.rate_limit)
+    # The page's sessions (signed out in Redis) and the failed sign-in limits.
+    app.state.sessions = Sessions(access=app.state.access, client=app.state.redis)
+    app.state.signin_guard = SignInGuard(client=app.state.redis,
+                                         per_address=settings.signin_failures_per_address,
+                                         total=settings.signin_failures_total)
     app.state.metrics_registry = metrics_registry(app.state.redis, settings,
                                                   watcher=app.state.watcher)
     broker = CeleryBroker(create_celery(settings,
@@ -113,7 +120,8 @@ def add_middlewares(app: FastAPI, settings: Settings, *, store: StoreMonitor) ->
 
 
 def announce(text: str) -> None:
-    # stdout, not the log: the sign-in URL carries the token, and log files never do.
+    # stdout, not the log: the first start's sign-in URL carries the token (printed that
+    # once: core/access.sign_in_message), and log files never do.
     print(text, flush=True)
 
 

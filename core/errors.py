@@ -14,7 +14,8 @@ worker turns LLM errors into a job's ``error.code``. Messages are for the user, 
     │                                        or job: no probing which ids exist)
     ├── Conflict                         409 conflict
     ├── QueueFull                        429 queue_full (Retry-After)
-    │   └── RateLimited                  429 rate_limited (Retry-After): one person's limit
+    │   ├── RateLimited                  429 rate_limited (Retry-After): one person's limit
+    │   └── TooManySignIns               429 too_many_sign_ins (Retry-After): failed sign-ins
     ├── StoreUnavailable                 503 store_unavailable
     └── LLMError                         job error code llm_error
         └── LLMTimeout                   job error code llm_timeout
@@ -130,6 +131,14 @@ class RateLimited(QueueFull):
 
     code = "rate_limited"
     default_message = "短い時間にたくさん送られました。少し待ってからもう一度送ってください。"
+
+
+class TooManySignIns(QueueFull):
+    """Too many failed sign-ins from one address, or in all (core/signin_guard.py)."""
+
+    code = "too_many_sign_ins"
+    default_message = ("サインインの失敗が続いたため、しばらく受け付けません。"
+                       "少し待ってからもう一度試してください。")
 
 
 class StoreUnavailable(MySisterDBError):

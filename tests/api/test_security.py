@@ -31,7 +31,7 @@ BOB = "bob-token-" + "b" * 24
 CAROL = "carol-token-" + "c" * 24  # only for the rate limit
 OPERATOR = "operator-token-" + "o" * 24
 RATE = 6  # per minute and person
-OPEN_PATHS = {"/api/health", "/api/current-time", "/api/session"}
+OPEN_PATHS = {"/api/health", "/api/current-time", "/api/session", "/api/session/preview"}
 OPERATOR_PATHS = {"/api/queue", "/api/incidents", "/metrics"}
 
 
@@ -141,6 +141,8 @@ def test_every_route_refuses_no_token_and_the_other_person(
             assert other.status_code == 403, (method, path)
         elif path in ("/api/conversations", "/"):
             assert other.status_code == 200 and cid not in other.text, (method, path)
+        elif path == "/api/sessions":  # signs Bob out everywhere: his own sessions only
+            assert other.status_code == 204, (method, path, other.text)
         elif path != "/api/chat" or method == "POST":
             assert other.status_code == 404, (method, path, other.text)
     assert secured.wait_final(ALICE, job_id)["status"] != "cancelled"
