@@ -2,8 +2,9 @@
 route added later is closed until it is listed as open.
 
     open      /api/health (details only for the operator), /api/current-time (the runbook's
-              monitors), the sign-in page and its script, POST /api/session (signing in), the
-              page's static files and the API explorers' scripts
+              monitors), the sign-in page and its script, /api/session (signing in and out,
+              who is signed in) and its preview, the page's static files and the API
+              explorers' scripts
     page      /, /docs, /redoc: without a session the browser is sent to /signin?next=…
     document  /openapi.json: any token or session (a person's or the operator's)
     operator  /api/queue, /api/incidents, /metrics: the operator token (or the one person
@@ -13,6 +14,9 @@ route added later is closed until it is listed as open.
 
 No credentials (or wrong ones): 401 `unauthorized` with `WWW-Authenticate: Bearer`; a person
 on an operator route: 403 `forbidden`. The caller is kept in `request.state.caller`.
+A session cookie is checked against Redis (was it signed out? core/sessions.py): while Redis
+does not answer, a request with a cookie is a 503, except on the open routes that need no
+caller (health, the sign-in page), which go on as if there were no cookie.
 """
 
 from __future__ import annotations
@@ -20,19 +24,23 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
+import redis
 from fastapi import FastAPI, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 
 from core.access import SIGN_IN_PATH, Access, Caller
 from core.errors import Forbidden, MySisterDBError, Unauthorized
+from core.sessions import Sessions
 
-SESSION_COOKIE = "msdb_session"
+SESSION_COOKIE = "msdb_session"  # the one place its name is written
 # Over https the cookie takes the __Host- prefix: the browser then keeps it only if it is
 # Secure, for this host alone (no Domain) and path /, so no sibling site can plant one.
 SECURE_SESSION_COOKIE = f"__Host-{SESSION_COOKIE}"
 SESSION_COOKIES = (SECURE_SESSION_COOKIE, SESSION_COOKIE)
+SESSION_PATHS = {"/api/session", "/api/session/preview"}
 OPEN_PATHS = {"/api/health", "/api/current-time", SIGN_IN_PATH, f"{SIGN_IN_PATH}/script.js",
-              "/api/session", "/favicon.ico"}
+              "/favicon.ico", *SESSION_PATHS}
 OPEN_PREFIXES = ("/static/", "/docs/assets/")
 PAGE_PATHS = {"/", "/docs", "/redoc"}
 DOCUMENT_PATHS = {"/openapi.json"}
@@ -60,7 +68,11 @@ def bearer(request: Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-def identify(request: Request, access: Access) -> Caller | None:
+def sessions_of(request: Request) -> Sessions:
+    return request.app.state.sessions  # type: ignore[no-any-return]
+
+
+async def identify(request: Request, access: Access) -> Caller | None:
     """From the bearer token, else the session cookie, else who an anonymous caller is.
     A wrong token is not overridden by a cookie: the client meant the token."""
     token = bearer(request)
@@ -68,7 +80,7 @@ def identify(request: Request, access: Access) -> Caller | None:
         return access.identify(token)
     cookie = next((request.cookies[n] for n in SESSION_COOKIES if n in request.cookies), None)
     if cookie and access.needs_credentials:
-        found = access.session_caller(cookie)
+        found = await run_in_threadpool(sessions_of(request).caller, cookie)
         if found is not None:
             return found
     return access.anonymous()
@@ -77,9 +89,15 @@ def identify(request: Request, access: Access) -> Caller | None:
 async def authenticate(request: Request) -> None:
     access: Access = request.app.state.access
     path = route_path(request)
-    caller = identify(request, access)
+    is_open = path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+    try:
+        caller = await identify(request, access)
+    except (redis.ConnectionError, redis.TimeoutError):
+        if not is_open or path in SESSION_PATHS:
+            raise  # 503: a session that may have been signed out is never honoured
+        caller = None
     request.state.caller = caller
-    if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+    if is_open:
         return
     if caller is None:
         if path in PAGE_PATHS:  # back to the same page (its conversation) once signed in

@@ -36,7 +36,9 @@ from core.ports import Broker
 from core.ratelimit import SubmitLimiter
 from core.redis_client import connect
 from core.resources import ResourceMonitor
+from core.sessions import Sessions
 from core.settings import Settings, get_settings
+from core.signin_guard import SignInGuard
 from core.sweeper import Sweeper
 from taskqueue.app import create_celery
 from taskqueue.port import CeleryBroker
@@ -91,6 +93,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.followers = (FollowerSlots(client=app.state.redis,
                                          cap=settings.max_followers_per_person)
                            if app.state.access.needs_credentials else None)
+    # The page's sessions (signed out in Redis) and the failed sign-in limits.
+    app.state.sessions = Sessions(access=app.state.access, client=app.state.redis)
+    app.state.signin_guard = SignInGuard(client=app.state.redis,
+                                         per_address=settings.signin_failures_per_address,
+                                         total=settings.signin_failures_total)
     app.state.metrics_registry = metrics_registry(app.state.redis, settings,
                                                   watcher=app.state.watcher)
     broker = CeleryBroker(create_celery(settings,
@@ -136,7 +143,8 @@ def add_middlewares(app: FastAPI, settings: Settings, *, store: StoreMonitor,
 
 
 def announce(text: str) -> None:
-    # stdout, not the log: the sign-in URL carries the token, and log files never do.
+    # stdout, not the log: the first start's sign-in URL carries the token (printed that
+    # once: core/access.sign_in_message), and log files never do.
     print(text, flush=True)
 
 

@@ -264,6 +264,11 @@ class SessionOut(Contract):
                     "generated token; tokens: configured tokens")
 
 
+class SessionPreviewOut(Contract):
+    person: str = Field(description="Whose token it is: the name a sign-in link would sign "
+                                    "in as (asked before signing in; no session is made)")
+
+
 # -- operations -----------------------------------------------------------------------------
 
 
@@ -385,7 +390,8 @@ ERROR_TEXT = {
     409: "Not possible in the job's current state",
     413: "The import file is larger than MYSISTERDB_MAX_IMPORT_BYTES",
     422: "Invalid input: bad id, parameter, body, token budget, or a reused Idempotency-Key",
-    429: "Too many prompts waiting, or the person's rate limit (Retry-After header)",
+    429: "Too many prompts waiting, the person's rate limit, or too many failed sign-ins "
+         "(Retry-After header)",
     503: "The data store (Redis) is unavailable",
     504: "The request took longer than MYSISTERDB_REQUEST_TIMEOUT",
 }

@@ -22,20 +22,17 @@ Tokens are compared in constant time (`hmac.compare_digest` over SHA-256 digests
 entry compared), never logged (each is registered with the log scrubber) and never put in a
 URL that reaches the server (the sign-in URL carries it after `#`).
 
-The chat page's session is a cookie that holds no token: "v1.{name}.{expires}.{signature}",
-signed with HMAC-SHA256 keyed by the person's own token. Nothing is stored server-side (a
-session works while Redis is down), and changing a person's token ends their sessions.
+The chat page's session is a signed cookie that holds no token and names a session the
+server can end: core/sessions.py.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import ipaddress
 import logging
 import re
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -50,7 +47,6 @@ logger = logging.getLogger(__name__)
 OWNER = "owner"  # the one person of the open and generated modes; owner of legacy data
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MIN_TOKEN_CHARS = 16
-SESSION_VERSION = "v1"
 SIGN_IN_PATH = "/signin"
 
 
@@ -145,12 +141,12 @@ class Access:
     def __post_init__(self) -> None:
         for secret in [*self.people.values(), self.operator_token]:
             register(secret)  # scrubbed from every log line and incident from now on
-        self._entries = [(digest(t), Caller(person=n, operator=self._owner_operates(n)))
+        self._entries = [(digest(t), Caller(person=n, operator=self.owner_operates(n)))
                          for n, t in self.people.items()]
         if self.operator_token:
             self._entries.append((digest(self.operator_token), Caller(None, operator=True)))
 
-    def _owner_operates(self, name: str) -> bool:
+    def owner_operates(self, name: str) -> bool:
         # Only the generated token is both: with configured tokens, operating takes its own.
         return self.mode is Mode.GENERATED and name == OWNER
 
@@ -178,42 +174,13 @@ class Access:
             return Caller(person=OWNER, operator=True)
         return found
 
-    # -- the page's sessions -------------------------------------------------------------
-
-    def _signature(self, name: str, expires: int) -> str | None:
-        token = self.people.get(name)
-        if token is None:
-            return None
-        mac = hmac.new(token.encode(), f"session|{name}|{expires}".encode(), hashlib.sha256)
-        return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
-
-    def new_session(self, person: str, *, now: float | None = None) -> str:
-        expires = int((now or time.time()) + self.session_s)
-        signature = self._signature(person, expires)
-        if signature is None:
-            raise ValueError(f"{person} has no token")
-        return f"{SESSION_VERSION}.{person}.{expires}.{signature}"
-
-    def session_caller(self, cookie: str, *, now: float | None = None) -> Caller | None:
-        parts = cookie.split(".")
-        if len(parts) != 4 or parts[0] != SESSION_VERSION or not parts[2].isdigit():
-            return None
-        _, name, expires_raw, signature = parts
-        expires = int(expires_raw)
-        expected = self._signature(name, expires)
-        if expected is None or expires < (now or time.time()):
-            return None
-        if not hmac.compare_digest(expected.encode(), signature.encode()):
-            return None
-        return Caller(person=name, operator=self._owner_operates(name))
-
 
 Announce = Callable[[str], None]
 
 
 def load_access(settings: Settings, *, announce: Announce | None = None) -> Access:
     """The policy from the settings; in generated mode the token is created on first start
-    (and `announce` is told the sign-in URL, as Jupyter prints its own)."""
+    (and `announce` is told the sign-in URL that one time, as Jupyter prints its own)."""
     people = configured_people(settings)
     operator = (settings.operator_token.get_secret_value()
                 if settings.operator_token is not None else None)
@@ -248,8 +215,15 @@ def sign_in_url(settings: Settings, token: str) -> str:
 
 
 def sign_in_message(settings: Settings, token: str, *, created: bool) -> str:
-    what = "generated an access token" if created else "uses the access token"
-    return (f"MySisterDB listens on {settings.host}:{settings.port} with no token configured, "
-            f"so it {what} kept in {settings.api_token_file} (`mysisterdb token` prints it "
-            f"again; API clients send it as `Authorization: Bearer <token>`).\n"
-            f"    Sign in: {sign_in_url(settings, token)}")
+    """What the API prints at start in generated mode. The token (in the sign-in URL) only
+    the first time, when it was just created: stdout ends up in `docker compose logs` and
+    journals, kept and shipped far longer than a start takes; later starts say where it is."""
+    where = (f"MySisterDB listens on {settings.host}:{settings.port} with no token configured, "
+             f"so it {{what}} kept in {settings.api_token_file} (`mysisterdb token` prints it, "
+             "`mysisterdb token --url` the sign-in URL; API clients send it as "
+             "`Authorization: Bearer <token>`).")
+    if not created:
+        return where.format(what="uses the access token")
+    return (where.format(what="generated an access token") +
+            f"\n    Sign in: {sign_in_url(settings, token)}\n"
+            "    (shown this once: later starts do not print it)")

@@ -20,8 +20,9 @@ worker turns LLM errors into a job's ``error.code``. Messages are for the user, 
     ├── HeadersTooLarge                  431 headers_too_large (headers over their limit)
     ├── QueueFull                        429 queue_full (Retry-After)
     │   ├── RateLimited                  429 rate_limited (Retry-After): one person's limit
-    │   └── TooManyStreams               429 too_many_streams (Retry-After): one person's
-    │                                        open event streams and long-polls
+    │   ├── TooManyStreams               429 too_many_streams (Retry-After): one person's
+    │   │                                    open event streams and long-polls
+    │   └── TooManySignIns               429 too_many_sign_ins (Retry-After): failed sign-ins
     ├── StoreUnavailable                 503 store_unavailable
     └── LLMError                         job error code llm_error
         └── LLMTimeout                   job error code llm_timeout
@@ -173,6 +174,14 @@ class TooManyStreams(QueueFull):
     code = "too_many_streams"
     default_message = ("同時に開いている応答の待ち受けが多すぎます。ほかのタブや接続を閉じてから"
                        "もう一度試してください。")
+
+
+class TooManySignIns(QueueFull):
+    """Too many failed sign-ins from one address, or in all (core/signin_guard.py)."""
+
+    code = "too_many_sign_ins"
+    default_message = ("サインインの失敗が続いたため、しばらく受け付けません。"
+                       "少し待ってからもう一度試してください。")
 
 
 class StoreUnavailable(MySisterDBError):

@@ -28,9 +28,13 @@ Layout::
     msdb:conversations           set    every conversation id                 kept
     msdb:conversations:activity  zset   conversation id -> last activity (epoch) kept
     msdb:person:{name}:conversations zset the person's conversations -> last activity kept
-    msdb:ratelimit/...           the `limits` library's counters (per person)  its window
+    msdb:ratelimit/...           the `limits` library's counters (per person; failed
+                                 sign-ins per address and overall)            its window
     msdb:person:{name}:followers zset   open event stream / long-poll -> lease end (epoch)
                                  (members past their lease are dropped)  follower_lease_s
+    msdb:session:{sid}:ended     string a signed-out page session             its remaining life
+    msdb:person:{name}:sessions_ended_before string epoch ms: the person's sessions
+                                 made up to then are ended ("sign out everywhere") session life
     msdb:incidents               list   incident JSON, newest first          incidents_max
     msdb:worker:heartbeat:{host} string a worker's heartbeat JSON            worker_heartbeat_ttl_s
     msdb:workers                 set    hostnames that sent a heartbeat (readers drop expired) kept
@@ -122,6 +126,16 @@ def person_conversations(person: str) -> str:
 def person_followers(person: str) -> str:
     """The person's open event streams and long-polls, across every API process."""
     return f"{PREFIX}:person:{person}:followers"
+
+
+def session_ended(session_id: str) -> str:
+    """A page session signed out before it expired (core/sessions.py)."""
+    return f"{PREFIX}:session:{session_id}:ended"
+
+
+def sessions_ended_before(person: str) -> str:
+    """Epoch milliseconds: every session of `person` made up to then is ended."""
+    return f"{PREFIX}:person:{person}:sessions_ended_before"
 
 
 RATE_LIMIT_PREFIX = f"{PREFIX}:ratelimit"  # given to `limits`' RedisStorage as key_prefix

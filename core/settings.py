@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     # Gemini
     gemini_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("GEMINI_API_KEY", "GOOGLE_API_KEY"))
+    # The key in a file instead (compose: a Docker secret, so `docker inspect` shows no key).
+    gemini_api_key_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("GEMINI_API_KEY_FILE", "MYSISTERDB_GEMINI_API_KEY_FILE"))
     # A stable model with no shutdown date announced (Gemini's deprecations page, 2026-11):
     # gemini-1.5 is gone and gemini-2.5 retires on 2026-12-01.
     gemini_model: str = "gemini-3.5-flash"
@@ -117,6 +121,11 @@ class Settings(BaseSettings):
     api_tokens: SecretStr | None = None
     api_tokens_file: Path | None = None  # lines "name:TOKEN" (# comments), read at start
     operator_token: SecretStr | None = None  # /api/queue, /api/incidents, /metrics
+    operator_token_file: Path | None = None  # the same, from a file (compose: a secret)
+    # Failed sign-ins (the page's form, POST /api/session and its preview) allowed per client
+    # address and in all, in limits' notation; past either: 429 + Retry-After.
+    signin_failures_per_address: str = "10/minute"
+    signin_failures_total: str = "100/minute"
     # Host names the API answers to (comma-separated; the port is not part of it).
     allowed_hosts: str = "localhost,127.0.0.1,::1"
     # Origins of other sites allowed to call the API from a browser (CORS, comma-separated);
@@ -167,13 +176,28 @@ class Settings(BaseSettings):
             self.worker_min_concurrency = self.worker_concurrency
         return self
 
-    @field_validator("rate_limit")
+    @field_validator("rate_limit", "signin_failures_per_address", "signin_failures_total")
     @classmethod
     def _rate_parses(cls, value: str) -> str:
         from limits import parse  # the library that enforces it says what it accepts
 
         parse(value)
         return value
+
+    @model_validator(mode="after")
+    def _secrets_from_files(self) -> Settings:
+        # *_FILE as for the Redis password: the value is read once, here; an empty file
+        # means "not set" (compose mounts an empty file when there is no key).
+        for field, env in (("gemini_api_key", "GEMINI_API_KEY"),
+                           ("operator_token", "MYSISTERDB_OPERATOR_TOKEN")):
+            path: Path | None = getattr(self, f"{field}_file")
+            if path is None:
+                continue
+            if getattr(self, field) is not None:
+                raise ValueError(f"set {env} or {env}_FILE, not both")
+            value = read_secret_file(path, what=f"{env}_FILE")
+            setattr(self, field, SecretStr(value) if value else None)
+        return self
 
     @model_validator(mode="after")
     def _redis_password_into_url(self) -> Settings:
@@ -250,6 +274,19 @@ class Settings(BaseSettings):
 
     def persona_text(self) -> str:
         return self.persona_file.read_text(encoding="utf-8").strip()
+
+
+def read_secret_file(path: Path, *, what: str) -> str:
+    """The stripped text of a secret file, with an error that says what to fix (never the
+    content)."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except PermissionError as exc:
+        raise ValueError(f"{what}: {path} is not readable by this user (uid of the process; "
+                         "a compose secret keeps the file's mode on the host: make it 0644 "
+                         "inside a 0700 folder)") from exc
+    except OSError as exc:
+        raise ValueError(f"{what}: cannot read {path}: {exc.strerror}") from exc
 
 
 def with_password(url: str, password: str) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -32,6 +34,32 @@ def test_google_api_key_is_read_too(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GOOGLE_API_KEY", "g-456")
     key = Settings().gemini_api_key
     assert key is not None and key.get_secret_value() == "g-456"
+
+
+def test_secrets_are_read_from_their_files(monkeypatch: pytest.MonkeyPatch,
+                                           tmp_path: Path) -> None:
+    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "MYSISTERDB_OPERATOR_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    key, operator = tmp_path / "gemini_api_key", tmp_path / "operator_token"
+    key.write_text("k-from-file\n")
+    operator.write_text("operator-token-from-a-file\n")
+    monkeypatch.setenv("GEMINI_API_KEY_FILE", str(key))
+    monkeypatch.setenv("MYSISTERDB_OPERATOR_TOKEN_FILE", str(operator))
+    settings = Settings()
+    assert settings.gemini_api_key is not None and settings.operator_token is not None
+    assert settings.gemini_api_key.get_secret_value() == "k-from-file"
+    assert settings.operator_token.get_secret_value() == "operator-token-from-a-file"
+    assert "k-from-file" in settings.secret_values()  # scrubbed from the logs like the rest
+    key.write_text("")  # compose mounts an empty file when there is no key
+    assert Settings().uses_simulator
+    monkeypatch.setenv("GEMINI_API_KEY", "k-123")
+    with pytest.raises(ValidationError, match="not both"):
+        Settings()
+    monkeypatch.delenv("GEMINI_API_KEY")
+    key.chmod(0o000)
+    if os.geteuid() != 0:  # root reads any file
+        with pytest.raises(ValidationError, match="0644 inside a 0700 folder"):
+            Settings()
 
 
 def test_gemini_sdk_defaults_to_genai_and_is_switched_by_env(

@@ -33,7 +33,7 @@ CAROL = "carol-token-" + "c" * 24  # only for the rate limit
 DAVE = "dave-token-" + "d" * 24  # only for probing every route (it spends his rate limit)
 OPERATOR = "operator-token-" + "o" * 24
 RATE = 6  # per minute and person
-OPEN_PATHS = {"/api/health", "/api/current-time", "/api/session"}
+OPEN_PATHS = {"/api/health", "/api/current-time", "/api/session", "/api/session/preview"}
 OPERATOR_PATHS = {"/api/queue", "/api/incidents", "/metrics"}
 
 

@@ -221,6 +221,18 @@ def test_flower_watches_the_same_broker() -> None:
     assert f"$$(cat {PASSWORD_FILE})@redis:6379/0" in text
 
 
+def test_flower_starts_only_when_asked_and_asks_for_a_password() -> None:
+    flower = SERVICES["flower"]
+    assert flower.get("profiles") == ["monitoring"]  # not part of a plain `up`
+    script = " ".join(entrypoint(flower))
+    # Basic auth from the file the secrets service generates, set in the shell's environment
+    # (not in `environment:`, which `docker inspect` shows).
+    assert 'FLOWER_BASIC_AUTH="$$(cat /run/mysisterdb/flower.auth)"' in script
+    assert "FLOWER_BASIC_AUTH" not in environment(flower)
+    generate = " ".join(command(SERVICES["secrets"]))
+    assert "/run/mysisterdb/flower.auth" in generate and "/dev/urandom" in generate
+
+
 def entrypoint(service: dict[str, Any]) -> list[str]:
     value = service.get("entrypoint") or []
     return [str(c) for c in value] if isinstance(value, list) else shlex.split(str(value))
@@ -332,9 +344,46 @@ def test_no_literal_secret_in_compose() -> None:
     assert not GOOGLE_KEY_RE.search(COMPOSE_FILE.read_text(encoding="utf-8"))
 
 
-def test_app_services_receive_the_key_from_the_environment() -> None:
-    for name in APP_SERVICES:
-        assert "GEMINI_API_KEY" in environment(SERVICES[name]), f"{name} never gets the key"
+SECRET_SETTINGS = {"gemini_api_key": "GEMINI_API_KEY", "operator_token": "MYSISTERDB_OPERATOR_TOKEN",
+                   "api_tokens": "MYSISTERDB_API_TOKENS"}
+
+
+def service_secrets(service: dict[str, Any]) -> set[str]:
+    return {s if isinstance(s, str) else s["source"] for s in service.get("secrets") or []}
+
+
+def test_no_service_environment_holds_the_key_or_the_operator_token() -> None:
+    """`docker inspect` shows a container's environment: no secret may be in it."""
+    for name, service in SERVICES.items():
+        env = environment(service)
+        for var in [*SECRET_VARS, "MYSISTERDB_OPERATOR_TOKEN", "MYSISTERDB_API_TOKENS",
+                    "MYSISTERDB_REDIS_PASSWORD"]:
+            assert var not in env or name == "secrets" and var == "MYSISTERDB_REDIS_PASSWORD", (
+                f"{name}: {var} in its environment")
+
+
+def test_the_key_and_the_operator_token_come_as_docker_secrets() -> None:
+    declared = COMPOSE.get("secrets") or {}
+    assert set(declared) == set(SECRET_SETTINGS)
+    for secret, var in SECRET_SETTINGS.items():
+        # The host file is named by the same variable the settings read, else the committed
+        # empty file (no key: the simulator; no operator token), so a plain `up` works.
+        assert declared[secret]["file"] == f"${{{var}_FILE:-./secrets/empty}}"
+    assert (ROOT / "secrets" / "empty").read_text() == ""
+    wanted = {"api": {"gemini_api_key", "operator_token", "api_tokens"},
+              "worker": {"gemini_api_key"},
+              "summary-worker": {"gemini_api_key"}}
+    for name, secrets in wanted.items():
+        assert service_secrets(SERVICES[name]) == secrets, name
+        env = environment(SERVICES[name])
+        for secret in secrets:
+            assert env[f"{SECRET_SETTINGS[secret]}_FILE"] == f"/run/secrets/{secret}", name
+    # Git and the image never get a secret file.
+    files = ["secrets/gemini_api_key", "secrets/operator_token", "secrets/api_tokens"]
+    ignored = subprocess.run(["git", "check-ignore", *files], cwd=ROOT, capture_output=True,
+                             text=True, timeout=30)
+    assert ignored.stdout.split() == files
+    assert "secrets" in DOCKERIGNORE.read_text().split()
 
 
 def test_named_volumes_are_declared() -> None:

@@ -174,6 +174,9 @@ class Compose:
 CHECKOUT_ID = hashlib.sha1(str(ROOT).encode()).hexdigest()[:10]
 
 
+OPERATOR = "compose-operator-token-" + "o" * 24
+
+
 def compose_env(api_port: int, flower_port: int) -> dict[str, str]:
     # Nothing of the caller's MySisterDB, Compose or Gemini settings leaks into the stack.
     env = {k: v for k, v in os.environ.items()
@@ -195,11 +198,17 @@ def compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
             pytest.fail(f"{REQUIRE_DOCKER}=1 but Docker cannot run the stack: {reason}")
         pytest.skip(f"compose stack not tested: {reason} (needs a Docker engine with "
                     f"Compose v2; CI prepares one with ../shared/tools/docker-standins)")
-    env_file = tmp_path_factory.mktemp("compose") / "empty.env"
+    folder = tmp_path_factory.mktemp("compose")
+    env_file = folder / "empty.env"
     env_file.write_text("")
+    # The operator token as the README says: a file, handed over as a Docker secret.
+    operator = folder / "operator_token"
+    operator.write_text(OPERATOR + "\n")
+    operator.chmod(0o644)  # the api runs as uid 10001; the folder keeps others out
     api_port = free_port()
-    stack = Compose(project=f"mysisterdb-test-{CHECKOUT_ID}",
-                    env=compose_env(api_port, free_port()), env_file=env_file,
+    env = {**compose_env(api_port, free_port()),
+           "MYSISTERDB_OPERATOR_TOKEN_FILE": str(operator)}
+    stack = Compose(project=f"mysisterdb-test-{CHECKOUT_ID}", env=env, env_file=env_file,
                     api_url=f"http://127.0.0.1:{api_port}")
     try:
         stack.run("down", "-v", "--remove-orphans")
@@ -229,6 +238,23 @@ def test_plain_up_is_locked_a_token_for_the_api_and_a_password_for_redis(
     assert "NOAUTH" in refused.stdout + refused.stderr
     mode = compose.run("exec", "-T", "api", "stat", "-c", "%a", "/app/data/api-token").stdout
     assert mode.strip() == "600"
+
+
+def test_secrets_come_as_files_and_docker_inspect_shows_none(compose: Compose) -> None:
+    queue = httpx.get(f"{compose.api_url}/api/queue", timeout=5,
+                      headers={"Authorization": f"Bearer {OPERATOR}"})
+    assert queue.status_code == 200, queue.text  # the secret reached the api
+    for service in ("api", "worker", "summary-worker"):
+        shown = compose.inspect(service, "{{json .}}")
+        assert OPERATOR not in shown and compose.token not in shown, service
+        env = compose.inspect(service, "{{json .Config.Env}}")
+        assert "GEMINI_API_KEY_FILE=/run/secrets/gemini_api_key" in env, service
+        assert '"GEMINI_API_KEY=' not in env and "MYSISTERDB_OPERATOR_TOKEN=" not in env
+    # A later start does not print the token again (the first one did, above).
+    compose.run("restart", "api")
+    compose.wait(lambda: httpx.get(f"{compose.api_url}/api/current-time",
+                                   timeout=2).status_code == 200, what="api after restart")
+    assert compose.run("logs", "api").stdout.count(compose.token) == 1
 
 
 def test_a_crashed_worker_is_restarted_and_serves_again(compose: Compose) -> None:

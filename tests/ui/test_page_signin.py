@@ -1,23 +1,28 @@
 """With tokens (MYSISTERDB_API_TOKENS), the page signs in once, and a session that ends while
 the page is open (expired, or signed out elsewhere) brings the person back to the sign-in
-form and then to the same conversation, not to a page whose every request fails."""
+form and then to the same conversation, not to a page whose every request fails.
+
+A sign-in link asks before it signs in (someone else's link would put the person's chats in
+that account), the page shows who is signed in, and signing out ends the session on the
+server: on a desktop and on a 375 px phone."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import Browser, Page, expect
 
 from mysisterdb.redis_server import RedisServer
 from tests.conftest import start_stack
 from tests.procs import Stack
-from tests.ui.conftest import DESKTOP, UI_LIMITS, ChatPage, loopback
+from tests.ui.conftest import DESKTOP, PHONE, UI_LIMITS, ChatPage, loopback
 
 TOKEN = "hanako-token-0123456789abcdef"
+SOMEONE_ELSE = "mallory-token-0123456789abcdef"  # the person "mallory.x": a name with a dot
 SIGNIN_DB = 3  # the ui stack uses db 0 of the same private redis-server
 
 
@@ -26,7 +31,8 @@ def token_stack(ui_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[Stack]:
     url = f"redis://{ui_redis.host}:{ui_redis.port}/{SIGNIN_DB}"
     running = start_stack(redis_url=url, log_dir=tmp_path_factory.mktemp("signin"),
-                          extra={**UI_LIMITS, "MYSISTERDB_API_TOKENS": f"hanako:{TOKEN}"})
+                          extra={**UI_LIMITS, "MYSISTERDB_API_TOKENS":
+                                 f"hanako:{TOKEN},mallory.x:{SOMEONE_ELSE}"})
     yield running
     running.stop()
 
@@ -65,3 +71,68 @@ def test_an_ended_session_signs_in_again_and_comes_back(
     stored = httpx.get(f"{token_stack.api_url}/api/conversations/diary/messages", timeout=5,
                        headers={"Authorization": f"Bearer {TOKEN}"})
     assert stored.status_code == 404 or stored.json()["turns"] == []
+
+
+def session_cookie(page: Page) -> dict[str, str]:
+    return {c["name"]: c["value"] for c in page.context.cookies()
+            if c["name"] == "msdb_session"}
+
+
+def works(stack: Stack, cookies: dict[str, str]) -> bool:
+    return httpx.get(f"{stack.api_url}/api/conversations", cookies=cookies,
+                     timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_a_sign_in_link_asks_first_and_signing_out_ends_the_session(
+        playwright_browser: Browser, token_stack: Stack, artifacts_root: Path,
+        viewport: dict[str, int]) -> None:
+    name = "phone" if viewport is PHONE else "desktop"
+    shots = artifacts_root / f"signin-link-{name}"
+    shots.mkdir(exist_ok=True)
+    # Reduced motion: the phone's drawer is open, not sliding, when the screenshot is taken.
+    context = playwright_browser.new_context(viewport=viewport, locale="ja-JP",
+                                             reduced_motion="reduce")
+    context.route(lambda url: not loopback(url), lambda route: route.abort())
+    chat = ChatPage(context.new_page(), stack=token_stack, shots=shots)
+    page = chat.page
+    try:
+        # Someone else's link: the page names whose it is, and nothing is signed in yet.
+        page.goto(f"{token_stack.api_url}/signin#token={SOMEONE_ELSE}")
+        expect(page.locator("#notice")).to_have_text("しぃ と話す人: mallory.x。サインインしますか？")
+        assert "token" not in page.url  # taken out of the address bar and history
+        assert session_cookie(page) == {}
+        chat.shot("someone-elses-link")
+        page.click("#decline")
+        expect(page.locator("input[name=token]")).to_be_visible()
+        assert session_cookie(page) == {}
+        # One's own link (opened anew, as from a mail): only the click signs in.
+        page.goto("about:blank")
+        page.goto(f"{token_stack.api_url}/signin#token={TOKEN}")
+        button = page.get_by_role("button", name="hanako としてサインインする")
+        expect(button).to_be_focused()
+        chat.shot("own-link")
+        assert session_cookie(page) == {}
+        button.click()
+        chat.wait_ready()
+        cookies = session_cookie(page)
+        assert cookies and works(token_stack, cookies)
+        if viewport is PHONE:
+            page.click("#menu")  # the sidebar is a drawer on a phone
+        expect(page.locator("#account-name")).to_have_text("hanako")
+        expect(page.locator("#sign-out")).to_be_visible()
+        chat.shot("signed-in")
+        page.click("#sign-out")
+        expect(page).to_have_url(f"{token_stack.api_url}/signin")
+        chat.shot("signed-out")
+        assert session_cookie(page) == {}
+        assert not works(token_stack, cookies)  # a copy of the cookie is no use either
+    finally:
+        context.close()
+    assert not chat.problems, chat.problems
+
+
+def test_nobody_is_shown_signed_in_when_nobody_signs_in(
+        open_page: Callable[..., ChatPage]) -> None:
+    chat = open_page()  # the shared stack: loopback, no tokens
+    expect(chat.page.locator("#account")).to_be_hidden()

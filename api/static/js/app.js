@@ -2,6 +2,7 @@
 // has it, follows running replies live, and sends, stops and retries. Everything the page shows
 // comes from the API; a reload at any moment rebuilds the same picture from it.
 
+import { showAccount } from "./account.js";
 import { ApiError, connection, isAbort, request, retrying, unreachable } from "./api.js";
 import { Composer } from "./composer.js";
 import { Follower, isFinal } from "./follower.js";
@@ -498,6 +499,7 @@ function urlConversation() {
 
 async function start() {
   wire();
+  showAccount({ onError: (err) => showNotice(`サインアウトできませんでした：${err.message}`) });
   const fromUrl = urlConversation();
   const listed = refreshList();
   if (fromUrl !== null) {
