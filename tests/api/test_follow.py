@@ -24,7 +24,7 @@ from context.types import Message, reply_seq
 from core import keys
 from core.history import history_store
 from core.lifecycle import Lifecycle, Limits, Outcome
-from core.models import StepName, iso, utcnow
+from core.models import JobStatus, StepName, iso, utcnow
 from tests.procs import Stack, followers, wait_for
 
 WAKE_MARGIN_S = 1.0  # the promise is 300 ms after a change; generous on a busy 2-core box
@@ -53,7 +53,11 @@ class Parked:
         return self.stack.job(self.job_id)
 
     def complete(self, text: str = "おまたせ") -> None:
+        """As a worker would: claimed (a queued job never completes: core/states.py), then
+        ended with a reply."""
         job = self.lifecycle.jobs.get(self.job_id)
+        if job.status is JobStatus.QUEUED:
+            self.lifecycle.claim(self.job_id)
         self.lifecycle.end(self.job_id, Outcome.completed(Message(
             seq=reply_seq(job.turn), role="assistant", text=text, tokens=1,
             created_at=iso(utcnow()) or "", job_id=self.job_id)))
