@@ -136,7 +136,9 @@ class Compose:
     # -- the API, from the host -------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        return httpx.get(f"{self.api_url}/api/health", timeout=5).json()  # type: ignore[no-any-return]
+        # With the token: the generated one is also the operator's, who sees the details.
+        return httpx.get(f"{self.api_url}/api/health", headers=self.auth,  # type: ignore[no-any-return]
+                         timeout=5).json()
 
     def submit(self, message: str, conversation_id: str) -> dict[str, Any]:
         r = httpx.post(f"{self.api_url}/api/chat", timeout=10, headers=self.auth,

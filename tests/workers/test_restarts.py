@@ -85,6 +85,9 @@ def cid() -> str:
     return f"r-{uuid.uuid4().hex[:12]}"
 
 
+POOL_SIZE = 2  # MYSISTERDB_WORKER_CONCURRENCY of test stacks (tests/conftest.py)
+
+
 def pool_of(stack: Stack) -> list[psutil.Process]:
     """The worker's pool processes (`mysisterdb worker` execs Celery: its pid is the parent)."""
     return psutil.Process(stack.procs["worker"].process.pid).children()
@@ -100,6 +103,9 @@ def test_a_prompt_reserved_by_a_killed_worker_runs_once_on_the_next_worker(
     stack, client = restarts.stack, restarts.client()
     # The pool cannot start anything: the parent still takes the message from the queue and
     # hands it to a child, so the prompt is reserved (unacknowledged) and never started.
+    # Its whole pool first: a worker just (re)started by an earlier test may not have forked
+    # its second process yet, and that one would run the prompt (seen in CI).
+    wait_for(lambda: len(pool_of(stack)) == POOL_SIZE, timeout_s=30, what="the whole pool")
     for child in pool_of(stack):
         child.suspend()
     marker = f"拾ってね {cid}"
