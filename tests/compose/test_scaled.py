@@ -66,7 +66,8 @@ class Scaled:
         return self.stack.api_url
 
     def call(self, method: str, path: str, person: str | None, **kwargs: Any) -> httpx.Response:
-        return self.http.request(method, f"{self.url}{path}", headers=bearer(person), **kwargs)
+        headers = {**bearer(person), **kwargs.pop("headers", {})}
+        return self.http.request(method, f"{self.url}{path}", headers=headers, **kwargs)
 
     def api_containers(self) -> dict[str, str]:
         """address on the edge network -> container id, of the running API replicas."""
@@ -324,15 +325,15 @@ def test_a_session_made_on_one_replica_is_valid_on_all(scaled: Scaled) -> None:
     assert cookie, r.headers
     made_on = replica(r)
     scaled.http.cookies.clear()
-    jar = {"msdb_session": cookie}
-    answers = scaled.upstreams_answering("GET", "/api/session", None, cookies=jar)
+    jar = {"Cookie": f"msdb_session={cookie}"}
+    answers = scaled.upstreams_answering("GET", "/api/session", None, headers=jar)
     assert made_on in answers
     for r in answers.values():
         assert r.status_code == 200 and r.json()["person"] == "session", r.text
     # Signed out on one, out on all.
-    out = scaled.http.request("DELETE", f"{scaled.url}/api/session", cookies=jar)
+    out = scaled.http.request("DELETE", f"{scaled.url}/api/session", headers=jar)
     assert out.status_code == 204, out.text
-    after = scaled.upstreams_answering("GET", "/api/session", None, cookies=jar)
+    after = scaled.upstreams_answering("GET", "/api/session", None, headers=jar)
     assert all(r.status_code == 401 for r in after.values()), after
 
 
