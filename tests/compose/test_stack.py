@@ -74,6 +74,16 @@ def docker_missing() -> str | None:
     return None
 
 
+def need_docker() -> None:
+    """Skip without Docker + Compose v2; fail instead when CI requires them."""
+    reason = docker_missing()
+    if reason:
+        if os.environ.get(REQUIRE_DOCKER) == "1":
+            pytest.fail(f"{REQUIRE_DOCKER}=1 but Docker cannot run the stack: {reason}")
+        pytest.skip(f"compose stack not tested: {reason} (needs a Docker engine with "
+                    f"Compose v2; CI prepares one with ../shared/tools/docker-standins)")
+
+
 @dataclass
 class Compose:
     project: str
@@ -81,11 +91,12 @@ class Compose:
     env_file: Path
     api_url: str
     token: str = ""  # the API's generated token (`mysisterdb token` in its container)
+    files: tuple[Path, ...] = (COMPOSE_FILE,)  # the scaled stack adds its override
 
     def run(self, *args: str, timeout_s: float = COMMAND_TIMEOUT_S,
             check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = ["docker", "compose", "-f", str(COMPOSE_FILE), "--env-file", str(self.env_file),
-                "-p", self.project, *args]
+        argv = ["docker", "compose", *(a for f in self.files for a in ("-f", str(f))),
+                "--env-file", str(self.env_file), "-p", self.project, *args]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s,
                               env=self.env, cwd=ROOT, check=False)
         if check and done.returncode != 0:
@@ -194,12 +205,7 @@ def compose_env(api_port: int, flower_port: int) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
-    reason = docker_missing()
-    if reason:
-        if os.environ.get(REQUIRE_DOCKER) == "1":
-            pytest.fail(f"{REQUIRE_DOCKER}=1 but Docker cannot run the stack: {reason}")
-        pytest.skip(f"compose stack not tested: {reason} (needs a Docker engine with "
-                    f"Compose v2; CI prepares one with ../shared/tools/docker-standins)")
+    need_docker()
     folder = tmp_path_factory.mktemp("compose")
     env_file = folder / "empty.env"
     env_file.write_text("")
