@@ -43,3 +43,28 @@ def _watch(supervisor_pid: int, grace_s: float) -> None:
     time.sleep(grace_s)
     logger.error("still running %.0f s after mysisterdb up died: exiting now", grace_s)
     os._exit(1)
+
+
+CHILD_CHECK_INTERVAL_S = 0.2
+
+
+def exit_with_parent() -> None:
+    """In a forked pool child: exit at once when the worker's main process is gone.
+
+    Celery asks the kernel for SIGKILL on the parent's death (PR_SET_PDEATHSIG), but that
+    request is tied to the thread that forked, and is missing in a child forked in the moment
+    the parent dies; a `kill -9` of a chat worker's main process under `mysisterdb up` once
+    left a busy pool child running 30 s later, holding its memory (an idle child leaves when
+    its pipe closes; one waiting on Gemini does not). This watch depends on neither: once
+    this process is reparented, nobody will ever read its result."""
+    parent = os.getppid()
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
+                     name="parent-watch").start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(CHILD_CHECK_INTERVAL_S)
+    logger.error("the worker's main process (pid %s) is gone: this pool process exits",
+                 parent_pid)
+    os._exit(1)

@@ -8,6 +8,7 @@ import os
 import signal
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -200,3 +201,31 @@ def test_ctrl_c_lets_a_running_prompt_finish_before_everything_stops(up: tuple) 
         assert raw is not None and json.loads(raw)["status"] == "completed", raw
     finally:
         server.stop()
+
+
+# A pool child leaves at most this long after its worker's main process died (Celery's
+# parent-death SIGKILL, and each child's own watch, core/orphan.py: a check every 0.2 s).
+POOL_EXIT_BOUND_S = 1.0
+MARGIN_S = 0.5  # a loaded 2-core machine: psutil's view and a reap take a moment
+
+
+def test_a_kill_9_of_the_chat_worker_takes_its_pool_children_with_it(up: tuple) -> None:  # type: ignore[type-arg]
+    proc, url, _tmp = up
+    wait_for(lambda: healthy(url), timeout_s=40, what="mysisterdb up")
+    for n in range(3):  # each restarted worker's pool, too
+        # A busy child: an idle one leaves by itself when its pipe to the parent closes, a
+        # child waiting on Gemini (20 s here) does not notice.
+        job = httpx.post(f"{url}/api/chat", timeout=5, json={
+            "message": "ゆっくり #sim:sleep=20", "conversation_id": f"pool-{n}"}).json()
+        wait_for(lambda j=job: httpx.get(f"{url}/api/jobs/{j['id']}", timeout=2).json()
+                 ["status"] == "in_progress", timeout_s=30, what="the prompt to start")
+        worker = worker_child(proc)
+        pool = worker.children(recursive=True)
+        worker.kill()  # the main process only, as `kill -9 <pid>` does
+        killed_at = time.monotonic()
+        wait_for(lambda p=pool: not [c for c in p if alive(c)],
+                 timeout_s=POOL_EXIT_BOUND_S + MARGIN_S + 30, what="the pool to die")
+        took = time.monotonic() - killed_at
+        assert took < POOL_EXIT_BOUND_S + MARGIN_S, (took, survivors(pool))
+        wait_for(lambda w=worker: new_worker(proc, w.pid), timeout_s=15, what="a new worker")
+        wait_for(lambda: healthy(url), timeout_s=40, what="health after the restart")

@@ -20,6 +20,7 @@ from celery.worker import state as worker_state
 from core.history import history_store
 from core.lifecycle import Lifecycle, Limits
 from core.monitoring import WorkerBeat, remove_heartbeat, write_heartbeat
+from core.orphan import exit_with_parent
 from core.redis_client import connect
 from core.resources import ResourceMonitor, sample
 from core.settings import get_settings
@@ -147,3 +148,4 @@ def on_worker_shutdown(**_: Any) -> None:
 @worker_process_init.connect
 def on_process_init(**_: Any) -> None:
     _main.sweeper = None  # the parent's thread does not exist in a forked child
+    exit_with_parent()  # never outlive the main process (core/orphan.py)

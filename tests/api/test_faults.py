@@ -36,7 +36,7 @@ DOCUMENTED_ENDS = {("completed", None), ("failed", "worker_lost"), ("failed", "t
                    ("incomplete", "llm_timeout"), ("incomplete", "timeout"),
                    ("incomplete", "store_unavailable"), ("incomplete", "worker_lost")}
 FREEZE_S = 4.0  # how long Redis stays frozen in the freeze test
-MARGIN_S = 1.5  # on top of a promised bound, for a loaded 2-core machine
+MARGIN_S = 0.5  # on top of a promised bound, for a loaded 2-core machine
 # Redis back -> every stored prompt final: the hard limit (6 s) + grace (2 s) for a prompt
 # that was running when Redis died, the outbox grace, and time for the queue to drain.
 SETTLE_S = 40.0
@@ -122,6 +122,13 @@ def post_until_accepted(stack: Stack, *, cid: str, text: str, key: str,
         time.sleep(0.2)
 
 
+LOST = "consumer: Cannot connect to"  # Celery's line when its broker connection fails
+
+
+def worker_logged(faults: FaultStack, text: str) -> int:
+    return sum(p.read_text(errors="replace").count(text) for p in faults.log_dir.rglob("worker.out"))
+
+
 def final(stack: Stack, job_id: str) -> dict[str, Any]:
     return stack.wait_job(job_id, timeout_s=SETTLE_S)
 
@@ -156,6 +163,8 @@ def test_kill_9_of_redis_under_concurrent_submits_loses_nothing_and_blocks_nothi
             done.result(timeout=90)
     ends = {key: end_of(final(stack, job_id)) for key, job_id in accepted.items()}
     assert set(ends.values()) <= DOCUMENTED_ENDS, ends
+    # Not yet every one: a prompt running when Redis died is cancelled by Celery (connection
+    # loss) and ends worker_lost (issue 20 step 4, left open).
     assert sum(end == ("completed", None) for end in ends.values()) >= len(ends) // 2
     for cid in convs:  # every accepted message stored exactly once, in order
         assert user_texts(stack, cid) == [f"{cid} の {n} 番目 #sim:sleep=0.05" for n in range(5)]
@@ -197,7 +206,7 @@ def test_a_store_while_redis_is_frozen_answers_503_and_the_resend_gets_the_one_j
     finally:
         os.kill(faults.server.process.pid, signal.SIGCONT)
     assert r.status_code == 503, r.text
-    assert elapsed < 2.0 + 3.0  # the promise is 2 s; a generous margin for a slow machine
+    assert elapsed < 2.0 + MARGIN_S  # the promise: 503 within 2 s
     job_id = post_until_accepted(stack, cid=cid, text="凍ってる？", key=f"{cid}-k")
     assert end_of(final(stack, job_id)) == ("completed", None)
     assert user_texts(stack, cid) == ["凍ってる？"]  # stored once, whatever the 503 hid
@@ -275,11 +284,14 @@ def test_a_prompt_cut_by_redis_dying_ends_with_a_documented_code_and_an_incident
     stack, cid = faults.stack, f"cut-{uuid.uuid4().hex[:8]}"
     name = f"hold-{cid}"
     running = hold(stack, cid, name)
+    seen = worker_logged(faults, LOST)
     faults.kill_redis()
     try:
         # The stream goes on: the worker's next write finds no Redis, past its retries.
         httpx.post(f"{stack.sim_url}/_sim/release/{name}", timeout=5)
-        time.sleep(3.0)  # a fault that lasts: longer than the worker's retries (< 1 s)
+        # A fault that lasts: Redis comes back only once the worker has found it gone.
+        wait_for(lambda: worker_logged(faults, LOST) > seen,
+                 timeout_s=SETTLE_S, what="the worker to find redis gone")
     finally:
         faults.restart_redis()
     seen_back(stack, running["id"])
@@ -315,3 +327,46 @@ def test_a_dead_worker_s_prompt_ends_worker_lost_and_the_next_turn_waits_for_a_w
                                   log_dir=tmp_path)
     faults.supervise = True
     assert end_of(final(stack, waiting)) == ("completed", None)
+
+
+def test_every_submit_is_answered_in_time_across_the_end_of_a_freeze(faults: FaultStack) -> None:
+    """Submits keep arriving before, during and after a freeze: each gets its answer (202,
+    or 503 while Redis does not answer) within 2 s, those in flight when Redis comes back
+    included (one waited more than 6 s near the end of a 15 s freeze)."""
+    stack, cid = faults.stack, f"thaw-{uuid.uuid4().hex[:8]}"
+    stop = threading.Event()
+    results: list[Timed] = []
+    accepted: list[str] = []
+
+    def client() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                r = httpx.post(f"{stack.api_url}/api/chat", timeout=30,
+                               json={"message": "溶ける？", "conversation_id": cid})
+            except httpx.HTTPError:
+                results.append(Timed("submit", started, time.monotonic(), None))
+                continue
+            results.append(Timed("submit", started, time.monotonic(), r.status_code))
+            if r.status_code == 202:
+                accepted.append(r.json()["id"])
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        clients = [pool.submit(client) for _ in range(8)]
+        os.kill(faults.server.process.pid, signal.SIGSTOP)
+        try:
+            stop.wait(FREEZE_S)  # the freeze lasts this long
+        finally:
+            os.kill(faults.server.process.pid, signal.SIGCONT)
+        stop.wait(3.0)  # the thaw: submits keep arriving while Redis catches up
+        stop.set()
+        for done in clients:
+            done.result(timeout=60)
+    slow = [(r.status, round(r.ended - r.started, 2)) for r in results
+            if r.ended - r.started >= 2.0 + MARGIN_S or r.status not in (202, 429, 503)]
+    assert not slow, slow
+    # Leave the shared stack quiet for the next test: the accepted prompts are cancelled.
+    for job_id in accepted:
+        httpx.post(f"{stack.api_url}/api/jobs/{job_id}/cancel", timeout=5)
+    wait_for(lambda: faults.client().zcard(keys.active_jobs()) == 0, timeout_s=SETTLE_S,
+             what="the accepted prompts to end")
