@@ -2,11 +2,11 @@
 // has it, follows running replies live, and sends, stops and retries. Everything the page shows
 // comes from the API; a reload at any moment rebuilds the same picture from it.
 
-import { ApiError, connection, isAbort, request, retrying, unreachable } from "./api.js";
+import { ApiError, connection, isAbort, loadStates, request, states, retrying, unreachable } from "./api.js";
 import { Composer } from "./composer.js";
 import { Follower, isFinal } from "./follower.js";
 import { Sidebar, conversationUrl, newConversationId, validConversationId } from "./sidebar.js";
-import { RUNNING, TurnView, applyJob, turnFromHistory } from "./turns.js";
+import { TurnView, applyJob, isRunning, turnFromHistory } from "./turns.js";
 
 const $ = (id) => document.getElementById(id);
 const HISTORY_PAGE = 50;
@@ -60,7 +60,7 @@ function keepScroll(change, { toBottom = false } = {}) {
 function viewOf(turn) {
   let view = page.views.get(turn.key);
   if (!view) {
-    view = new TurnView(turn, { onStop: stopTurn, onRetry: retryTurn });
+    view = new TurnView(turn, { onStop: stopTurn, onRetry: retryTurn, onAction: turnAction });
     page.views.set(turn.key, view);
   }
   return view;
@@ -89,7 +89,7 @@ function showTitle() {
 }
 
 setInterval(() => {
-  for (const turn of page.turns) if (RUNNING.has(turn.state)) viewOf(turn).tick();
+  for (const turn of page.turns) if (isRunning(turn.state)) viewOf(turn).tick();
 }, 1000);
 
 // -- following jobs -------------------------------------------------------------------------
@@ -97,7 +97,7 @@ setInterval(() => {
 function onJob(job) {
   const turn = page.turns.find((t) => t.job?.id === job.id);
   if (!turn || (turn.job?.sequence ?? -1) > job.sequence) return;  // an older answer, late
-  const wasRunning = RUNNING.has(turn.state);
+  const wasRunning = isRunning(turn.state);
   applyJob(turn, job);
   updateTurn(turn);
   if (!isFinal(job.status)) return;
@@ -106,6 +106,7 @@ function onJob(job) {
     announceEnd(turn);
     refreshList();
   }
+  refreshTurn(turn);  // what the turn offers now, and the reply it keeps, come from the history
 }
 
 function onGone(jobId) {
@@ -122,7 +123,7 @@ function announceEnd(turn) {
 
 function followRunning() {
   for (const turn of page.turns) {
-    if (turn.job && RUNNING.has(turn.state)) {
+    if (turn.job && isRunning(turn.state)) {
       page.follower.track(turn.job.id, { turn: turn.turn, status: turn.state });
     }
   }
@@ -185,6 +186,32 @@ async function loadHistory(generation) {
     if (generation !== page.generation) return;
     composer.setDisabled(true);
     showNotice(`会話を開けませんでした：${err.message}`, { newChatLink: true });
+  }
+}
+
+/** The turn as the history has it now (its actions, replies, chosen one), in place. */
+async function refreshTurn(turn) {
+  const generation = page.generation;
+  const jobId = turn.job?.id;
+  if (!turn.turn) return;
+  try {
+    const { data } = await retrying(() => request("GET",
+      `/api/conversations/${encodeURIComponent(page.conversation)}/messages?limit=1&after=${2 * turn.turn - 2}`));
+    const fresh = data.turns.find((t) => t.turn === turn.turn);
+    // Something newer happened to the turn meanwhile: its own answer will refresh it.
+    if (generation !== page.generation || !fresh || turn.job?.id !== jobId) return;
+    showTurn(turn, fresh);
+  } catch (err) {
+    if (generation === page.generation) showNotice(err.message);
+  }
+}
+
+/** Fold a TurnOut into the turn on screen (keeping its key, so its view stays) and follow it. */
+function showTurn(turn, fresh) {
+  Object.assign(turn, turnFromHistory(fresh), { key: turn.key });
+  updateTurn(turn);
+  if (turn.job && isRunning(turn.state)) {
+    page.follower.track(turn.job.id, { turn: turn.turn, status: turn.state });
   }
 }
 
@@ -296,6 +323,11 @@ async function send(text, { key = null } = {}) {
   const conversation = page.conversation;
   const turn = { key: `local-${++localTurns}`, local: true, turn: null, userText: text, state: "sending",
                  text: "", job: null, error: null, retryable: false, abort: new AbortController() };
+  // The turn before is no longer the newest: it loses what only the newest offers (edit, ...).
+  for (const older of page.turns) {
+    older.actions = (older.actions ?? []).filter((name) => !states.newestOnly.includes(name));
+    if (page.views.has(older.key)) viewOf(older).update(older);
+  }
   page.turns.push(turn);
   clearNotice();
   renderTurns({ toBottom: true });
@@ -385,6 +417,59 @@ function retryTurn(turn) {
   });
 }
 
+// -- regenerate, choose, continue, edit (the newest turn) ------------------------------------
+
+const TURN_REQUESTS = {
+  regenerate: () => ["POST", "regenerate"],
+  continue: () => ["POST", "continue"],
+  edit: (text) => ["PUT", "message", { message: text }],
+  choose: (index) => ["PUT", "chosen", { index }],
+};
+
+/** One of the newest turn's actions; true when the server took it. A job it starts is
+ * followed like a sent message's (and a reload resumes it from the history the same way). */
+function turnAction(turn, name, arg) {
+  const generation = page.generation;
+  const [method, path, body] = TURN_REQUESTS[name](arg);
+  const url = `/api/conversations/${encodeURIComponent(page.conversation)}/turns/${turn.turn}/${path}`;
+  let accepted = false;
+  return act(turn, name === "edit" ? "edit" : "reply", async () => {
+    try {
+      const { data } = await retrying(() => request(method, url, { body }), { retryIf: unreachable });
+      accepted = true;
+      if (generation !== page.generation) return;
+      if (name === "choose") {
+        showTurn(turn, data);
+        announce(`${turn.replies} 件中 ${turn.chosen + 1} 件目の返事：${turn.text}`);
+        return;
+      }
+      if (name === "edit") turn.userText = arg;
+      applyJob(turn, data);
+      updateTurn(turn);
+      page.follower.track(data.id, { turn: data.turn, status: data.status, sequence: data.sequence });
+      refreshList();
+    } catch (err) {
+      if (generation !== page.generation) return;
+      showNotice(name === "edit" || name === "regenerate" || name === "continue" ? refusal(err)
+        : `返事を切り替えられませんでした：${err.message}`);
+      refreshTurn(turn);  // 409: something else happened to the turn; show what
+    }
+  }).then(() => accepted);
+}
+
+/** Keys in an empty message box: ↑ edits the newest message, ← / → go through its replies. */
+function emptyBoxKey(key) {
+  const newest = page.turns.at(-1);
+  if (!newest || isRunning(newest.state)) return false;
+  const view = viewOf(newest);
+  if (key === "ArrowUp") return view.startEditing();
+  const button = key === "ArrowLeft" ? view.replyActions.prev : view.replyActions.next;
+  if (key !== "ArrowLeft" && key !== "ArrowRight") return false;
+  if (button.hidden || button.disabled) return false;
+  button.click();
+  return true;
+}
+
 // -- reset and delete ------------------------------------------------------------------------
 
 function confirmDialog({ title, text, ok }) {
@@ -424,7 +509,7 @@ async function deleteConversation() {
 
 async function resetConversation() {
   const id = page.conversation;
-  if (page.turns.some((t) => RUNNING.has(t.state))) {
+  if (page.turns.some((t) => isRunning(t.state))) {
     showNotice("返事を作成中はリセットできません。停止するか、返事が届いてからもう一度試してください。");
     return;
   }
@@ -458,6 +543,7 @@ const composer = new Composer({
   form: $("composer"), textarea: $("message"), button: $("send"), counter: $("counter"),
   maxChars: Number(document.body.dataset.maxChars) || 8000,
   onSend: (text) => send(text),
+  onEmptyKey: emptyBoxKey,
   onTooLong: (length, max) => showNotice(
     `メッセージが長すぎます（${length.toLocaleString("ja-JP")} 文字、送れるのは ${max.toLocaleString("ja-JP")} 文字まで）。短くしてから送ってください。`),
 });
@@ -498,6 +584,7 @@ function urlConversation() {
 
 async function start() {
   wire();
+  await loadStates();
   const fromUrl = urlConversation();
   const listed = refreshList();
   if (fromUrl !== null) {

@@ -1,0 +1,122 @@
+"""The newest turn's actions in a real browser: もう一度 and ← k/n →, 続ける on a reply cut
+short, 編集 (and ↑ in an empty box), on a desktop and on a 375 px phone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from playwright.sync_api import expect
+
+from mysisterdb.simulator import reply_chunks
+from tests.procs import Stack
+from tests.ui.conftest import PHONE, ChatPage, history
+
+OpenPage = Callable[..., ChatPage]
+
+
+def full_reply(message: str) -> str:
+    return "".join(reply_chunks(message))
+
+
+def answered(chat: ChatPage, message: str) -> None:
+    chat.send(message)
+    expect(chat.turn(0).locator(".reply")).to_have_text(full_reply(message))
+
+
+def test_regenerate_then_back_to_the_first_reply(open_page: OpenPage, ui_stack: Stack,
+                                                  conversation_id: str) -> None:
+    chat = open_page(conversation_id=conversation_id)
+    message = "今日はなにしてた？"
+    answered(chat, message)
+    turn = chat.turn(0)
+    first = full_reply(message)
+    turn.get_by_role("button", name="別の返事を作る").click()
+    expect(turn.locator(".reply-count")).to_have_text("2/2")
+    expect(turn.locator(".reply")).not_to_have_text(first)
+    second = turn.locator(".reply").inner_text()
+    chat.shot("regenerated")
+
+    turn.get_by_role("button", name="前の返事").click()
+    expect(turn.locator(".reply-count")).to_have_text("1/2")
+    expect(turn.locator(".reply")).to_have_text(first)
+    [stored] = history(ui_stack, conversation_id)["turns"]
+    assert (stored["replies"], stored["chosen"], stored["reply"]["text"]) == (2, 0, first)
+    expect(turn.get_by_role("button", name="前の返事")).to_be_disabled()
+
+    # → from the first goes to the second; → on the last makes a third (as SillyTavern does).
+    turn.get_by_role("button", name="次の返事", exact=True).click()
+    expect(turn.locator(".reply-count")).to_have_text("2/2")
+    expect(turn.locator(".reply")).to_have_text(second)
+    chat.page.locator("#message").focus()
+    chat.page.keyboard.press("ArrowRight")  # the empty box's → is the same button
+    expect(turn.locator(".reply-count")).to_have_text("3/3")
+    assert len(history(ui_stack, conversation_id)["turns"]) == 1
+    chat.shot("third")
+
+
+def test_continue_grows_the_same_reply(open_page: OpenPage, ui_stack: Stack,
+                                       conversation_id: str) -> None:
+    chat = open_page(conversation_id=conversation_id)
+    chat.send("長い話をして #sim:stall")
+    turn = chat.turn(0)
+    # The stream stops after one chunk; Gemini's read timeout ends it as incomplete.
+    expect(turn.locator(".problem-text")).to_contain_text("返事が途中で止まりました。",
+                                                           timeout=30000)
+    cut = turn.locator(".reply").inner_text()
+    assert cut
+    turn.get_by_role("button", name="返事の続きを書かせる").click()
+    expect(turn.locator(".problem")).to_be_hidden()
+    expect(turn).to_have_attribute("data-state", "completed", timeout=30000)
+    grown = turn.locator(".reply").inner_text()
+    assert grown.startswith(cut) and len(grown) > len(cut), (cut, grown)
+    # One reply grew: no second reply, no second turn.
+    expect(chat.turns()).to_have_count(1)
+    expect(turn.locator(".msg.assistant")).to_have_count(1)
+    [stored] = history(ui_stack, conversation_id)["turns"]
+    assert (stored["replies"], stored["reply"]["text"]) == (1, grown)
+    chat.shot("continued")
+
+
+def test_edit_the_newest_message_with_the_arrow_key(open_page: OpenPage, ui_stack: Stack,
+                                                    conversation_id: str) -> None:
+    chat = open_page(conversation_id=conversation_id)
+    answered(chat, "ぼくの猫の名前はタマ")
+    turn = chat.turn(0)
+    # Offered once the history says so (refreshed when the reply's job ends).
+    expect(turn.get_by_role("button", name="メッセージを編集")).to_be_visible()
+    chat.page.locator("#message").focus()
+    chat.page.keyboard.press("ArrowUp")  # ↑ in the empty box edits the newest message
+    box = turn.get_by_role("textbox", name="編集するメッセージ")
+    expect(box).to_be_focused()
+    expect(box).to_have_value("ぼくの猫の名前はタマ")
+    chat.shot("editing")
+    corrected = "ぼくの猫の名前はミケ"
+    box.fill(corrected)
+    box.press("Enter")
+    expect(turn.locator(".msg.user")).to_have_text("あなた：" + corrected)
+    expect(turn.locator(".reply")).to_have_text(full_reply(corrected))
+    [stored] = history(ui_stack, conversation_id)["turns"]
+    assert (stored["user"]["text"], stored["reply"]["text"]) == (corrected, full_reply(corrected))
+    # Cancel leaves the message as it is.
+    turn.get_by_role("button", name="メッセージを編集").click()
+    turn.get_by_role("button", name="編集をやめる").click()
+    expect(box).to_be_hidden()
+    expect(turn.get_by_role("button", name="メッセージを編集")).to_be_focused()
+
+
+def test_the_buttons_fit_a_phone_and_work_by_keyboard(open_page: OpenPage,
+                                                      conversation_id: str) -> None:
+    chat = open_page(viewport=PHONE, conversation_id=conversation_id)
+    answered(chat, "スマホから話すね")
+    turn = chat.turn(0)
+    turn.get_by_role("button", name="別の返事を作る").focus()
+    chat.page.keyboard.press("Enter")
+    expect(turn.locator(".reply-count")).to_have_text("2/2")
+    for name in ("前の返事", "次の返事（新しく作る）", "別の返事を作る", "返事の続きを書かせる",
+                 "メッセージを編集"):
+        button = turn.get_by_role("button", name=name, exact=True)
+        expect(button).to_be_visible()
+        box = button.bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], (name, box)
+        assert box["height"] >= 32, (name, box)
+    chat.shot("phone")
