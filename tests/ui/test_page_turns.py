@@ -120,3 +120,4 @@ def test_the_buttons_fit_a_phone_and_work_by_keyboard(open_page: OpenPage,
         assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], (name, box)
         assert box["height"] >= 32, (name, box)
     chat.shot("phone")
+
