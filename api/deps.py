@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import redis
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from api.auth import caller_of
+from api.schemas import CONVERSATION_ID_PATTERN
 from api.watch import JobWatcher
 from context.redis_store import RedisHistoryStore
 from core.access import Caller
@@ -15,6 +16,7 @@ from core.chat import ChatService
 from core.conversations import ConversationReader
 from core.history import history_store
 from core.lifecycle import Lifecycle, Limits
+from core.namespaces import internal_id
 from core.settings import Settings
 
 
@@ -76,3 +78,13 @@ def get_chat_service(request: Request, lifecycle: LifecycleDep, settings: Settin
 
 
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
+
+
+def own_conversation(conversation_id: Annotated[str, Path(pattern=CONVERSATION_ID_PATTERN)],
+                     lifecycle: LifecycleDep, caller: CallerDep) -> str:
+    """The caller's conversation named in the path, as stored (core/namespaces.py)."""
+    return internal_id(lifecycle, person=caller.person or "", conversation_id=conversation_id)
+
+
+# The stored id of the caller's conversation named by the path's {conversation_id}.
+OwnConversationDep = Annotated[str, Depends(own_conversation)]

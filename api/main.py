@@ -17,6 +17,7 @@ from api.auth import authenticate, document_security
 from api.errors import install_error_handlers
 from api.head import HeadAsGet
 from api.middleware import RequestTimeoutMiddleware, StoreMonitor, request_budget
+from api.openapi_limits import document_limits
 from api.routes import chat, conversations, health, jobs, ops, signin, turns, ui
 from api.security import SameOrigin, SecurityHeaders, TrustedHosts
 from api.watch import JobWatcher
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     add_middlewares(app, settings, store=app.state.store_monitor)
     document_security(app)
+    document_limits(app, settings)
     return app
 
 

@@ -10,18 +10,20 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from context.types import Message
+from core import contract
+from core.contract import anchored
 from core.conversations import ConversationView, TurnPage, TurnView
 from core.errors import ErrorCode
 from core.incidents import Incident
 from core.models import Job, JobStatus, StepName, StepStatus, iso
 from core.monitoring import QueueStats
+from core.namespaces import external_id
 from core.states import Action, TurnState
 
 # Limits a client can see in the schema; the service enforces the same (and the token limit).
-MAX_MESSAGE_CHARS = 8000
-CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
-IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,128}$"
+CONVERSATION_ID_PATTERN = anchored(contract.CONVERSATION_ID)
+JOB_ID_PATTERN = anchored(contract.JOB_ID)
+IDEMPOTENCY_KEY_PATTERN = anchored(contract.IDEMPOTENCY_KEY)
 MAX_WAIT_S = 30.0
 
 Timestamp = str  # ISO 8601 UTC with milliseconds and a trailing Z
@@ -56,9 +58,12 @@ class JobErrorOut(Contract):
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    message: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS, pattern=r"\S",
-                         description="The user's message (not blank; also at most the "
-                         "context's token budget, else 422 message_too_large)")
+    # No max_length here: the limit is a setting (MYSISTERDB_MAX_MESSAGE_CHARS), enforced by
+    # the service and stated in the OpenAPI document (api/openapi_limits.py).
+    message: str = Field(min_length=1, pattern=contract.NOT_BLANK,
+                         description="The user's message (not blank; at most "
+                         "MYSISTERDB_MAX_MESSAGE_CHARS characters and the context's token "
+                         "budget, else 422 message_too_large)")
     conversation_id: str = Field(default="default", pattern=CONVERSATION_ID_PATTERN,
                                  description="Letters, digits, - and _ (1-64)")
 
@@ -95,7 +100,7 @@ class JobOut(Contract):
     @classmethod
     def of(cls, job: Job) -> JobOut:
         return cls(
-            id=job.id, conversation_id=job.conversation_id, turn=job.turn, status=job.status,
+            id=job.id, conversation_id=external_id(job.conversation_id), turn=job.turn, status=job.status,
             sequence=job.sequence,
             steps=[StepOut(name=StepName(s.name), status=s.status, started_at=iso(s.started_at),
                            completed_at=iso(s.completed_at), detail=s.detail)
@@ -183,7 +188,7 @@ class ConversationOut(Contract):
 
     @classmethod
     def of(cls, view: ConversationView) -> ConversationOut:
-        return cls(id=view.id, title=view.title, message_count=view.message_count,
+        return cls(id=external_id(view.id), title=view.title, message_count=view.message_count,
                    last_activity=iso(view.last_activity) or "", job_running=view.job_running)
 
 

@@ -26,7 +26,6 @@ early (and says so) if it would not end within MEMORY_BUDGET_S.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -53,7 +52,6 @@ from bench.benchlib import (  # noqa: E402
     cpu_seconds,
     follow,
     load_average,
-    machine,
     now_utc,
     percentile,
     render,
@@ -61,10 +59,12 @@ from bench.benchlib import (  # noqa: E402
     submit_at_once,
     wait_idle,
 )
+from bench.capacity_baseline import old_design  # noqa: E402
+from bench.capacity_doc import DOC, document, write_doc  # noqa: E402
 from core import keys  # noqa: E402
-from mysisterdb.redis_server import RedisServer, free_port, start_redis  # noqa: E402
+from mysisterdb.redis_server import RedisServer, start_redis  # noqa: E402
 from tests.conftest import start_stack  # noqa: E402
-from tests.procs import Stack, http_ok, start, wait_for  # noqa: E402
+from tests.procs import Stack, start, wait_for  # noqa: E402
 
 SLOTS = 32
 REPLY_S = 3.0
@@ -86,8 +86,6 @@ IN_FLIGHT = 48  # prompts kept stored-and-unfinished during the memory run
 CONVERSATIONS = 500
 LOAD_SECONDS = 8.0
 LOAD_RATE = 20.0
-DOC = ROOT / "docs" / "performance.md"
-BEGIN, END = "<!-- capacity-table:begin -->", "<!-- capacity-table:end -->"
 
 
 @dataclass
@@ -402,51 +400,6 @@ def memory_over_time(b: Bench) -> list[Row]:
     ]
 
 
-# -- 6. the old design ------------------------------------------------------------------------
-
-def baseline(b: Bench, ours_hung: dict[str, Any], ours_idle: dict[str, Any]) -> list[Row]:
-    port = free_port()
-    server = start("sync-baseline", [sys.executable, str(ROOT / "bench" / "sync_server.py"),
-                                     "--port", str(port), "--gemini", b.stack.sim_url],
-                   env=dict(os.environ), log_dir=b.log_dir)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(http_ok(f"{url}/api/health"), timeout_s=30, what="sync baseline")
-        idle = loadgen(url, kinds="health,submit")
-        hang_threads = [threading.Thread(target=hang_one, args=(url,), daemon=True)
-                        for _ in range(2 * SLOTS)]
-        for t in hang_threads:
-            t.start()
-        time.sleep(1.0)
-        hung = loadgen(url, kinds="health,submit")
-    finally:
-        server.stop(timeout_s=2)
-    section = (f"the old design: synchronous server, Gemini called inside the request "
-               f"(40 threads), {2 * SLOTS} prompts hung")
-    return [baseline_row(section, kind, idle, hung, ours_idle, ours_hung)
-            for kind in ("health", "submit")]
-
-
-def hang_one(url: str) -> None:
-    with contextlib.suppress(httpx.HTTPError):
-        httpx.post(f"{url}/api/chat", json={"message": "#sim:hang"}, timeout=120)
-
-
-def baseline_row(section: str, kind: str, idle: dict[str, Any], hung: dict[str, Any],
-                 ours_idle: dict[str, Any], ours_hung: dict[str, Any]) -> Row:
-    def describe(run: dict[str, Any]) -> str:
-        p99 = percentile(run[kind]["ms"], 99)
-        lost = run[kind]["timeouts"]
-        return f"{p99:.0f} ms" + (f" ({lost}/{len(run[kind]['ms'])} timed out at 2 s)"
-                                   if lost else "")
-
-    return Row(section, f"{kind} p99: old idle → old hung | ours idle → ours hung",
-               f"{describe(idle)} → {describe(hung)} | {describe(ours_idle)} → "
-               f"{describe(ours_hung)}")
-
-
-# -- the run ----------------------------------------------------------------------------------
-
 def run(b: Bench) -> list[Row]:
     rows: list[Row] = []
 
@@ -460,29 +413,9 @@ def run(b: Bench) -> list[Row]:
     section(hung_rows)
     section(time_to_kill(b))
     section(memory_over_time(b))
-    section(baseline(b, hung, idle))
+    section(old_design(b.stack.sim_url, b.log_dir, ours_hung=hung, ours_idle=idle,
+                       loadgen=loadgen, slots=SLOTS))
     return rows
-
-
-def document(rows: list[Row], *, began: str, load_before: str, load_after: str, busy: str,
-             seconds: float) -> str:
-    return f"""{BEGIN}
-Measured {began} on {machine()}; load average (1/5/15 min) {load_before} at the start and
-{load_after} at the end{f" (busiest processes then: {busy})" if busy else ""}; the whole run
-took {seconds / 60:.1f} min. Rerun: `make bench`, or
-`.venv/bin/python bench/capacity_bench.py --write` for this table alone.
-
-{render(rows)}
-{END}"""
-
-
-def write_doc(text: str) -> None:
-    doc = DOC.read_text(encoding="utf-8")
-    if BEGIN in doc and END in doc:
-        doc = doc[:doc.index(BEGIN)] + text + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip() + "\n\n" + text + "\n"
-    DOC.write_text(doc, encoding="utf-8")
 
 
 def main() -> None:

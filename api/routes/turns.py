@@ -8,10 +8,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import CallerDep, ChatServiceDep, ConversationReaderDep, LifecycleDep
+from api.deps import (
+    CallerDep,
+    ChatServiceDep,
+    ConversationReaderDep,
+    LifecycleDep,
+    OwnConversationDep,
+)
 from api.routes.conversations import ConversationId
-from api.schemas import ACCEPTED, MAX_MESSAGE_CHARS, JobOut, TurnOut, errors
+from api.schemas import ACCEPTED, JobOut, TurnOut, errors
 from context.types import user_seq
+from core import contract
 from core.errors import NotFound
 from core.states import states_document
 from core.turns import TURN_NOT_FOUND
@@ -30,7 +37,7 @@ class ChooseRequest(BaseModel):
 class EditRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    message: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS, pattern=r"\S",
+    message: str = Field(min_length=1, pattern=contract.NOT_BLANK,
                          description="The corrected message (checked like a new one)")
 
 
@@ -73,13 +80,14 @@ def edit_message(conversation_id: ConversationId, turn: TurnNumber, body: EditRe
 
 @router.put("/conversations/{conversation_id}/turns/{turn}/chosen", response_model=TurnOut,
             responses=errors(404, 409, 422))
-def choose(conversation_id: ConversationId, turn: TurnNumber, body: ChooseRequest,
-           lifecycle: LifecycleDep, reader: ConversationReaderDep, caller: CallerDep) -> TurnOut:
+def choose(conversation_id: ConversationId, stored: OwnConversationDep, turn: TurnNumber,
+           body: ChooseRequest, lifecycle: LifecycleDep, reader: ConversationReaderDep,
+           caller: CallerDep) -> TurnOut:
     """Make another of the newest turn's replies the chosen one: later prompts and recall
     see it alone. Answers the turn as the history shows it."""
-    lifecycle.choose(conversation_id=conversation_id, turn=turn, index=body.index,
+    lifecycle.choose(conversation_id=stored, turn=turn, index=body.index,
                      person=caller.person or "")
-    page = reader.turns(conversation_id, limit=1, after=user_seq(turn) - 1)
+    page = reader.turns(stored, limit=1, after=user_seq(turn) - 1)
     if not page.turns or page.turns[0].turn != turn:
         raise NotFound(TURN_NOT_FOUND)
     return TurnOut.of(page.turns[0])

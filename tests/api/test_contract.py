@@ -111,7 +111,7 @@ def test_every_error_status_is_documented_with_the_error_body(stack: Stack) -> N
 
 
 BAD = [
-    ({"message": "あ" * 8001}, "message_too_large", "メッセージ（message）は 8000 文字以内にしてください。"),
+    ({"message": "あ" * 8001}, "message_too_large", "メッセージが長すぎます（最大 8000 文字）。"),
     ({"message": "   "}, "invalid_input", "メッセージが空です。何か書いてから送ってください。"),
     ({}, "invalid_input", "メッセージ（message）がありません。"),
     ({"message": 42}, "invalid_input", "メッセージ（message）は文字列で指定してください。"),

@@ -21,6 +21,7 @@ import pytest
 import redis
 
 from core import keys
+from core.namespaces import external_id
 from mysisterdb.redis_server import RedisServer
 from tests.conftest import start_stack
 from tests.procs import Stack, wait_for
@@ -105,8 +106,10 @@ def operations(url: str) -> list[tuple[str, str]]:
 
 def call(url: str, method: str, path: str, *, cid: str, job_id: str,
          headers: dict[str, str]) -> httpx.Response:
-    target = path.replace("{conversation_id}", cid).replace("{job_id}", job_id)
-    body = {"message": "横取り", "conversation_id": cid} if method == "POST" else None
+    target = (path.replace("{conversation_id}", cid).replace("{job_id}", job_id)
+              .replace("{turn}", "1"))
+    body = ({"message": "横取り", "conversation_id": cid, "index": 0}
+            if method in ("POST", "PUT") else None)
     params = {"conversation_id": cid} if path == "/api/reset_conversation" else None
     return httpx.request(method, f"{url}{target}", json=body, params=params, headers=headers,
                          timeout=10)
@@ -117,9 +120,11 @@ def listed_ids(response: httpx.Response) -> set[str]:
 
 
 def alices_ids(secured: Secured) -> set[str]:
-    """What Alice has written in: the conversations the owner key gives her."""
-    return {cid.decode().split(":")[2] for cid in secured.redis.keys("msdb:conv:*:owner")
-            if secured.redis.get(cid) == b"alice"}
+    """What Alice has written in: the conversations the owner key gives her, by the names
+    she gave them (stored as "{name}~alice": core/namespaces.py)."""
+    return {external_id(key.decode().split(":")[2])
+            for key in secured.redis.keys("msdb:conv:*:owner")
+            if secured.redis.get(key) == b"alice"}
 
 
 def test_every_route_refuses_no_token_and_the_other_person(
@@ -128,23 +133,31 @@ def test_every_route_refuses_no_token_and_the_other_person(
     before = snapshot(secured.redis, cid, job_id)
     ops = operations(secured.url) + [("GET", "/metrics"), ("GET", "/")]
     assert ("DELETE", "/api/conversations/{conversation_id}") in ops  # the document is read
-    seen: dict[str, int] = {}
     for method, path in ops:
         if path in OPEN_PATHS:
             continue
         anonymous = call(secured.url, method, path, cid=cid, job_id=job_id, headers={})
         expected = 303 if path == "/" else 401
         assert anonymous.status_code == expected, (method, path, anonymous.text)
+    # Bob, on every route, with Alice's conversation and job ids and then with ids nobody
+    # used: the same answers (no route tells him whether her ids exist), never her words.
+    free_cid, free_job = f"free-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    theirs, free = [], []
+    for method, path in ops:
+        if path in OPEN_PATHS:
+            continue
         other = call(secured.url, method, path, cid=cid, job_id=job_id, headers=bearer(BOB))
-        seen[f"{method} {path}"] = other.status_code
+        assert "アリスの秘密" not in other.text, (method, path)
         if path in OPERATOR_PATHS:
             assert other.status_code == 403, (method, path)
-        elif path in ("/api/conversations", "/"):
-            assert other.status_code == 200 and cid not in other.text, (method, path)
-        elif path != "/api/chat" or method == "POST":
-            assert other.status_code == 404, (method, path, other.text)
+        theirs.append((method, path, other.status_code))
+        control = call(secured.url, method, path, cid=free_cid, job_id=free_job,
+                       headers=bearer(BOB))
+        free.append((method, path, control.status_code))
+    assert theirs == free
+    assert ("GET", "/api/jobs/{job_id}", 404) in theirs
     assert secured.wait_final(ALICE, job_id)["status"] != "cancelled"
-    assert snapshot(secured.redis, cid, job_id) == before, seen  # nothing changed
+    assert snapshot(secured.redis, cid, job_id) == before  # nothing of hers changed
 
 
 def test_alice_sees_her_own_and_the_operator_sees_the_queue(
@@ -181,10 +194,17 @@ def test_idempotency_keys_are_each_persons_own(secured: Secured) -> None:
     assert b.json()["conversation_id"] == f"b-{run}"
     again = secured.submit(ALICE, f"a-{run}", "同じキー", **{"Idempotency-Key": f"k-{run}"})
     assert again.json()["id"] == a.json()["id"]  # a resend still finds her own
-    # Bob's turn in Alice's conversation is refused and leaves no trace of him there.
-    assert secured.submit(BOB, f"a-{run}", "割り込み").status_code == 404
-    for token, job in ((ALICE, a), (BOB, b)):
+    # Bob writing to the same name writes in his own conversation, never in hers.
+    bobs = secured.submit(BOB, f"a-{run}", "割り込み")
+    assert bobs.status_code == 202 and bobs.json()["conversation_id"] == f"a-{run}"
+    for token, job in ((ALICE, a), (BOB, b), (BOB, bobs)):
         secured.wait_final(token, job.json()["id"])
+    hers = httpx.get(f"{secured.url}/api/conversations/a-{run}/messages", headers=bearer(ALICE),
+                     timeout=5).json()["turns"]
+    his = httpx.get(f"{secured.url}/api/conversations/a-{run}/messages", headers=bearer(BOB),
+                    timeout=5).json()["turns"]
+    assert [t["user"]["text"] for t in hers] == ["同じキー"]
+    assert [t["user"]["text"] for t in his] == ["割り込み"]
 
 
 def test_a_foreign_host_is_refused(secured: Secured) -> None:

@@ -21,7 +21,7 @@ from context.redis_store import RedisHistoryStore, StoreKeys, unpack_seqs
 from context.terms import analyse
 from context.types import Message
 from context.vectors import RedisVectorStore
-from mysisterdb import keys
+from core import keys
 from tests.context.chatgen import ChatGenerator, make_message
 
 OLD = "京都で湯豆腐を食べたよ"

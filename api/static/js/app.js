@@ -541,7 +541,7 @@ const sidebar = new Sidebar({
 
 const composer = new Composer({
   form: $("composer"), textarea: $("message"), button: $("send"), counter: $("counter"),
-  maxChars: Number(document.body.dataset.maxChars) || 8000,
+  maxChars: Number(document.body.dataset.maxChars),  // the server's setting, given with the page
   onSend: (text) => send(text),
   onEmptyKey: emptyBoxKey,
   onTooLong: (length, max) => showNotice(
