@@ -198,12 +198,19 @@ async function refreshTurn(turn) {
     const { data } = await retrying(() => request("GET",
       `/api/conversations/${encodeURIComponent(page.conversation)}/messages?limit=1&after=${2 * turn.turn - 2}`));
     const fresh = data.turns.find((t) => t.turn === turn.turn);
-    // Something newer happened to the turn meanwhile: its own answer will refresh it.
-    if (generation !== page.generation || !fresh || turn.job?.id !== jobId) return;
+    // Something newer happened to the turn meanwhile (a retry, another reply, a later state of
+    // the same job): its own answer shows it, this older picture must not replace it.
+    if (generation !== page.generation || !fresh || turn.job?.id !== jobId || olderThanShown(turn, fresh)) return;
     showTurn(turn, fresh);
   } catch (err) {
     if (generation === page.generation) showNotice(err.message);
   }
+}
+
+/** The history's turn has the same job as the page, at an earlier point than the page has. */
+function olderThanShown(turn, fresh) {
+  return Boolean(fresh.job && turn.job && fresh.job.id === turn.job.id
+                 && fresh.job.sequence < (turn.job.sequence ?? -1));
 }
 
 /** Fold a TurnOut into the turn on screen (keeping its key, so its view stays) and follow it. */

@@ -167,7 +167,11 @@ export class TurnView {
   showProblem(turn) {
     const ending = ENDINGS[turn.state];
     this.problem.hidden = !ending;
-    if (!ending) return;
+    if (!ending) {
+      // No stale words left behind: the box of a retried reply says nothing until it ends again.
+      this.problemText.textContent = "";
+      return;
+    }
     const detail = turn.state === "cancelled" ? "" : (turn.error?.message ?? "");
     this.problemText.textContent = detail ? `${ending}${detail}` : ending;
     this.problem.classList.toggle("quiet", turn.state === "cancelled");
