@@ -3,15 +3,18 @@ short, 編集 (and ↑ in an empty box), on a desktop and on a 375 px phone."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
-from playwright.sync_api import expect
+from playwright.sync_api import Route, expect
 
 from mysisterdb.simulator import reply_chunks
 from tests.procs import Stack
-from tests.ui.conftest import PHONE, ChatPage, history
+from tests.ui.conftest import PHONE, ChatPage, history, hold_state, release
 
 OpenPage = Callable[..., ChatPage]
+# A regenerate's reply opens with a mark of its own seed (the simulator's variant).
+VARIANT_OPENER = re.compile(r"^\S+（#\d+）\s*$")  # only the first chunk (markdown ends in \n)
 
 
 def full_reply(message: str) -> str:
@@ -52,6 +55,51 @@ def test_regenerate_then_back_to_the_first_reply(open_page: OpenPage, ui_stack: 
     expect(turn.locator(".reply-count")).to_have_text("3/3")
     assert len(history(ui_stack, conversation_id)["turns"]) == 1
     chat.shot("third")
+
+
+def test_a_reload_mid_regenerate_shows_the_new_reply_growing_then_finished(
+        open_page: OpenPage, ui_stack: Stack, conversation_id: str) -> None:
+    chat = open_page(conversation_id=conversation_id)
+    name = f"regen-{conversation_id}"
+    message = f"もう一回言ってみて #sim:hold={name}"  # every reply of the turn is held
+    chat.send(message)
+    turn = chat.turn(0)
+    expect(turn.locator(".reply")).to_have_text(reply_chunks(message)[0])
+    release(ui_stack, name)
+    first = full_reply(message)
+    expect(turn.locator(".reply")).to_have_text(first)
+    turn.get_by_role("button", name="別の返事を作る").click()
+    expect(turn.locator(".reply")).to_have_text(VARIANT_OPENER)  # its first chunk, held
+    growing = turn.locator(".reply").inner_text().strip()
+
+    # After the reload the page has only the history's picture of the turn: the job's own
+    # answers wait until that picture has been checked.
+    waiting: list[Route] = []
+
+    def wait(route: Route) -> None:
+        waiting.append(route)
+
+    chat.page.route("**/api/jobs/*", wait)
+    chat.page.reload()
+    turn = chat.turn(0)
+    # The regenerate's own text so far, still running: not the reply it will replace.
+    expect(turn.locator(".reply")).to_have_text(growing)
+    expect(turn).to_have_attribute("data-state", "in_progress")
+    expect(turn.get_by_role("button", name="返事の生成を停止")).to_be_visible()
+    expect(turn.locator(".reply-count")).to_be_hidden()
+    assert hold_state(ui_stack, name) == "held"  # all of that was seen mid-stream
+    chat.shot("reloaded-mid-regenerate")
+    for route in waiting:
+        route.continue_()
+    chat.page.unroute("**/api/jobs/*")  # lets through any that came meanwhile
+    release(ui_stack, name)
+    second = growing + "".join(reply_chunks(message)[1:])
+    expect(turn.locator(".reply")).to_have_text(second)
+    expect(turn.locator(".status")).to_be_hidden()
+    expect(turn.locator(".reply-count")).to_have_text("2/2")
+    [stored] = history(ui_stack, conversation_id)["turns"]
+    assert (stored["replies"], stored["chosen"], stored["reply"]["text"]) == (2, 1, second)
+    chat.shot("regenerated-after-reload")
 
 
 def test_continue_grows_the_same_reply(open_page: OpenPage, ui_stack: Stack,
