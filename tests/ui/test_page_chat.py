@@ -139,6 +139,9 @@ def test_a_failed_reply_says_why_in_japanese_and_retry_sends_the_same_message_in
     asked = len(ui_stack.sim_requests_asking(marker))
     problem.get_by_role("button", name="もう一度試す").click()
     expect(turn).not_to_have_attribute("data-job-id", first_job or "")
+    # The retried job's own ending: the words of the first failure must not stand in for it.
+    expect(turn).to_have_attribute("data-state", "failed")
+    expect(problem).to_be_visible()
     expect(problem).to_contain_text("返事を作れませんでした。")
     # The stored message went to Gemini again (and failed again: it carries the directive).
     assert len(ui_stack.sim_requests_asking(marker)) > asked

@@ -166,3 +166,21 @@ export async function retrying(attempt, { signal, retryIf = transient } = {}) {
     clearFailing(token);
   }
 }
+
+// -- the server's table of states -------------------------------------------------------------
+
+/**
+ * GET /api/states, read once at start: which job statuses are final or retryable and what a
+ * turn in each state offers come from the server, so the page keeps no copy of its own.
+ */
+export const states = { job: {}, turn: {}, newestOnly: [] };
+
+export async function loadStates() {
+  const { data } = await retrying(() => request("GET", "/api/states"));
+  states.job = data.job_states;
+  states.turn = data.turn_states;
+  states.newestOnly = data.newest_only;
+}
+
+export const isFinalStatus = (status) => states.job[status]?.final === true;
+export const isRetryableStatus = (status) => states.job[status]?.retryable === true;

@@ -1,47 +1,22 @@
 // The chat page: opens a conversation (its id is in the URL), shows every turn as the server
 // has it, follows running replies live, and sends, stops and retries. Everything the page shows
 // comes from the API; a reload at any moment rebuilds the same picture from it.
+//
+// This module is the page around the conversation: the conversation list, opening, resetting
+// and deleting a conversation, and the wiring. The conversation on screen is conversation.js;
+// sending and the buttons of a turn are actions.js.
 
 import { showAccount } from "./account.js";
-import { ApiError, connection, isAbort, request, retrying, unreachable } from "./api.js";
+import { ApiError, connection, loadStates, request, retrying, unreachable } from "./api.js";
+import { emptyBoxKey, resendPending, retryTurn, send, stopTurn, turnAction } from "./actions.js";
 import { Composer } from "./composer.js";
-import { Follower, isFinal } from "./follower.js";
+import { hooks, loadHistory, loadOlder, page, resetPage, showTitle } from "./conversation.js";
+import { $, announce, clearNotice, showNotice } from "./shell.js";
 import { Sidebar, conversationUrl, newConversationId, validConversationId } from "./sidebar.js";
-import { RUNNING, TurnView, applyJob, turnFromHistory } from "./turns.js";
+import { isRunning } from "./turns.js";
 
-const $ = (id) => document.getElementById(id);
-const HISTORY_PAGE = 50;
 const LIST_PAGE = 50;
-const STICK_PX = 120;  // this close to the bottom, new text keeps the view at the bottom
-
-const page = {
-  conversation: null,  // the open conversation's id (null: the URL's id is unusable)
-  turns: [],           // turn models, oldest first (see turns.js)
-  views: new Map(),    // turn key -> TurnView
-  follower: null,
-  generation: 0,       // grows with each conversation opened: late answers for another are dropped
-  hasMoreBefore: false,
-  nextListPage: null,
-};
-let localTurns = 0;
-
-// -- notices, announcements, connection --------------------------------------------------
-
-function showNotice(text, { newChatLink = false } = {}) {
-  $("notice-text").textContent = text;
-  $("notice-link").hidden = !newChatLink;
-  $("notice").hidden = false;
-}
-
-function clearNotice() {
-  $("notice").hidden = true;
-}
-
-function announce(text) {
-  const announcer = $("announcer");
-  announcer.textContent = "";
-  setTimeout(() => { announcer.textContent = text; }, 50);  // a change, even for the same words
-}
+let nextListPage = null;
 
 connection.addEventListener("change", () => {
   const problem = connection.problem();
@@ -49,102 +24,7 @@ connection.addEventListener("change", () => {
   $("connection").textContent = problem ?? "";
 });
 
-// -- the turns on screen -------------------------------------------------------------------
-
-function keepScroll(change, { toBottom = false } = {}) {
-  const log = $("log");
-  const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < STICK_PX;
-  change();
-  if (toBottom || atBottom) log.scrollTop = log.scrollHeight;
-}
-
-function viewOf(turn) {
-  let view = page.views.get(turn.key);
-  if (!view) {
-    view = new TurnView(turn, { onStop: stopTurn, onRetry: retryTurn });
-    page.views.set(turn.key, view);
-  }
-  return view;
-}
-
-function renderTurns({ toBottom = false } = {}) {
-  keepScroll(() => {
-    $("turns").replaceChildren(...page.turns.map((t) => viewOf(t).root));
-    $("empty").hidden = page.turns.length > 0 || page.conversation === null;
-    $("older").hidden = !page.hasMoreBefore;
-  }, { toBottom });
-  showTitle();
-}
-
-function updateTurn(turn) {
-  keepScroll(() => viewOf(turn).update(turn));
-}
-
-function showTitle() {
-  const first = page.turns[0]?.userText;
-  const title = page.conversation === null ? "会話を開けません"
-    : sidebar.titleOf(page.conversation) ?? (first ? first.slice(0, 30) : "新しい会話");
-  $("title").textContent = title;
-  document.title = `${title} – しぃとおしゃべり`;
-  $("reset").disabled = $("delete").disabled = page.conversation === null || page.turns.length === 0;
-}
-
-setInterval(() => {
-  for (const turn of page.turns) if (RUNNING.has(turn.state)) viewOf(turn).tick();
-}, 1000);
-
-// -- following jobs -------------------------------------------------------------------------
-
-function onJob(job) {
-  const turn = page.turns.find((t) => t.job?.id === job.id);
-  if (!turn || (turn.job?.sequence ?? -1) > job.sequence) return;  // an older answer, late
-  const wasRunning = RUNNING.has(turn.state);
-  applyJob(turn, job);
-  updateTurn(turn);
-  if (!isFinal(job.status)) return;
-  page.follower.forget(job.id);
-  if (wasRunning) {
-    announceEnd(turn);
-    refreshList();
-  }
-}
-
-function onGone(jobId) {
-  const turn = page.turns.find((t) => t.job?.id === jobId);
-  if (!turn) return;
-  Object.assign(turn, { state: "unknown", retryable: false });
-  updateTurn(turn);
-}
-
-function announceEnd(turn) {
-  if (turn.state === "completed") announce(`しぃ：${turn.text}`);
-  else announce(viewOf(turn).problemText.textContent);
-}
-
-function followRunning() {
-  for (const turn of page.turns) {
-    if (turn.job && RUNNING.has(turn.state)) {
-      page.follower.track(turn.job.id, { turn: turn.turn, status: turn.state });
-    }
-  }
-}
-
 // -- opening a conversation ---------------------------------------------------------------------
-
-function resetPage(conversation) {
-  page.generation += 1;
-  page.follower?.stop();
-  const generation = page.generation;
-  page.follower = new Follower({
-    onJob: (job) => generation === page.generation && onJob(job),
-    onGone: (id) => generation === page.generation && onGone(id),
-  });
-  Object.assign(page, { conversation, turns: [], hasMoreBefore: false });
-  page.views.clear();
-  clearNotice();
-  renderTurns();
-  return generation;
-}
 
 async function openConversation(id, { push = false, replace = false } = {}) {
   if (!validConversationId(id)) {
@@ -166,50 +46,6 @@ function openUnusable(id) {
   sidebar.render(sidebar.conversations, null);
   showNotice(`この URL の会話 ID「${id}」は使えません（使えるのは英数字・-・_ の 1〜64 文字です）。`,
              { newChatLink: true });
-}
-
-async function loadHistory(generation) {
-  const id = page.conversation;
-  try {
-    const { data } = await retrying(() => request(
-      "GET", `/api/conversations/${encodeURIComponent(id)}/messages?limit=${HISTORY_PAGE}`));
-    if (generation !== page.generation) return;
-    const known = new Set(data.turns.map((t) => t.job?.id).filter(Boolean));
-    // A message sent while the history was on its way stays, unless the history has it already.
-    const unsent = page.turns.filter((t) => t.local && !known.has(t.job?.id));
-    page.turns = [...data.turns.map(turnFromHistory), ...unsent];
-    page.hasMoreBefore = data.has_more_before;
-    renderTurns({ toBottom: true });
-    followRunning();
-    resendPending();
-  } catch (err) {
-    if (generation !== page.generation) return;
-    composer.setDisabled(true);
-    showNotice(`会話を開けませんでした：${err.message}`, { newChatLink: true });
-  }
-}
-
-async function loadOlder() {
-  const generation = page.generation;
-  const before = page.turns.find((t) => t.userSeq !== undefined)?.userSeq;
-  if (before === undefined) return;
-  $("older").disabled = true;
-  try {
-    const { data } = await retrying(() => request("GET",
-      `/api/conversations/${encodeURIComponent(page.conversation)}/messages?limit=${HISTORY_PAGE}&before=${before}`));
-    if (generation !== page.generation) return;
-    const log = $("log");
-    const fromBottom = log.scrollHeight - log.scrollTop;
-    page.turns = [...data.turns.map(turnFromHistory), ...page.turns];
-    page.hasMoreBefore = data.has_more_before;
-    renderTurns();
-    log.scrollTop = log.scrollHeight - fromBottom;  // stay on the message being read
-    followRunning();
-  } catch (err) {
-    showNotice(err.message);
-  } finally {
-    $("older").disabled = false;
-  }
 }
 
 // -- the conversation list ------------------------------------------------------------------
@@ -237,153 +73,13 @@ async function fetchList(before = null) {
   try {
     const { data } = await retrying(() => request("GET", `/api/conversations${query}`));
     const conversations = before ? [...sidebar.conversations, ...data.conversations] : data.conversations;
-    page.nextListPage = data.next_before;
+    nextListPage = data.next_before;
     sidebar.render(conversations, page.conversation);
     $("more-conversations").hidden = !data.next_before;
     showTitle();
   } catch (err) {
     sidebar.showError(`会話一覧を読み込めませんでした：${err.message}`);
   }
-}
-
-// -- sending, stopping, retrying ------------------------------------------------------------------
-
-// Messages on their way but not yet accepted (no 202): kept for the tab's life, so a reload
-// while the server is unreachable sends them again, with the same Idempotency-Key.
-const PENDING = "mysisterdb.pending";
-const pending = {
-  all() {
-    try {
-      return JSON.parse(sessionStorage.getItem(PENDING) ?? "[]");
-    } catch {
-      return [];
-    }
-  },
-  save(entries) {
-    try {
-      sessionStorage.setItem(PENDING, JSON.stringify(entries));
-    } catch {
-      // storage refused (private mode, full): the message is only lost on a reload
-    }
-  },
-  add(entry) { this.save([...this.all(), entry]); },
-  remove(key) { this.save(this.all().filter((e) => e.key !== key)); },
-};
-const sending = new Set();  // Idempotency-Keys of the messages on their way now
-
-function resendPending() {
-  for (const entry of pending.all()) {
-    if (entry.conversation === page.conversation && !sending.has(entry.key)) {
-      send(entry.text, { key: entry.key });
-    }
-  }
-}
-
-function randomKey() {
-  return [...crypto.getRandomValues(new Uint8Array(16))].map((b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-function refusal(err) {
-  if (err.status === 429) {
-    const wait = err.retryAfterS ? `${err.retryAfterS} 秒ほど` : "少し";
-    return `サーバーが混み合っています。${wait}待ってからもう一度送ってください。`;
-  }
-  return `送信できませんでした：${err.message}`;
-}
-
-/** Send a message; true when the server has it (202), false when it was refused or taken back. */
-async function send(text, { key = null } = {}) {
-  const generation = page.generation;
-  const conversation = page.conversation;
-  const turn = { key: `local-${++localTurns}`, local: true, turn: null, userText: text, state: "sending",
-                 text: "", job: null, error: null, retryable: false, abort: new AbortController() };
-  page.turns.push(turn);
-  clearNotice();
-  renderTurns({ toBottom: true });
-  // The same key on every attempt (and after a reload): a message whose answer was lost is not
-  // stored twice.
-  const idempotencyKey = key ?? randomKey();
-  if (!key) pending.add({ conversation, text, key: idempotencyKey });
-  sending.add(idempotencyKey);
-  try {
-    const { data: job } = await retrying(() => request("POST", "/api/chat", {
-      body: { message: text, conversation_id: conversation },
-      headers: { "Idempotency-Key": idempotencyKey }, signal: turn.abort.signal,
-    }), { signal: turn.abort.signal, retryIf: unreachable });
-    pending.remove(idempotencyKey);
-    if (generation !== page.generation) return true;
-    if (page.turns.some((t) => t !== turn && t.job?.id === job.id)) {
-      // Stored before a reload: the history shows it already.
-      page.turns = page.turns.filter((t) => t !== turn);
-      renderTurns();
-      return true;
-    }
-    applyJob(turn, job);
-    updateTurn(turn);
-    page.follower.track(job.id, { turn: job.turn, status: job.status, sequence: job.sequence });
-    refreshList();
-    return true;
-  } catch (err) {
-    pending.remove(idempotencyKey);
-    page.turns = page.turns.filter((t) => t !== turn);
-    if (generation === page.generation) renderTurns();
-    if (!isAbort(err)) showNotice(refusal(err));
-    return false;
-  } finally {
-    sending.delete(idempotencyKey);
-  }
-}
-
-/** Run a stop or a retry of a turn, one of each kind at a time. Each kind on its own: the
- * reply may show as stopped (and offer a retry) before the stop's own answer arrives. */
-async function act(turn, kind, action) {
-  turn.busy ??= {};
-  if (turn.busy[kind]) return;
-  turn.busy[kind] = true;
-  viewOf(turn).setBusy(kind, true);
-  try {
-    await action();
-  } finally {
-    turn.busy[kind] = false;
-    viewOf(turn).setBusy(kind, false);
-  }
-}
-
-function stopTurn(turn) {
-  if (turn.state === "sending") {
-    turn.abort.abort();
-    return;
-  }
-  const jobId = turn.job.id;
-  act(turn, "stop", async () => {
-    try {
-      const { data: job } = await retrying(
-        () => request("POST", `/api/jobs/${jobId}/cancel`), { retryIf: unreachable });
-      onJob(job);
-    } catch (err) {
-      if (err instanceof ApiError && err.status === 409) page.follower.refresh();  // it had just ended
-      else showNotice(`停止できませんでした：${err.message}`);
-    }
-  });
-}
-
-function retryTurn(turn) {
-  const generation = page.generation;
-  const jobId = turn.job.id;
-  act(turn, "retry", async () => {
-    try {
-      const { data: job } = await retrying(
-        () => request("POST", `/api/jobs/${jobId}/retry`), { retryIf: unreachable });
-      if (generation !== page.generation) return;
-      applyJob(turn, job);
-      updateTurn(turn);
-      page.follower.track(job.id, { turn: job.turn, status: job.status, sequence: job.sequence });
-      refreshList();
-    } catch (err) {
-      if (err instanceof ApiError && err.status === 409) loadHistory(generation);  // retried elsewhere
-      else showNotice(refusal(err));
-    }
-  });
 }
 
 // -- reset and delete ------------------------------------------------------------------------
@@ -425,7 +121,7 @@ async function deleteConversation() {
 
 async function resetConversation() {
   const id = page.conversation;
-  if (page.turns.some((t) => RUNNING.has(t.state))) {
+  if (page.turns.some((t) => isRunning(t.state))) {
     showNotice("返事を作成中はリセットできません。停止するか、返事が届いてからもう一度試してください。");
     return;
   }
@@ -455,10 +151,19 @@ const sidebar = new Sidebar({
   onOpen: (id) => { if (id !== page.conversation) openConversation(id, { push: true }); },
 });
 
+Object.assign(hooks, {
+  turnHandlers: { onStop: stopTurn, onRetry: retryTurn, onAction: turnAction },
+  titleOf: (id) => sidebar.titleOf(id),
+  listChanged: refreshList,
+  loaded: resendPending,
+  unreadable: () => composer.setDisabled(true),
+});
+
 const composer = new Composer({
   form: $("composer"), textarea: $("message"), button: $("send"), counter: $("counter"),
   maxChars: Number(document.body.dataset.maxChars),  // the server's setting, given with the page
   onSend: (text) => send(text),
+  onEmptyKey: emptyBoxKey,
   onTooLong: (length, max) => showNotice(
     `メッセージが長すぎます（${length.toLocaleString("ja-JP")} 文字、送れるのは ${max.toLocaleString("ja-JP")} 文字まで）。短くしてから送ってください。`),
 });
@@ -484,7 +189,7 @@ function wire() {
   $("reset").addEventListener("click", resetConversation);
   $("delete").addEventListener("click", deleteConversation);
   $("older").addEventListener("click", loadOlder);
-  $("more-conversations").addEventListener("click", () => fetchList(page.nextListPage));
+  $("more-conversations").addEventListener("click", () => fetchList(nextListPage));
   window.addEventListener("popstate", () => openConversation(urlConversation() ?? newConversationId()));
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState !== "visible") return;
@@ -499,6 +204,7 @@ function urlConversation() {
 
 async function start() {
   wire();
+  await loadStates();
   showAccount({ onError: (err) => showNotice(`サインアウトできませんでした：${err.message}`) });
   const fromUrl = urlConversation();
   const listed = refreshList();

@@ -8,8 +8,8 @@ const COUNTER_FROM = 0.8;  // show the counter from 80 % of the limit
 export const messageLength = (text) => [...text.trim()].length;
 
 export class Composer {
-  constructor({ form, textarea, button, counter, maxChars, onSend, onTooLong }) {
-    Object.assign(this, { form, textarea, button, counter, maxChars, onSend, onTooLong });
+  constructor({ form, textarea, button, counter, maxChars, onSend, onTooLong, onEmptyKey }) {
+    Object.assign(this, { form, textarea, button, counter, maxChars, onSend, onTooLong, onEmptyKey });
     this.sending = false;
     textarea.addEventListener("keydown", (event) => this.keydown(event));
     textarea.addEventListener("input", () => this.changed());
@@ -21,6 +21,12 @@ export class Composer {
   }
 
   keydown(event) {
+    // In an empty box the arrows act on the newest turn (↑ edit, ← → its replies).
+    const plain = !(event.shiftKey || event.altKey || event.ctrlKey || event.metaKey || event.isComposing);
+    if (plain && !this.textarea.value && this.onEmptyKey?.(event.key)) {
+      event.preventDefault();
+      return;
+    }
     if (event.key !== "Enter" || event.shiftKey || event.altKey || event.ctrlKey || event.metaKey) return;
     // While an IME is composing, Enter confirms the conversion. keyCode 229 covers browsers that
     // report the confirming keydown after compositionend (Safari).

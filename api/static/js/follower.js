@@ -6,16 +6,14 @@
 // that is running, else the lowest unfinished turn (jobs of a conversation run in turn order,
 // so that is the one to start next).
 
-import { ApiError, isAbort, request, retrying, sleep } from "./api.js";
+import { ApiError, isAbort, isFinalStatus, request, retrying, sleep } from "./api.js";
 
 const WAIT_S = 25;
 const REQUEST_TIMEOUT_MS = (WAIT_S + 10) * 1000;
 // A server that answers a long-poll at once without any change (one that does not know `wait`)
 // must not turn this loop into a busy loop.
 const MIN_IDLE_GAP_MS = 1000;
-const FINAL = new Set(["completed", "failed", "cancelled", "incomplete"]);
-
-export const isFinal = (status) => FINAL.has(status);
+export const isFinal = isFinalStatus;  // from GET /api/states
 
 export class Follower {
   #jobs = new Map();  // job id -> {turn, status, sequence (null: not seen in full yet)}

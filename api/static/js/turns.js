@@ -1,14 +1,19 @@
 // One turn of the conversation on screen: the user's message, then the reply as it stands
 // (streaming, done, stopped or failed), with the controls that apply to it.
 //
-// A turn model: {key, turn, userText, state, text, job, error, retryable, sentAt}
-//   state: sending | queued | in_progress | completed | failed | incomplete | cancelled | unknown
-//   job:   {id, sequence, status, steps, created_at} (what the page knows of the turn's job)
+// A turn model: {key, turn, userText, state, text, job, error, retryable, sentAt,
+//                actions, replies, chosen}
+//   state:   sending | queued | in_progress | completed | failed | incomplete | cancelled | unknown
+//   job:     {id, sequence, status, steps, created_at} (what the page knows of the turn's job)
+//   actions: what the server offers on the turn now (regenerate, choose, edit, continue, ...);
+//            empty while a job of the turn runs, refreshed from the history when it ends
 
-import { serverNow } from "./api.js";
+import { isRetryableStatus, serverNow, states } from "./api.js";
 import { renderMarkdown } from "./markdown.js";
+import { MessageEditor, ReplyActions } from "./turnactions.js";
 
-export const RUNNING = new Set(["sending", "queued", "in_progress"]);
+/** Being sent, or a job that has not ended (final statuses come from GET /api/states). */
+export const isRunning = (state) => state === "sending" || states.job[state]?.final === false;
 
 const STEP_LABELS = {
   load_history: "履歴を読み込み中",
@@ -26,12 +31,14 @@ const ENDINGS = {
 
 /** A turn from the history endpoint (issue 9's TurnOut). */
 export function turnFromHistory(t) {
+  // A regenerate or continue that runs shows its own text, not the reply it will replace.
+  const text = isRunning(t.state) ? t.job?.partial_reply : t.reply?.text ?? t.job?.partial_reply;
   return {
     key: `turn-${t.turn}`, turn: t.turn, userText: t.user.text, state: t.state,
-    text: t.reply?.text ?? t.job?.partial_reply ?? "",
+    text: text ?? "",
     job: t.job ? { id: t.job.id, sequence: t.job.sequence, status: t.job.status } : null,
     error: t.job?.error ?? null, retryable: t.retryable, sentAt: t.user.created_at,
-    userSeq: t.user.seq,
+    userSeq: t.user.seq, actions: t.actions ?? [], replies: t.replies ?? 0, chosen: t.chosen ?? 0,
   };
 }
 
@@ -42,7 +49,8 @@ export function applyJob(turn, job) {
   turn.state = job.status;
   turn.text = job.reply ?? job.partial_reply ?? "";
   turn.error = job.error ?? null;
-  turn.retryable = ["failed", "incomplete", "cancelled"].includes(job.status);
+  turn.retryable = isRetryableStatus(job.status);
+  turn.actions = [];  // the history says what the turn offers once the job has ended
 }
 
 /** What the reply is doing now, in Japanese: the step and the time since the message was sent. */
@@ -70,7 +78,7 @@ function speaker(name) {
 }
 
 export class TurnView {
-  constructor(turn, { onStop, onRetry }) {
+  constructor(turn, { onStop, onRetry, onAction }) {
     this.root = element("li", "turn");
     const user = element("div", "msg user");
     this.userText = element("span", "user-text");
@@ -95,17 +103,24 @@ export class TurnView {
     this.retry.addEventListener("click", () => onRetry(this.turn));
     this.problem.append(this.problemText, this.retry);
 
-    this.root.append(user, this.bubble, this.status, this.problem);
+    const act = (name, arg) => onAction(this.turn, name, arg);
+    this.replyActions = new ReplyActions(act);
+    this.editor = new MessageEditor(act, user);
+
+    this.root.append(user, this.editor.form, this.editor.root, this.bubble, this.status, this.problem,
+                     this.replyActions.root);
     this.renderedText = null;
     this.update(turn);
   }
 
   update(turn) {
-    // A keyboard user who pressed 停止 or もう一度試す keeps the focus in the turn when that
-    // button goes away: it moves to the button that replaces it.
-    const focused = [this.stop, this.retry].includes(document.activeElement);
+    // A keyboard user who pressed a button of the turn (停止, もう一度試す, もう一度, ...) keeps
+    // the focus in the turn when that button goes away: it moves to the one that replaces it.
+    const focused = this.root.contains(document.activeElement);
     this.render(turn);
-    if (focused && !shown(document.activeElement)) [this.retry, this.stop].find(shown)?.focus();
+    if (focused && !shown(document.activeElement)) {
+      [this.retry, this.stop, ...this.replyActions.buttons, this.editor.edit].find(shown)?.focus();
+    }
   }
 
   render(turn) {
@@ -117,10 +132,20 @@ export class TurnView {
     this.showReply(turn);
     this.showStatus(turn);
     this.showProblem(turn);
+    const running = isRunning(turn.state);
+    this.replyActions.update(turn, { running });
+    this.editor.update(turn, { running });
+  }
+
+  /** ↑ in an empty message box: edit this (the newest) message, when the server offers it. */
+  startEditing() {
+    if (!this.editor.offered || isRunning(this.turn.state)) return false;
+    this.editor.open();
+    return true;
   }
 
   showReply(turn) {
-    const running = RUNNING.has(turn.state);
+    const running = isRunning(turn.state);
     this.bubble.hidden = !turn.text && !(running && turn.state !== "sending");
     this.bubble.classList.toggle("waiting", !turn.text);
     if (turn.text !== this.renderedText) {
@@ -132,7 +157,7 @@ export class TurnView {
   }
 
   showStatus(turn) {
-    this.status.hidden = !RUNNING.has(turn.state);
+    this.status.hidden = !isRunning(turn.state);
     this.statusText.textContent = statusText(turn);
     // A message still being sent can be taken back; a job can be stopped.
     this.stop.textContent = turn.state === "sending" ? "取り消す" : "停止";
@@ -142,7 +167,11 @@ export class TurnView {
   showProblem(turn) {
     const ending = ENDINGS[turn.state];
     this.problem.hidden = !ending;
-    if (!ending) return;
+    if (!ending) {
+      // No stale words left behind: the box of a retried reply says nothing until it ends again.
+      this.problemText.textContent = "";
+      return;
+    }
     const detail = turn.state === "cancelled" ? "" : (turn.error?.message ?? "");
     this.problemText.textContent = detail ? `${ending}${detail}` : ending;
     this.problem.classList.toggle("quiet", turn.state === "cancelled");
@@ -153,10 +182,13 @@ export class TurnView {
 
   /** While a stop or retry is on its way: announced as unavailable, yet still focusable. */
   setBusy(kind, busy) {
-    (kind === "stop" ? this.stop : this.retry).setAttribute("aria-disabled", String(busy));
+    if (kind === "stop") this.stop.setAttribute("aria-disabled", String(busy));
+    else if (kind === "retry") this.retry.setAttribute("aria-disabled", String(busy));
+    else if (kind === "edit") this.editor.setBusy(busy);
+    else this.replyActions.setBusy(busy);
   }
 
   tick() {
-    if (RUNNING.has(this.turn.state)) this.statusText.textContent = statusText(this.turn);
+    if (isRunning(this.turn.state)) this.statusText.textContent = statusText(this.turn);
   }
 }
