@@ -16,6 +16,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, HTMLResponse
 
 from api.deps import SettingsDep
+from core import contract
 from core.errors import NotFound
 
 router = APIRouter(include_in_schema=False)
@@ -51,7 +52,8 @@ def chat_page(settings: SettingsDep) -> HTMLResponse:
     mode = settings.llm_mode
     page = (template().replace("__LLM_MODE__", mode)
             .replace("__LLM_NOTE__", html.escape(NOTES[mode]))
-            .replace("__MAX_CHARS__", str(settings.max_message_chars)))
+            .replace("__MAX_CHARS__", str(settings.max_message_chars))
+            .replace("__CONVERSATION_ID__", html.escape(contract.CONVERSATION_ID)))
     return HTMLResponse(page, headers=PAGE_HEADERS)
 
 

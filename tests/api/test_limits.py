@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from core import contract
 from mysisterdb.redis_server import RedisServer
 from tests.conftest import own_stack
 from tests.procs import Stack
@@ -42,3 +43,4 @@ def test_the_document_and_the_page_state_the_setting(raised: Stack) -> None:
     assert schemas["EditRequest"]["properties"]["message"]["maxLength"] == RAISED
     page = httpx.get(f"{raised.api_url}/", timeout=10).text
     assert f'data-max-chars="{RAISED}"' in page
+    assert f'data-conversation-id="{contract.CONVERSATION_ID}"' in page

@@ -1,7 +1,8 @@
 // The conversation list (newest activity first) and, on a phone, the drawer that holds it.
 
 const PHONE = window.matchMedia("(max-width: 760px)");
-const CONVERSATION_ID = /^[A-Za-z0-9_-]{1,64}$/;
+// The server's pattern (core/contract.py), given with the page: declared once.
+const CONVERSATION_ID = new RegExp(`^(?:${document.body.dataset.conversationId})$`);
 
 export const validConversationId = (id) => CONVERSATION_ID.test(id);
 
