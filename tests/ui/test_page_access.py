@@ -223,6 +223,8 @@ def test_screenshots_for_the_readme(open_page: OpenPage, ui_stack: Stack) -> Non
         desktop.send(text)
         expect(desktop.turns().last.locator(".reply")).to_have_text("".join(reply_chunks(text)))
     desktop.page.locator("#message").blur()
+    desktop.page.locator("#more").click()  # the conversation's menu: export and import
+    expect(desktop.page.locator("#conversation-menu")).to_be_visible()
     desktop_png = desktop.shot("desktop")
     phone = open_page(viewport=PHONE, dark=True, conversation_id="readme-main")
     expect(phone.turns()).to_have_count(3)

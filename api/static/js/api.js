@@ -66,10 +66,13 @@ export async function request(method, path, { body, headers = {}, signal,
   const forward = () => controller.abort();
   signal?.addEventListener("abort", forward, { once: true });
   try {
+    // A file (an import) goes as it is; anything else as JSON.
+    const file = body instanceof Blob;
+    const type = file ? body.type || "application/octet-stream" : "application/json";
     const response = await fetch(path, {
       method, signal: controller.signal, cache: "no-store",
-      headers: body === undefined ? headers : { "content-type": "application/json", ...headers },
-      body: body === undefined ? undefined : JSON.stringify(body),
+      headers: body === undefined ? headers : { "content-type": type, ...headers },
+      body: body === undefined || file ? body : JSON.stringify(body),
     });
     noteServerTime(response);
     const data = parseJson(await response.text());

@@ -4,7 +4,7 @@
 //
 // This module is the page around the conversation: the conversation list, opening, resetting
 // and deleting a conversation, and the wiring. The conversation on screen is conversation.js;
-// sending and the buttons of a turn are actions.js.
+// sending and the buttons of a turn are actions.js; branch, export and import transfer.js.
 
 import { showAccount } from "./account.js";
 import { ApiError, connection, loadStates, request, retrying, unreachable } from "./api.js";
@@ -13,6 +13,7 @@ import { Composer } from "./composer.js";
 import { hooks, loadHistory, loadOlder, page, resetPage, showTitle } from "./conversation.js";
 import { $, announce, clearNotice, showNotice } from "./shell.js";
 import { Sidebar, conversationUrl, newConversationId, validConversationId } from "./sidebar.js";
+import { branchFrom, wireTransfer } from "./transfer.js";
 import { isRunning } from "./turns.js";
 
 const LIST_PAGE = 50;
@@ -152,7 +153,10 @@ const sidebar = new Sidebar({
 });
 
 Object.assign(hooks, {
-  turnHandlers: { onStop: stopTurn, onRetry: retryTurn, onAction: turnAction },
+  turnHandlers: {
+    onStop: stopTurn, onRetry: retryTurn,
+    onAction: (turn, name, arg) => (name === "branch" ? branchFrom(turn) : turnAction(turn, name, arg)),
+  },
   titleOf: (id) => sidebar.titleOf(id),
   listChanged: refreshList,
   loaded: resendPending,
@@ -189,6 +193,13 @@ function wire() {
   $("reset").addEventListener("click", resetConversation);
   $("delete").addEventListener("click", deleteConversation);
   $("older").addEventListener("click", loadOlder);
+  wireTransfer({
+    open: async (id) => {
+      await openConversation(id, { push: true });
+      composer.focus();  // the button pressed went away with the old conversation
+    },
+    refreshList,
+  });
   $("more-conversations").addEventListener("click", () => fetchList(nextListPage));
   window.addEventListener("popstate", () => openConversation(urlConversation() ?? newConversationId()));
   document.addEventListener("visibilitychange", () => {

@@ -1,9 +1,10 @@
-// The controls of a finished newest turn, shown from the actions the server lists for it
-// (TurnOut.actions): under the reply ← k/n →, もう一度 and 続ける; under the message 編集,
-// which opens the message in place for correcting and sending again.
+// The controls of a finished turn, shown from the actions the server lists for it
+// (TurnOut.actions): under the newest reply ← k/n →, もう一度 and 続ける; under every
+// finished reply ここから分岐; under the newest message 編集, which opens the message in place
+// for correcting and sending again.
 //
 // Each control calls onAction(name, arg): "choose" (the index wanted), "regenerate",
-// "continue", "edit" (the corrected text).
+// "continue", "edit" (the corrected text), "branch".
 
 function button(className, text, label, onClick) {
   const node = document.createElement("button");
@@ -15,7 +16,7 @@ function button(className, text, label, onClick) {
   return node;
 }
 
-/** ← k/n →, もう一度, 続ける: under the newest reply. */
+/** ← k/n →, もう一度, 続ける: under the newest reply; ここから分岐 under any finished one. */
 export class ReplyActions {
   constructor(onAction) {
     this.root = document.createElement("div");
@@ -28,7 +29,8 @@ export class ReplyActions {
     this.next = button("next", "→", "次の返事", () => this.choose(1, onAction));
     this.regenerate = button("regenerate", "もう一度", "別の返事を作る", () => onAction("regenerate"));
     this.continue = button("continue", "続ける", "返事の続きを書かせる", () => onAction("continue"));
-    this.root.append(this.prev, this.count, this.next, this.regenerate, this.continue);
+    this.branch = button("branch", "ここから分岐", "ここから分岐", () => onAction("branch"));
+    this.root.append(this.prev, this.count, this.next, this.regenerate, this.continue, this.branch);
     this.turn = null;
   }
 
@@ -58,17 +60,20 @@ export class ReplyActions {
     }
     this.regenerate.hidden = !offers("regenerate");
     this.continue.hidden = !offers("continue");
-    this.root.hidden = [this.prev, this.regenerate, this.continue].every((n) => n.hidden);
+    this.branch.hidden = !offers("branch");
+    // Many turns have one: the name says which.
+    this.branch.setAttribute("aria-label", `ここから分岐：${turn.turn} 番目までを新しい会話に`);
+    this.root.hidden = [this.prev, this.regenerate, this.continue, this.branch].every((n) => n.hidden);
   }
 
   setBusy(busy) {
-    for (const node of [this.prev, this.next, this.regenerate, this.continue]) {
+    for (const node of [this.prev, this.next, this.regenerate, this.continue, this.branch]) {
       node.setAttribute("aria-disabled", String(busy));
     }
   }
 
   get buttons() {
-    return [this.regenerate, this.continue, this.next, this.prev];
+    return [this.regenerate, this.continue, this.next, this.prev, this.branch];
   }
 }
 
