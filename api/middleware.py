@@ -13,7 +13,8 @@ the pages do not need Redis and are not guarded.
 
 Two kinds of request wait on purpose, and bound themselves: a long-poll gets the timeout
 plus its `wait` (at most 30 s); an SSE stream (`/api/jobs/{id}/events`) is not watched, as
-it ends by itself (final state, or after 300 s, and every Redis call in it has a timeout).
+it ends by itself (final state, or after MYSISTERDB_SSE_MAX_S, 300 s, and every Redis
+call in it has a timeout).
 """
 
 from __future__ import annotations

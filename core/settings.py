@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     sweep_interval_s: float = 1.0  # the sweep: lost publishes, dead and expired jobs
     consume_stall_s: float = 30.0  # prompts waiting this long with idle workers: not consuming
     request_timeout: float = 10.0
+    # An event stream (GET /api/jobs/{id}/events) ends after this, its job final or not:
+    # proxies and idle connections do not hold it for ever; EventSource resumes it by itself
+    # with Last-Event-ID. Proxies in front need a read timeout above it (deploy/nginx.conf).
+    sse_max_s: float = Field(default=300.0, gt=0)
     resource_log_interval: float = 60.0
     memory_warn_mb: int = 500
     worker_max_tasks_per_child: int = 200

@@ -229,3 +229,47 @@ def test_a_kill_9_of_the_chat_worker_takes_its_pool_children_with_it(up: tuple) 
         assert took < POOL_EXIT_BOUND_S + MARGIN_S, (took, survivors(pool))
         wait_for(lambda w=worker: new_worker(proc, w.pid), timeout_s=15, what="a new worker")
         wait_for(lambda: healthy(url), timeout_s=40, what="health after the restart")
+
+
+def simulator_child(up_proc: subprocess.Popen[bytes]) -> psutil.Process | None:
+    for child in psutil.Process(up_proc.pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "simulator" in child.cmdline():
+                return child
+        except psutil.Error:
+            continue
+    return None
+
+
+def kill_and_time_the_restart(up_proc: subprocess.Popen[bytes], sim_url: str) -> float:
+    """kill -9 of the simulator: seconds until `up` has started a new one (a new pid)."""
+    old = simulator_child(up_proc)
+    assert old is not None
+    old.kill()
+    killed_at = time.monotonic()
+    wait_for(lambda: (new := simulator_child(up_proc)) is not None and new.pid != old.pid,
+             timeout_s=BACKOFF_BOUND_S, what="the simulator restarted", interval_s=0.02)
+    restarted_s = time.monotonic() - killed_at
+    wait_for(lambda: httpx.get(f"{sim_url}/_sim/health", timeout=1).is_success, timeout_s=20,
+             what="the restarted simulator serving")
+    return restarted_s
+
+
+# mysisterdb/stack.py: a child that dies restarts after 2 ** (restarts so far) s (1 s, 2 s,
+# 4 s … up to 30 s, back to 1 s once it ran 60 s); up looks every 0.5 s, so each wait is its
+# delay plus up to 0.5 s, and a little for a loaded machine.
+FIRST_DELAY_S, SECOND_DELAY_S, TICK_S = 1.0, 2.0, 0.5
+BACKOFF_BOUND_S = 10.0
+
+
+def test_a_child_that_keeps_dying_comes_back_each_time_after_a_longer_wait(up: tuple) -> None:  # type: ignore[type-arg]
+    proc, url, _tmp = up
+    wait_for(lambda: healthy(url), timeout_s=40, what="mysisterdb up")
+    sim = simulator_child(proc)
+    assert sim is not None
+    sim_url = f"http://127.0.0.1:{sim.environ()['MYSISTERDB_SIM_PORT']}"
+    first = kill_and_time_the_restart(proc, sim_url)
+    second = kill_and_time_the_restart(proc, sim_url)
+    assert FIRST_DELAY_S <= first < FIRST_DELAY_S + TICK_S + 1.0, first
+    assert SECOND_DELAY_S <= second < SECOND_DELAY_S + TICK_S + 1.0, second
+    assert second > first, (first, second)

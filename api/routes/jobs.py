@@ -40,7 +40,6 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
 JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="A job id (32 hex digits)")]
 SSE_RETRY_MS = 1000  # how soon EventSource reconnects after a dropped stream
-SSE_MAX_S = 300.0  # a stream ends after this; EventSource resumes it with Last-Event-ID
 SSE_WAIT_S = 15.0  # one wait inside a stream (the keep-alive comes from FastAPI)
 
 
@@ -140,24 +139,27 @@ async def job_events(job_id: JobId, watcher: WatcherDep, request: Request, calle
                      ) -> AsyncIterator[JobOut]:
     """Server-Sent Events: one event per change, `id:` = the job's sequence, `data:` = the
     whole job (changes that land together arrive as one event). Resumes after
-    `Last-Event-ID`; ends after the final state (and after 300 s: EventSource reconnects)."""
+    `Last-Event-ID`; ends after the final state (and after MYSISTERDB_SSE_MAX_S, 300 s:
+    EventSource reconnects)."""
     slots: FollowerSlots | None = request.app.state.followers
+    max_s: float = request.app.state.settings.sse_max_s
 
     async def renew() -> None:  # each wait (<= SSE_WAIT_S) renews the slot's lease
         if slots is not None:
             await run_in_threadpool(slots.renew, caller.person or "", start.slot)
 
     try:
-        async for job in changes(watcher, job_id, seen=start.seen, renew=renew):
+        async for job in changes(watcher, job_id, seen=start.seen, max_s=max_s,
+                                 renew=renew):
             yield event(job)
     finally:
         await give_back(request, caller, start.slot)
 
 
-async def changes(watcher: JobWatcher, job_id: str, *, seen: int,
+async def changes(watcher: JobWatcher, job_id: str, *, seen: int, max_s: float,
                   renew: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[Job]:
     loop = asyncio.get_running_loop()
-    ends = loop.time() + SSE_MAX_S
+    ends = loop.time() + max_s  # then EventSource resumes it with Last-Event-ID
     while (left := ends - loop.time()) > 0:
         if renew is not None:
             await renew()

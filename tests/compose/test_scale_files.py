@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import yaml
 
-from api.routes.jobs import SSE_MAX_S
 from api.schemas import MAX_WAIT_S
 from core.settings import Settings
 from tests.procs import ROOT
@@ -69,7 +68,7 @@ def test_event_streams_and_long_polls_pass_unbuffered_and_outlast_their_waits() 
     polls = location("/api/jobs/")
     for block in (events, polls):
         assert "proxy_buffering off" in block
-    assert seconds(events, "proxy_read_timeout") > SSE_MAX_S
+    assert seconds(events, "proxy_read_timeout") > Settings().sse_max_s
     assert seconds(polls, "proxy_read_timeout") > MAX_WAIT_S + Settings().request_timeout
     assert seconds(SERVER, "proxy_read_timeout") > Settings().import_timeout_s
 

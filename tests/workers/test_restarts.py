@@ -22,6 +22,7 @@ import redis
 
 from core.reservations import chat_reservations
 from mysisterdb.redis_server import RedisServer, start_redis
+from mysisterdb.simulator import reply_chunks
 from tests.conftest import start_stack
 from tests.procs import Stack, mysisterdb, start, wait_for
 
@@ -190,3 +191,30 @@ def test_ctrl_c_of_the_worker_lets_the_running_prompt_finish(restarts: Restarts,
     later = stack.submit(f"あとで {cid}", conversation_id=cid)
     restarts.start_worker()
     assert stack.wait_job(later["id"])["status"] == "completed"
+
+
+def test_sigterm_of_the_worker_lets_the_running_prompt_finish_then_exits(
+        restarts: Restarts, cid: str) -> None:
+    """`docker compose stop` and a scale-down send SIGTERM to the worker's main process (PID 1
+    of its container) alone: a warm shutdown, the running prompt completes with its whole
+    reply, and only then does the process exit."""
+    stack = restarts.stack
+    name = f"term-{cid}"
+    message = f"ゆっくり話して #sim:hold={name}"
+    running = stack.submit(message, conversation_id=cid)
+    stack.wait_job(running["id"], until=lambda j: bool(j["partial_reply"]))
+    worker = stack.procs["worker"]
+    os.kill(worker.process.pid, signal.SIGTERM)
+    wait_for(lambda: "warm shutdown" in worker.log().lower(), timeout_s=5,
+             what="the worker's warm shutdown")
+    # The signal is taken and the prompt still runs, held by the simulator: the worker waits.
+    assert worker.process.poll() is None
+    assert stack.job(running["id"])["status"] == "in_progress"
+    assert httpx.get(f"{stack.sim_url}/_sim/holds/{name}", timeout=5).json()["state"] == "held"
+    httpx.post(f"{stack.sim_url}/_sim/release/{name}", timeout=5)
+    done = stack.wait_job(running["id"])
+    assert done["status"] == "completed", done
+    assert done["reply"] == "".join(reply_chunks(message))
+    assert worker.process.wait(timeout=20) == 0  # exited once the job ended, not a crash
+    stack.procs.pop("worker")
+    restarts.start_worker()
