@@ -13,7 +13,7 @@ from mysisterdb.redis_server import RedisServer
 from tests.conftest import own_stack
 from tests.procs import Stack
 
-LIMITS_DB = 7
+LIMITS_DB = 13  # databases of the shared test redis-server: grep "_DB = " tests/
 RAISED = 9000
 
 
