@@ -107,6 +107,15 @@ TURN_ACTIONS: dict[TurnState, frozenset[Action]] = {
     TurnState.UNKNOWN: frozenset({Action.EDIT}),
 }
 NEWEST_ONLY = frozenset({Action.REGENERATE, Action.CHOOSE, Action.EDIT, Action.CONTINUE})
+# What the page says under a turn that ended without a reply (no entry: nothing to say).
+# A quiet ending is the person's own doing (a stop): shown subdued, without an error.
+TURN_ENDINGS: dict[TurnState, str] = {
+    TurnState.FAILED: "返事を作れませんでした。",
+    TurnState.CANCELLED: "停止しました。",
+    TurnState.INCOMPLETE: "返事が途中で止まりました。",
+    TurnState.UNKNOWN: "この返事の記録は残っていません。",
+}
+QUIET_ENDINGS = frozenset({TurnState.CANCELLED})
 TURN_LABELS: dict[TurnState, str] = {
     **{TurnState(s.value): JOB_STATES[s].label for s in JobStatus},
     TurnState.UNKNOWN: "記録が残っていません",
@@ -149,6 +158,7 @@ def states_document() -> dict[str, Any]:
                                  "retryable": JOB_STATES[s].retryable,
                                  "label": JOB_STATES[s].label} for s in JobStatus},
         "turn_states": {t.value: {"label": TURN_LABELS[t],
+                                  "ending": TURN_ENDINGS.get(t), "quiet": t in QUIET_ENDINGS,
                                   "actions": [a.value for a in Action if a in TURN_ACTIONS[t]]}
                         for t in TurnState},
         "newest_only": [a.value for a in Action if a in NEWEST_ONLY],

@@ -95,7 +95,9 @@ def choose(conversation_id: ConversationId, stored: OwnConversationDep, turn: Tu
 
 class StatesOut(BaseModel):
     job_states: dict[str, dict[str, Any]] = Field(description="status -> final, retryable, label")
-    turn_states: dict[str, dict[str, Any]] = Field(description="state -> label, actions")
+    turn_states: dict[str, dict[str, Any]] = Field(
+        description="state -> label, ending (what the page says under a turn that ended "
+                    "without a reply, or null), quiet (the person's own stop), actions")
     newest_only: list[str] = Field(description="Actions offered on the newest turn only")
     actions: list[str] = Field(description="Every action, in the order the page shows them")
 

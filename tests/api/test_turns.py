@@ -145,4 +145,7 @@ def test_states_table_is_served(stack: Stack) -> None:
     assert table["job_states"]["incomplete"] == {"final": True, "retryable": True,
                                                  "label": "途中で止まりました"}
     assert "continue" in table["turn_states"]["incomplete"]["actions"]
+    cancelled = table["turn_states"]["cancelled"]
+    assert (cancelled["ending"], cancelled["quiet"]) == ("停止しました。", True)
+    assert table["turn_states"]["completed"]["ending"] is None
     assert set(table["newest_only"]) >= {"regenerate", "edit", "continue", "choose"}

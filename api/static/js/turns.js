@@ -22,13 +22,6 @@ const STEP_LABELS = {
   save: "保存中",
 };
 
-const ENDINGS = {
-  cancelled: "停止しました。",
-  incomplete: "返事が途中で止まりました。",
-  failed: "返事を作れませんでした。",
-  unknown: "この返事の記録は残っていません。",
-};
-
 /** A turn from the history endpoint (issue 9's TurnOut). */
 export function turnFromHistory(t) {
   // A regenerate or continue that runs shows its own text, not the reply it will replace.
@@ -165,16 +158,17 @@ export class TurnView {
   }
 
   showProblem(turn) {
-    const ending = ENDINGS[turn.state];
+    // What to say, and whether quietly, comes from GET /api/states (core/states.py).
+    const { ending = null, quiet = false } = states.turn[turn.state] ?? {};
     this.problem.hidden = !ending;
     if (!ending) {
       // No stale words left behind: the box of a retried reply says nothing until it ends again.
       this.problemText.textContent = "";
       return;
     }
-    const detail = turn.state === "cancelled" ? "" : (turn.error?.message ?? "");
+    const detail = quiet ? "" : (turn.error?.message ?? "");
     this.problemText.textContent = detail ? `${ending}${detail}` : ending;
-    this.problem.classList.toggle("quiet", turn.state === "cancelled");
+    this.problem.classList.toggle("quiet", quiet);
     this.retry.hidden = !turn.retryable;
     this.problem.setAttribute("role", "group");
     this.problem.setAttribute("aria-label", "返事の状態");
