@@ -25,8 +25,6 @@ from core.history import history_store
 from core.jobs import JobStore
 from core.lifecycle import ClaimStatus, JobGone, Lifecycle, Limits, Outcome
 from core.models import JobStatus, StepName, StepStatus, iso, utcnow
-from core.redis_client import connect
-from mysisterdb.redis_server import RedisServer
 
 LIMITS = Limits(hard_limit_s=60, queue_timeout_s=600)
 
@@ -299,37 +297,6 @@ def test_concurrent_messages_of_one_conversation_get_distinct_turns_and_one_head
     seqs = [m.seq for m in history_store(redis_client).last("c", limit=20)]
     assert seqs == [2 * t - 1 for t in range(1, 9)]
     assert broker.sent == [next(j.id for j in jobs if j.turn == 1)]
-
-
-# Keeps the server busy past the client's socket timeout, like a latency spike: the EXEC is
-# applied but its reply arrives too late.
-BUSY_LUA = """
-local start = redis.call('TIME')
-local until_us = (tonumber(start[1]) * 1000000 + tonumber(start[2])) + 600000
-while true do
-  local now = redis.call('TIME')
-  if tonumber(now[1]) * 1000000 + tonumber(now[2]) > until_us then break end
-end
-return 1
-"""
-
-
-def test_a_write_whose_reply_was_lost_is_applied_once(redis_server: RedisServer,
-                                                      redis_client: redis.Redis) -> None:
-    job_id = submit(make(redis_client, Broker()), "一")
-    jobs = JobStore(connect(redis_server.url, timeout_s=0.3, retries=5))
-
-    def append(current: Any) -> None:
-        current.partial_reply += "x"
-
-    def busy(pipe: Any, _job: Any) -> None:
-        pipe.hincrby("applied", "n", 1)
-        pipe.eval(BUSY_LUA, 0)
-
-    written = jobs.update(job_id, append, after=busy)
-    assert written is not None and written.partial_reply == "x"
-    assert redis_client.hget("applied", "n") == b"1"
-    assert JobStore(redis_client).get(job_id).partial_reply == "x"
 
 
 def test_a_head_whose_message_was_lost_is_sent_again_once_the_queue_is_empty(
