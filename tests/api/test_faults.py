@@ -55,13 +55,18 @@ class FaultStack:
         """What `mysisterdb up` and compose's restart policy do for a worker that exits."""
         worker = self.stack.procs["worker"]
         if self.supervise and worker.process.poll() is not None:
-            self.restarts += 1
             print("worker exited; restarting it")
             worker.stop(timeout_s=2)
-            log_dir = self.log_dir / f"restart{self.restarts}"
-            log_dir.mkdir()
-            self.stack.procs["worker"] = start("worker", mysisterdb("worker"),
-                                               env=self.stack.env, log_dir=log_dir)
+            self.start_worker()
+
+    def start_worker(self) -> None:
+        """A new worker, its log under `log_dir` where every test looks for worker lines
+        (a log elsewhere made a later test wait for a line it could not see)."""
+        self.restarts += 1
+        log_dir = self.log_dir / f"restart{self.restarts}"
+        log_dir.mkdir()
+        self.stack.procs["worker"] = start("worker", mysisterdb("worker"),
+                                           env=self.stack.env, log_dir=log_dir)
 
     def kill_redis(self) -> None:
         self.server.process.kill()
@@ -303,7 +308,7 @@ def test_a_prompt_cut_by_redis_dying_ends_with_a_documented_code_and_an_incident
 
 
 def test_a_dead_worker_s_prompt_ends_worker_lost_and_the_next_turn_waits_for_a_worker(
-        faults: FaultStack, tmp_path: Path) -> None:
+        faults: FaultStack) -> None:
     """The whole worker dies (parent and pool): nobody is left to end its running prompt but
     the sweep (or a reader), after the hard limit + grace; the conversation's next turn is
     handed over then, and the next worker serves it."""
@@ -323,8 +328,7 @@ def test_a_dead_worker_s_prompt_ends_worker_lost_and_the_next_turn_waits_for_a_w
     assert len(incidents) == 1 and incidents[0]["action"].split("。")[0] in (
         "失敗として終了させた（スイープ）", "失敗として終了させた（ジョブの読み出し）")
     assert stack.job(waiting)["status"] == "queued"  # handed over, waiting in the broker
-    stack.procs["worker"] = start("worker", mysisterdb("worker"), env=stack.env,
-                                  log_dir=tmp_path)
+    faults.start_worker()
     faults.supervise = True
     assert end_of(final(stack, waiting)) == ("completed", None)
 
