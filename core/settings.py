@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     gemini_retries: int = 2
     gemini_backoff_s: float = 0.5
     sim_port: int = 8765
+    # How long the simulator holds a `#sim:hold=NAME` stream before giving up on a release
+    # (tests that hold past the usual 3 s raise it with the Gemini timeout above it).
+    sim_hold_max_s: float = Field(default=3.0, gt=0)
     persona_file: Path = DEFAULT_PERSONA
     # Where the simulator answers when there is no key (compose: http://simulator:8765);
     # unset: the local one `mysisterdb up` starts, http://127.0.0.1:<sim_port>.

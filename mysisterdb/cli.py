@@ -66,8 +66,8 @@ def cmd_simulator(args: argparse.Namespace) -> int:
     print(f"Gemini simulator on http://{args.host}:{port}", flush=True)
     exit_when_orphaned()
     # Nothing to finish gracefully: held and hanging streams would delay a stop for ever.
-    uvicorn.run(create_app(), host=args.host, port=port, log_level="warning",
-                timeout_graceful_shutdown=1)
+    uvicorn.run(create_app(hold_max_s=settings.sim_hold_max_s), host=args.host, port=port,
+                log_level="warning", timeout_graceful_shutdown=1)
     return 0
 
 

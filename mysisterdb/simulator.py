@@ -11,9 +11,10 @@ message make it misbehave on purpose, in either format:
     #sim:error=CODE      answers with that HTTP status (429, 500, ...)
     #sim:stall           streams one chunk, then nothing, never ending
     #sim:hold=NAME       streams one chunk, then holds the rest until POST /_sim/release/NAME
-                         (or HOLD_MAX_S passes); GET /_sim/holds/NAME tells "held",
-                         "released" or "expired", so a test can see a chunk arrive while the
-                         stream is still open
+                         (or MYSISTERDB_SIM_HOLD_MAX_S passes, 3 s by default); GET
+                         /_sim/holds/NAME tells "held", "released", "expired" or "closed"
+                         (the caller went away while held), so a test can see a chunk arrive
+                         while the stream is still open, and see a cancelled task hang up
     #sim:garbage         answers with a malformed body
     #sim:pace=SECONDS    the whole reply takes that long, its chunks evenly spread (the first
                          after SECONDS/4, like a model that thinks, then streams); 0 answers at
@@ -159,20 +160,25 @@ class Hold:
 
 
 class Holds:
-    def __init__(self) -> None:
+    def __init__(self, *, max_s: float = HOLD_MAX_S) -> None:
         self._holds: dict[str, Hold] = {}
+        self.max_s = max_s
 
     def open(self, name: str) -> Hold:
         # Opened before the first chunk is sent: whoever reads that chunk sees it "held".
         hold = self._holds[name] = Hold(event=asyncio.Event())
         return hold
 
-    @staticmethod
-    async def wait(hold: Hold) -> None:
+    async def wait(self, hold: Hold) -> None:
         try:
-            await asyncio.wait_for(hold.event.wait(), timeout=HOLD_MAX_S)
+            await asyncio.wait_for(hold.event.wait(), timeout=self.max_s)
         except TimeoutError:
             hold.state = "expired"
+        except asyncio.CancelledError:
+            # Starlette cancels a streaming response when its client disconnects: the only
+            # outside proof that a cancelled task really hung up on the model.
+            hold.state = "closed"
+            raise
 
     def release(self, name: str) -> str:
         hold = self._holds.get(name)
@@ -288,9 +294,9 @@ async def misbehave(match: re.Match[str] | None, *, sse: bool) -> Response | Non
 class Simulator:
     """The endpoints' state: the last 100 requests and the held streams."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, hold_max_s: float = HOLD_MAX_S) -> None:
         self.received: deque[dict[str, Any]] = deque(maxlen=100)
-        self.holds = Holds()
+        self.holds = Holds(max_s=hold_max_s)
 
     async def read_body(self, request: Request) -> Any:
         raw = await request.body()
@@ -362,9 +368,9 @@ class Simulator:
         return {"status": "ok", "mode": "simulator"}
 
 
-def create_app() -> FastAPI:
+def create_app(*, hold_max_s: float = HOLD_MAX_S) -> FastAPI:
     app = FastAPI(title="MySisterDB Gemini simulator")
-    sim = Simulator()
+    sim = Simulator(hold_max_s=hold_max_s)
     for version in API_VERSIONS:
         models = f"/{version}/models/{{model}}"
         app.add_api_route(models, sim.model_info, methods=["GET"])
