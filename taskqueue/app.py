@@ -8,6 +8,9 @@ The choices here are what makes a hung prompt harmless:
 - task_acks_late + task_reject_on_worker_lost=False: a message is acked only once its task
   ended, so a worker that dies before *starting* a prompt loses nothing, while a task whose
   child was killed is acked (not redelivered again and again: no poison loop);
+- worker_cancel_long_running_tasks_on_connection_loss=False: a prompt running when Redis
+  restarts goes on and completes (its writes retry); Celery cancels such tasks because their
+  message may be delivered again, which our atomic claim already makes harmless;
 - worker_prefetch_multiplier=1: a busy worker does not hoard prompts others could run (with
   the chat worker's autoscale it reserves up to its maximum slots, and forks a process for each
   reserved prompt it has none for: it runs everything it reserves at once);
@@ -59,7 +62,7 @@ def create_celery(settings: Settings, *, include: Sequence[str] = (),
         worker_prefetch_multiplier=1,
         worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
         worker_max_memory_per_child=settings.worker_max_memory_per_child_mb * 1024,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
         task_send_sent_event=True,

@@ -1,5 +1,5 @@
 """The broker connection closes cleanly after Redis went away while a message was reserved
-(what made Celery log "Unrecoverable error" and stop consuming; mysisterdb/kombu_redis.py)."""
+(what made Celery log "Unrecoverable error" and stop consuming; taskqueue/kombu_redis.py)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_closing_after_redis_went_away_is_a_connection_error(doomed_redis: Redis
 
 
 def test_the_stock_transport_still_has_the_defect(doomed_redis: RedisServer) -> None:
-    """When a kombu release fixes it, this fails: then mysisterdb/kombu_redis.py can go."""
+    """When a kombu release fixes it, this fails: then taskqueue/kombu_redis.py can go."""
     conn = reserved_then_redis_gone(doomed_redis, "redis")
     with pytest.raises(AttributeError, match="hostname"):
         ignore_errors(conn, conn.close)
