@@ -15,7 +15,7 @@ from mysisterdb.redis_server import RedisServer
 from tests.conftest import own_stack
 from tests.procs import Stack, wait_for
 
-CANCEL_DB = 14
+CANCEL_DB = 15
 GEMINI_TIMEOUT_S = 20  # far above the waits below: only the cancel can close the stream
 HOLD_MAX_S = 40  # the other slot stays held through the whole test
 CLOSED_WITHIN_S = 5.0  # termination, the SDK's socket closing and Starlette seeing it
