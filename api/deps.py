@@ -1,4 +1,9 @@
-"""Named dependencies: routes ask for what they need by type."""
+"""Named dependencies: routes ask for what they need by type.
+
+Those that only assemble objects (no I/O) are `async def`: FastAPI runs a plain `def`
+dependency in its thread pool, one hop per dependency and request; a submit had six of
+them, about a third of its time on a busy box (docs/performance.md, "Submit"). Those that
+read Redis stay plain functions, so the event loop never waits on a socket."""
 
 from __future__ import annotations
 
@@ -21,45 +26,54 @@ from core.settings import Settings
 from core.transfer_store import TransferStore
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_redis(request: Request) -> redis.Redis:
+async def get_redis(request: Request) -> redis.Redis:
     return request.app.state.redis  # type: ignore[no-any-return]
 
 
-def get_watcher(request: Request) -> JobWatcher:
+async def get_watcher(request: Request) -> JobWatcher:
     return request.app.state.watcher  # type: ignore[no-any-return]
+
+
+async def get_caller(request: Request) -> Caller:
+    return caller_of(request)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 # The person asking (set by api.auth.authenticate for every route).
-CallerDep = Annotated[Caller, Depends(caller_of)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
 WatcherDep = Annotated[JobWatcher, Depends(get_watcher)]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]
 
 
-def get_history(client: RedisDep) -> RedisHistoryStore:
+async def get_history(client: RedisDep) -> RedisHistoryStore:
     return history_store(client)
 
 
 HistoryDep = Annotated[RedisHistoryStore, Depends(get_history)]
 
 
-def get_lifecycle(request: Request, client: RedisDep, history: HistoryDep,
-                  settings: SettingsDep) -> Lifecycle:
+async def get_lifecycle(request: Request, client: RedisDep, history: HistoryDep,
+                        settings: SettingsDep) -> Lifecycle:
+    return build_lifecycle(request, client, history, settings)
+
+
+def build_lifecycle(request: Request, client: redis.Redis, history: RedisHistoryStore,
+                    settings: Settings) -> Lifecycle:
     return Lifecycle(client=client, history=history, limits=Limits.from_settings(settings),
                      broker=request.app.state.broker)
 
 
 def lifecycle_of(request: Request) -> Lifecycle:
     """The same, outside dependency injection (an async route hands it to a thread)."""
-    client = get_redis(request)
-    return get_lifecycle(request, client, history_store(client), get_settings(request))
+    client: redis.Redis = request.app.state.redis
+    return build_lifecycle(request, client, history_store(client), request.app.state.settings)
 
 
-def get_reader(client: RedisDep, history: HistoryDep) -> ConversationReader:
+async def get_reader(client: RedisDep, history: HistoryDep) -> ConversationReader:
     return ConversationReader(client=client, history=history)
 
 
@@ -69,8 +83,8 @@ ConversationReaderDep = Annotated[ConversationReader, Depends(get_reader)]
 LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
 
 
-def get_chat_service(request: Request, lifecycle: LifecycleDep, settings: SettingsDep,
-                     caller: CallerDep) -> ChatService:
+async def get_chat_service(request: Request, lifecycle: LifecycleDep, settings: SettingsDep,
+                           caller: CallerDep) -> ChatService:
     return ChatService(lifecycle=lifecycle, max_message_chars=settings.max_message_chars,
                        max_message_tokens=request.app.state.max_message_tokens,
                        max_queue_depth=settings.max_queue_depth,
@@ -91,7 +105,7 @@ def own_conversation(conversation_id: Annotated[str, Path(pattern=CONVERSATION_I
 OwnConversationDep = Annotated[str, Depends(own_conversation)]
 
 
-def get_transfer_store(request: Request, client: RedisDep, history: HistoryDep,
+async def get_transfer_store(request: Request, client: RedisDep, history: HistoryDep,
                        settings: SettingsDep) -> TransferStore:
     return TransferStore(client=client, history=history, broker=request.app.state.broker,
                          embeddings=settings.embeddings_enabled)

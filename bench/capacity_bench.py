@@ -1,8 +1,8 @@
 """Capacity: many conversations at once on one box, memory per slot, and the old design beside
 ours, measured in one run and written as one table (docs/performance.md, "Capacity").
 
-Starts its own redis-server, simulator, chat worker (autoscaled, the default 32 slots at most,
-2 at least), summary worker and API (`mysisterdb up`'s layout), with limits below so that a hung
+Starts its own redis-server, simulator, chat worker (the default 32 slots, all forked at
+start), summary worker and API (`mysisterdb up`'s layout), with limits below so that a hung
 prompt ends by itself within seconds; then, in order:
 
 1. the queue's own cost: zero-delay prompts one after the other (job record times) against a
@@ -71,7 +71,6 @@ REPLY_S = 3.0
 HARD_LIMIT_S = 15.0
 LIMITS = {
     "MYSISTERDB_WORKER_CONCURRENCY": str(SLOTS),
-    "MYSISTERDB_WORKER_MIN_CONCURRENCY": "2",
     "MYSISTERDB_TASK_TIME_LIMIT": str(HARD_LIMIT_S),
     "MYSISTERDB_TASK_SOFT_TIME_LIMIT": "12",
     "MYSISTERDB_GEMINI_TIMEOUT": "11",  # a hang ends as llm_timeout after ~11.5 s

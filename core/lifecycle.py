@@ -127,7 +127,8 @@ class Lifecycle:
                 pipe, conversation_id=conversation_id, job_id=job_id, text=text, tokens=tokens,
                 owner=owner, idempotency_key=idempotency_key, digest=request_digest),
             recover=lambda: self._stored(job_id), what=f"submit to {conversation_id}")
-        if submitted.created and self.redis.zscore(keys.outbox(), job_id) is not None:
+        if submitted.created and (submitted.head if submitted.head is not None
+                                  else self.redis.zscore(keys.outbox(), job_id) is not None):
             self.publish_now(job_id)
         return submitted
 
@@ -174,8 +175,7 @@ class Lifecycle:
             other = self._keyed_job(known, digest)
             if other is not None:  # a concurrent request with the same key won
                 return Submitted(job=other, created=False)
-        current = pipe.get(turn_key)
-        stored = pipe.get(owner_key)
+        current, stored = pipe.mget(turn_key, owner_key)  # one round trip, not two
         if stored_owner(stored, existed=current is not None) not in (None, owner):
             raise NotFound(CONVERSATION_NOT_FOUND)  # someone else's: as if it did not exist
         turn = int(current or 0) + 1
@@ -197,7 +197,7 @@ class Lifecycle:
         if is_head:
             JobStore.put_in_outbox(pipe, job_id, at_epoch=time.time())
         pipe.execute()
-        return Submitted(job=job, created=True)
+        return Submitted(job=job, created=True, head=is_head)
 
     # -- publish ------------------------------------------------------------------------
 

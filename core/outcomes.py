@@ -93,6 +93,9 @@ class Claim:
 class Submitted:
     job: Job
     created: bool
+    # Whether the submit put it in the outbox (the head of its line); None: not known here
+    # (a resend, or a transaction recovered after a lost reply): Redis is asked.
+    head: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -59,11 +59,13 @@ class Settings(BaseSettings):
     llm_check_timeout_s: float = 2.0
 
     # Workers and limits
-    # Chat slots follow the load (Celery's autoscaler): at most worker_concurrency pool
-    # processes, at least worker_min_concurrency. A slot mostly waits on Gemini (I/O), and a
-    # preloaded child costs ~20 MB of its own (docs/performance.md), so a 2-core box holds 32.
+    # Chat slots: worker_concurrency pool processes. A slot mostly waits on Gemini (I/O), and
+    # a preloaded child costs ~22 MB of its own (docs/performance.md), so a 2-core box holds
+    # 32. Unset, the minimum is the maximum: every slot is forked and warmed at start, as a
+    # burst from idle cannot wait for forks (docs/performance.md, "A burst from idle"); set
+    # lower, Celery's autoscaler keeps between the two (less memory while idle).
     worker_concurrency: int = Field(default=32, ge=1)
-    worker_min_concurrency: int = Field(default=2, ge=1)
+    worker_min_concurrency: int | None = Field(default=None, ge=1)
     # The summary queue has its own worker process and pool: it never takes a chat slot.
     summary_concurrency: int = Field(default=1, ge=1)
     task_time_limit: float = 60.0
@@ -174,13 +176,11 @@ class Settings(BaseSettings):
             raise ValueError("need 0 < MYSISTERDB_TASK_SOFT_TIME_LIMIT < MYSISTERDB_TASK_TIME_LIMIT")
         if self.gemini_timeout >= self.task_soft_time_limit:
             raise ValueError("MYSISTERDB_GEMINI_TIMEOUT must be below the task's soft time limit")
-        if self.worker_min_concurrency > self.worker_concurrency:
-            # A lower maximum alone (e.g. MYSISTERDB_WORKER_CONCURRENCY=1) lowers the default
-            # minimum with it; a minimum set above the maximum is a mistake.
-            if "worker_min_concurrency" in self.model_fields_set:
-                raise ValueError(
-                    "need MYSISTERDB_WORKER_MIN_CONCURRENCY <= MYSISTERDB_WORKER_CONCURRENCY")
-            self.worker_min_concurrency = self.worker_concurrency
+        if self.worker_min_concurrency is None:
+            self.worker_min_concurrency = self.worker_concurrency  # pre-forked: a fixed pool
+        elif self.worker_min_concurrency > self.worker_concurrency:
+            raise ValueError(
+                "need MYSISTERDB_WORKER_MIN_CONCURRENCY <= MYSISTERDB_WORKER_CONCURRENCY")
         return self
 
     @field_validator("rate_limit", "signin_failures_per_address", "signin_failures_total")

@@ -39,9 +39,10 @@ def broker_url(settings: Settings) -> str:
 
 
 def create_celery(settings: Settings, *, include: Sequence[str] = (),
-                  broker_socket_timeout_s: float = 10.0) -> Celery:
+                  broker_socket_timeout_s: float = 10.0, sent_events: bool = True) -> Celery:
     """The worker keeps the default socket timeout; the API passes a short one so that a
-    publish or a revoke to a hung Redis fails fast instead of holding a request."""
+    publish or a revoke to a hung Redis fails fast instead of holding a request.
+    `sent_events=False`: no task-sent event per publish (the API's submit, see api/main.py)."""
     app = Celery("mysisterdb", broker=broker_url(settings), include=list(include))
     app.conf.update(
         task_ignore_result=True,
@@ -65,7 +66,7 @@ def create_celery(settings: Settings, *, include: Sequence[str] = (),
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
-        task_send_sent_event=True,
+        task_send_sent_event=sent_events,
         # kombu's Redis transport with its closing defect fixed (see the module).
         broker_transport=KOMBU_TRANSPORT,
         broker_connection_retry_on_startup=True,

@@ -3,11 +3,12 @@
 `mysisterdb worker` execs this, so the CLI never imports the workers package.
 
 Roles (why two processes: docs/architecture.md, "Slots that follow the load"):
-- chat: the chat queue; Celery's autoscaler keeps between MYSISTERDB_WORKER_MIN_CONCURRENCY
-  and MYSISTERDB_WORKER_CONCURRENCY pool processes. Node name celery@<host>.
+- chat: the chat queue; MYSISTERDB_WORKER_CONCURRENCY pool processes, all forked at start
+  (or, with MYSISTERDB_WORKER_MIN_CONCURRENCY set lower, Celery's autoscaler keeps between
+  the two). Node name celery@<host>.
 - summary: the summary queue; a fixed pool of MYSISTERDB_SUMMARY_CONCURRENCY processes, so a
   summary never holds a chat slot. Node name summary@<host>.
-- all (default): both queues in one autoscaled pool, for a single worker process that must
+- all (default): both queues in one pool (sized as chat's), for a single worker process that must
   leave nothing unconsumed; `mysisterdb up` and compose run chat and summary instead.
 """
 
@@ -26,10 +27,18 @@ ROLES = {"chat": (CHAT_QUEUE,), "summary": (SUMMARY_QUEUE,), "all": (CHAT_QUEUE,
 
 
 def pool_args(settings: Settings, role: str) -> list[str]:
-    """How many pool processes the role runs."""
+    """How many pool processes the role runs: by default all of them, forked at start."""
     if role == "summary":
         return [f"--concurrency={settings.summary_concurrency}", "--hostname=summary@%h"]
-    return [f"--autoscale={settings.worker_concurrency},{settings.worker_min_concurrency}"]
+    most = settings.worker_concurrency
+    least = settings.worker_min_concurrency or most
+    if least >= most:
+        # A fixed pool: a burst finds every slot forked and warm. Forking on demand cost a
+        # burst of 32 from idle seconds (the autoscaler looks once a second, forks one child
+        # after the other from a large parent, and each child then built its runtime inside
+        # its first prompt): docs/performance.md, "A burst from idle".
+        return [f"--concurrency={most}"]
+    return [f"--autoscale={most},{least}"]
 
 
 def worker_argv(settings: Settings, role: str, extra_args: list[str]) -> list[str]:

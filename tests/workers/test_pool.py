@@ -1,5 +1,6 @@
-"""The worker's pool settings: autoscale bounds for chat, the summary pool, the roles; and what
-the main process preloads before forking. Pure unit tests (no worker is started)."""
+"""The worker's pool settings: a fixed chat pool by default, autoscale bounds when set, the
+summary pool, the roles; and what the main process preloads before forking. Pure unit tests
+(no worker is started)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,12 @@ def test_chat_slots_follow_the_load_between_min_and_max() -> None:
 
 def test_default_slots_suit_io_bound_calls() -> None:
     s = settings()
-    assert (s.worker_concurrency, s.worker_min_concurrency, s.summary_concurrency) == (32, 2, 1)
+    assert (s.worker_concurrency, s.worker_min_concurrency, s.summary_concurrency) == (32, 32, 1)
+
+
+def test_by_default_every_chat_slot_is_forked_at_start() -> None:
+    argv = worker_argv(settings(worker_concurrency=24), "chat", [])
+    assert "--concurrency=24" in argv and not [a for a in argv if "autoscale" in a]
 
 
 def test_summary_has_its_own_fixed_pool_and_node_name() -> None:
@@ -34,9 +40,9 @@ def test_summary_has_its_own_fixed_pool_and_node_name() -> None:
     assert "--hostname=summary@%h" in argv and not [a for a in argv if "autoscale" in a]
 
 
-def test_all_consumes_both_queues_in_one_autoscaled_pool() -> None:
+def test_all_consumes_both_queues_in_one_pool() -> None:
     argv = worker_argv(settings(), "all", ["--loglevel=DEBUG"])
-    assert "--queues=chat,summary" in argv and "--autoscale=32,2" in argv
+    assert "--queues=chat,summary" in argv and "--concurrency=32" in argv
     assert argv[-1] == "--loglevel=DEBUG"
 
 
