@@ -52,12 +52,13 @@ lint: $(DEV_STAMP)
 	$(BIN)/ruff check api workers context core taskqueue mysisterdb tests bench
 	$(BIN)/mypy
 
-# About 15 minutes on a 2-core box; the capacity table is written into docs/performance.md.
+# About 20 minutes on a 2-core box; the capacity table is written into docs/performance.md.
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/context_bench.py
 	$(BIN)/python bench/failure_bench.py
 	$(BIN)/python bench/stream_bench.py
 	$(BIN)/python bench/burst_bench.py
+	$(BIN)/python bench/cost_bench.py --baseline-env MYSISTERDB_STREAM_WRITE_INTERVAL_S=0
 	$(BIN)/python bench/capacity_bench.py --write
 
 clean:

@@ -70,12 +70,25 @@ def message_fits(
                                                 max_tokens=max_tokens)
 
 
+@dataclass(frozen=True)
+class HistoryTail:
+    """What a build read of the newest history: the messages before the new one (oldest
+    first, at most `recent_fetch_limit`), whether they are all there is, and how far the
+    stored summary reaches. Enough to tell whether a summary is due once the reply is stored
+    (`context.summary.fold_due`) without reading the history again."""
+
+    messages: list[Message]
+    complete: bool
+    summary_covers: int | None
+
+
 @dataclass
 class BuiltContext:
     system_instruction: str
     contents: list[Turn]
     total_tokens: int
     detail: dict[str, object] = field(default_factory=dict)
+    tail: HistoryTail | None = None
 
     def describe(self) -> str:
         summary = "yes" if self.detail.get("summary_used") else "no"
@@ -115,14 +128,15 @@ def _exchanges(window: list[Message]) -> list[list[Message]]:
     return groups
 
 
-def _recent_window(
+def _newest(
     store: HistoryStore, conversation_id: str, *, before_seq: int, preserve_recent: int
-) -> list[Message]:
+) -> tuple[list[Message], bool]:
+    """The newest messages before `before_seq`, and whether they are the whole history."""
     if preserve_recent <= 0:
-        return []
-    fetched = store.before(conversation_id, before_seq=before_seq,
-                           limit=recent_fetch_limit(preserve_recent))
-    return preserved_window(fetched, preserve_recent=preserve_recent)
+        return [], False
+    limit = recent_fetch_limit(preserve_recent)
+    fetched = store.before(conversation_id, before_seq=before_seq, limit=limit)
+    return fetched, len(fetched) < limit
 
 
 def recent_fetch_limit(preserve_recent: int) -> int:
@@ -271,10 +285,12 @@ def build_context(
     ones.  Raises MessageTooLargeError when persona + new message alone exceed max_tokens.
     """
     budget = _Budget(limit=max_tokens, used=_fixed_cost(persona, new_message, max_tokens))
-    window = _recent_window(store, conversation_id, before_seq=new_message.seq,
-                            preserve_recent=preserve_recent)
+    fetched, complete = _newest(store, conversation_id, before_seq=new_message.seq,
+                                preserve_recent=preserve_recent)
+    window = preserved_window(fetched, preserve_recent=preserve_recent)
     recent = _fit_recent(window, budget)
-    summary = _fit_summary(store.get_summary(conversation_id), new_message.seq, budget)
+    stored_summary = store.get_summary(conversation_id)
+    summary = _fit_summary(stored_summary, new_message.seq, budget)
     # Older = before the whole preserved window, even the part dropped for budget, so a
     # recalled message never appears out of order among the recent turns.
     older_than = window[0].seq if window else new_message.seq
@@ -294,7 +310,10 @@ def build_context(
         "max_tokens": max_tokens,
     }
     built = BuiltContext(system_instruction=_system_instruction(persona, summary, recalled),
-                         contents=contents, total_tokens=budget.used, detail=detail)
+                         contents=contents, total_tokens=budget.used, detail=detail,
+                         tail=HistoryTail(messages=fetched, complete=complete,
+                                          summary_covers=(stored_summary.covers_up_to_seq
+                                                          if stored_summary else None)))
     logger.debug("conversation %s seq %s: %s", conversation_id, new_message.seq,
                  built.describe())
     return built

@@ -19,9 +19,10 @@ of summaries; the list comes first, so a cut to the cap shortens the narrative.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from context.builder import ROLE_LABELS, preserved_window, recent_fetch_limit
+from context.builder import ROLE_LABELS, HistoryTail, preserved_window, recent_fetch_limit
 from context.store import HistoryStore
 from context.tokens import count_tokens, truncate_to_tokens
 from context.types import Message, Summary
@@ -135,6 +136,27 @@ def pending_messages(
     fallen = store.between(conversation_id, after_seq=after_seq, before_seq=boundary,
                            limit=max_messages)
     return _bounded(fallen, max_tokens=max_tokens)
+
+
+def fold_due(tail: HistoryTail | None, *, stored: Sequence[Message],
+             preserve_recent: int = 3) -> bool:
+    """Whether a fold (`plan_summary`) would find work once `stored` (the new message and its
+    reply) follow `tail` (what the prompt's build read): a message outside the recent window
+    that the summary does not cover. Decided from what the build read, without reading the
+    history again; where that cannot tell (messages older than it read), it says yes, so a
+    summary is never missed, only sometimes queued for nothing."""
+    if tail is None:
+        return True
+    after = tail.summary_covers if tail.summary_covers is not None else -(2**62)
+    latest = [*tail.messages, *stored][-recent_fetch_limit(preserve_recent):]
+    window = preserved_window(latest, preserve_recent=preserve_recent)
+    if not latest or (preserve_recent > 0 and not window):
+        return False
+    boundary = window[0].seq if window else latest[-1].seq + 1
+    if any(after < m.seq < boundary for m in [*tail.messages, *stored]):
+        return True
+    older_unread = not tail.complete and (not tail.messages or tail.messages[0].seq - 1 > after)
+    return older_unread
 
 
 def plan_summary(

@@ -59,7 +59,7 @@ from redis.client import Pipeline
 
 from context.redis_store import RedisHistoryStore
 from context.types import Message, user_seq
-from core import keys, removal, retry, sweep, turns
+from core import keys, progress, removal, retry, sweep, turns
 from core.access import OWNER
 from core.alternatives import Alternatives
 from core.errors import (
@@ -71,7 +71,7 @@ from core.errors import (
     NotFound,
 )
 from core.incidents import IncidentLog, is_incident
-from core.jobs import JobStore, Skip
+from core.jobs import JobStore
 from core.metrics import MetricsRecorder
 from core.models import Job, JobStatus, StepName, StepStatus, iso, utcnow
 from core.outcomes import (
@@ -81,6 +81,7 @@ from core.outcomes import (
     JobGone,
     Limits,
     Outcome,
+    StepDone,
     Submitted,
     SweepReport,
     apply_outcome,
@@ -93,7 +94,7 @@ from core.records import owned_by, record_final, stored_owner, touch
 from core.redis_client import run_transaction, to_str
 
 __all__ = ["Claim", "ClaimStatus", "Deleted", "JobGone", "Lifecycle", "Limits", "Outcome",
-           "Submitted", "SweepReport", "apply_outcome", "next_head", "owned_by", "stored_owner",
+           "StepDone", "Submitted", "SweepReport", "apply_outcome", "next_head", "owned_by", "stored_owner",
            "touch"]
 
 logger = logging.getLogger(__name__)
@@ -254,6 +255,9 @@ class Lifecycle:
         job.status, job.attempts = JobStatus.IN_PROGRESS, job.attempts + 1
         job.started_at = job.heartbeat_at = now
         job.worker_pid = os.getpid()
+        # The claim starts the first step: its own write would be one more transaction.
+        first = job.step(StepName.LOAD_HISTORY)
+        first.status, first.started_at = StepStatus.IN_PROGRESS, now
         pipe.multi()
         self.jobs.write(pipe, job, write_id=write_id)
         pipe.set(keys.last_job_started_at(), str(now.timestamp()))
@@ -295,41 +299,18 @@ class Lifecycle:
     # -- steps --------------------------------------------------------------------------
 
     def start_step(self, job_id: str, name: StepName) -> None:
-        def start(job: Job) -> None:
-            step = job.step(name)
-            step.status, step.started_at = StepStatus.IN_PROGRESS, utcnow()
-            job.heartbeat_at = step.started_at
-
-        if self.jobs.update(job_id, start) is None:
-            raise JobGone(job_id)
+        progress.start_step(self.jobs, job_id, name)
 
     def finish_step(self, job_id: str, name: StepName, *, detail: str | None) -> Job:
-        def finish(job: Job) -> None:
-            step = job.step(name)
-            step.status, step.completed_at = StepStatus.COMPLETED, utcnow()
-            step.detail = detail
-            job.heartbeat_at = step.completed_at
+        return progress.finish_step(self.jobs, job_id, name, detail=detail)
 
-        finished = self.jobs.update(job_id, finish)
-        if finished is None:
-            raise JobGone(job_id)
-        return finished
+    def advance(self, job_id: str, *, done: StepName, detail: str | None,
+                start: StepName) -> Job:
+        return progress.advance(self.jobs, self._metrics, job_id, done=done, detail=detail,
+                                start=start)
 
     def show_text(self, job_id: str, whole: str) -> None:
-        """The whole text so far (not a delta): a write repeated after a lost reply from
-        Redis can never duplicate text."""
-        def show(job: Job) -> None:
-            if job.partial_reply == whole:
-                raise Skip
-            job.partial_reply = whole
-            job.heartbeat_at = utcnow()
-
-        if self.jobs.update(job_id, show) is None and self._ended(job_id):
-            raise JobGone(job_id)
-
-    def _ended(self, job_id: str) -> bool:
-        job = self.jobs.find(job_id)
-        return job is None or job.status.is_final
+        progress.show_text(self.jobs, job_id, whole)
 
     # -- end ----------------------------------------------------------------------------
 
@@ -363,6 +344,7 @@ class Lifecycle:
         pipe.watch(line_key)
         next_id = next_head(job, [to_str(v) for v in pipe.zrange(line_key, 0, 1)])
         previous = job.status
+        done_before = {s.name for s in job.steps if s.status is StepStatus.COMPLETED}
         apply_outcome(job, outcome)
         store_reply = (turns.reply_writer(self, pipe, job, outcome.reply)
                        if outcome.reply is not None and job.status is JobStatus.COMPLETED
@@ -372,7 +354,7 @@ class Lifecycle:
         touch(pipe, job.conversation_id, job.owner or OWNER)
         if store_reply is not None:
             store_reply(pipe)
-        record_final(self._metrics, job, pipe=pipe)
+        record_final(self._metrics, job, pipe=pipe, done_before=done_before)
         if is_incident(job):
             self._incidents.record_job(job, exception=outcome.exception, action=outcome.action,
                                        pipe=pipe)

@@ -7,6 +7,7 @@ No Redis here: `core.lifecycle` reads and writes, this module decides.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 
 from context.types import Message
@@ -41,6 +42,16 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class StepDone:
+    """The step a completed job finished last (generate), given to the end so that one
+    transaction finishes it, runs the save and ends the job."""
+
+    name: StepName
+    detail: str | None
+    at: datetime
+
+
+@dataclass(frozen=True)
 
 
 class Outcome:
@@ -54,10 +65,15 @@ class Outcome:
     keep_partial: bool = True
     exception: str = ""
     action: str = ""
+    last_step: StepDone | None = None
 
     @classmethod
-    def completed(cls, reply: Message) -> Outcome:
-        return cls(status=JobStatus.COMPLETED, reply=reply)
+    def completed(cls, reply: Message, *, generated: str | None = None,
+                  last_step: StepDone | None = None) -> Outcome:
+        """`generated`: the job's own text (the whole reply but a continue's start), written
+        as its text so far in the same transaction: no last write of the streamed text."""
+        return cls(status=JobStatus.COMPLETED, reply=reply, partial=generated,
+                   last_step=last_step)
 
     @classmethod
     def failed(cls, code: ErrorCode, *, exception: str, action: str, message: str | None = None,
@@ -138,6 +154,8 @@ def apply_outcome(job: Job, outcome: Outcome) -> None:
             and len(job.partial_reply) > len(job.continues)):
         status = JobStatus.INCOMPLETE
     check_transition(job.status, status)
+    if outcome.last_step is not None and status is JobStatus.COMPLETED:
+        finish_last(job, outcome.last_step)
     job.status, job.completed_at = status, now
     job.error = (JobError(code=outcome.code, message=outcome.message or outcome.code.message)
                  if outcome.code is not None else None)
@@ -154,6 +172,16 @@ def apply_outcome(job: Job, outcome: Outcome) -> None:
         waiting = next((s for s in job.steps if s.status is StepStatus.SKIPPED), None)
         if waiting is not None:
             waiting.status = StepStatus.CANCELLED
+
+
+def finish_last(job: Job, done: StepDone) -> None:
+    """The last step completed when the pipeline handed its result over; the save starts
+    then (and completes with the end)."""
+    step = job.step(done.name)
+    step.status, step.completed_at, step.detail = StepStatus.COMPLETED, done.at, done.detail
+    save = job.step(StepName.SAVE)
+    if save.status is StepStatus.PENDING:
+        save.status, save.started_at = StepStatus.IN_PROGRESS, done.at
 
 
 def next_head(job: Job, first_two: list[str]) -> str | None:

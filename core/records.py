@@ -10,7 +10,7 @@ from redis.client import Pipeline
 from core import keys
 from core.access import OWNER
 from core.metrics import MetricsRecorder
-from core.models import Job
+from core.models import Job, StepStatus
 from core.redis_client import to_str
 
 
@@ -34,8 +34,17 @@ def stored_owner(raw: bytes | str | None, *, existed: bool) -> str | None:
     return OWNER if existed else None
 
 
-def record_final(metrics: MetricsRecorder, job: Job, *, pipe: Pipeline) -> None:
+def record_final(metrics: MetricsRecorder, job: Job, *, pipe: Pipeline,
+                 done_before: set[str] | None = None) -> None:
+    """The end's figures, in its transaction: the job's count and times, and the duration of
+    each step this end completed (those not in `done_before`: the last step and the save)."""
     metrics.count("jobs", job.status.value, job.error.code.value if job.error else "", pipe=pipe)
+    for step in job.steps:
+        if (done_before is not None and step.status is StepStatus.COMPLETED
+                and step.name not in done_before and step.started_at and step.completed_at):
+            metrics.observe("step_duration",
+                            (step.completed_at - step.started_at).total_seconds(), step.name,
+                            pipe=pipe)
     if job.completed_at is None:
         return
     metrics.observe("job_duration", (job.completed_at - job.created_at).total_seconds(),

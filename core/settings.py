@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     # (a chat reply never waits on it); the next chat job of the conversation queues it anew.
     summary_retry_s: float = Field(default=30.0, gt=0)
     debug_directives: bool = False  # enables `#worker:stuck` for the hard-limit test only
+    # The streamed reply's text is written to the job record (one transaction, every
+    # follower woken) at once for the first chunk, then at most this often; always in full
+    # at the end and before a failure is recorded. 0: every chunk at once (the old cadence,
+    # the cost bench's baseline). docs/performance.md "What a prompt costs".
+    stream_write_interval_s: float = Field(default=0.1, ge=0, le=5)
     # Test aid for "stored means dispatched": the API process dies (as if killed -9) after a
     # prompt is stored and before its broker message is sent. Never set it in production.
     debug_die_before_publish: bool = False

@@ -1,6 +1,7 @@
 """The steps of one prompt: load_history, build_context, generate, save.
 
-Each step is recorded as it starts and ends, through the lifecycle, which refuses to touch
+Each step is recorded as it starts and ends (folded: one write ends a step and starts the
+next), through the lifecycle, which refuses to touch
 a job that already ended (cancelled, or ended by the parent after a hard limit): a late
 child can never resurrect it (`JobGone`).
 """
@@ -11,36 +12,23 @@ import ctypes
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 
 from context.builder import BuiltContext, build_context
+from context.summary import fold_due
 from context.tokens import count_tokens
 from context.types import Message, Turn, user_seq
-from core.lifecycle import JobGone, Outcome
+from core.lifecycle import JobGone, Outcome, StepDone
 from core.models import Job, JobKind, StepName, iso, utcnow
 from core.turns import CONTINUE_PROMPT, reply_message
 from workers.embeddings import semantic_source
 from workers.runtime import Runtime
+from workers.stream_text import CoalescedText
 
 logger = logging.getLogger(__name__)
 
 STUCK_DIRECTIVE = "#worker:stuck"
 SPIN_DIRECTIVE = "#worker:spin"
-
-
-@contextmanager
-def step(rt: Runtime, job_id: str, name: StepName) -> Iterator[dict[str, str]]:
-    """Record a step's start and end; the body may set detail['text']."""
-    detail: dict[str, str] = {}
-    rt.lifecycle.start_step(job_id, name)
-    yield detail
-    finished = rt.lifecycle.finish_step(job_id, name, detail=detail.get("text"))
-    s = finished.step(name)
-    if s.started_at and s.completed_at:
-        rt.metrics.observe("step_duration", (s.completed_at - s.started_at).total_seconds(),
-                           name.value)
 
 
 def load_message(rt: Runtime, job: Job) -> Message:
@@ -51,21 +39,25 @@ def load_message(rt: Runtime, job: Job) -> Message:
     return found[-1]
 
 
-def run_chat(rt: Runtime, job: Job, *, deadline: float) -> None:
-    """Run every step of a started job and end it."""
-    with step(rt, job.id, StepName.LOAD_HISTORY) as detail:
-        message = load_message(rt, job)
-        detail["text"] = f"message seq {message.seq}, {message.tokens} tokens"
-    with step(rt, job.id, StepName.BUILD_CONTEXT) as detail:
-        built, semantic = build(rt, job, message)
-        if job.kind is JobKind.CONTINUE:
-            built = continuing(built, job.continues, max_tokens=rt.settings.max_context_tokens)
-        detail["text"] = built.describe() + (f"; semantic: {semantic}" if semantic else "")
-    with step(rt, job.id, StepName.GENERATE) as detail:
-        reply = generate(rt, job, built, deadline=deadline)
-        detail["text"] = f"{len(reply)} characters"
-    rt.lifecycle.start_step(job.id, StepName.SAVE)
-    commit_reply(rt, job, reply)
+def run_chat(rt: Runtime, job: Job, *, deadline: float) -> bool:
+    """Run every step of a claimed job and end it; True when a summary is due.
+
+    Four writes for the steps (docs/performance.md "What a prompt costs"): the claim started
+    load_history; each step's end starts the next (`advance`); the end finishes generate and
+    runs the save. Text in between is coalesced (workers/stream_text.py)."""
+    message = load_message(rt, job)
+    rt.lifecycle.advance(job.id, done=StepName.LOAD_HISTORY, start=StepName.BUILD_CONTEXT,
+                         detail=f"message seq {message.seq}, {message.tokens} tokens")
+    built, semantic = build(rt, job, message)
+    if job.kind is JobKind.CONTINUE:
+        built = continuing(built, job.continues, max_tokens=rt.settings.max_context_tokens)
+    rt.lifecycle.advance(job.id, done=StepName.BUILD_CONTEXT, start=StepName.GENERATE,
+                         detail=built.describe() + (f"; semantic: {semantic}" if semantic else ""))
+    reply = generate(rt, job, built, deadline=deadline)
+    generated = StepDone(StepName.GENERATE, f"{len(reply)} characters", utcnow())
+    saved = commit_reply(rt, job, reply, last_step=generated)
+    return fold_due(built.tail, stored=[message, saved],
+                    preserve_recent=rt.settings.preserve_recent)
 
 
 def build(rt: Runtime, job: Job, message: Message) -> tuple[BuiltContext, str]:
@@ -115,10 +107,27 @@ def generate(rt: Runtime, job: Job, built: BuiltContext, *, deadline: float) -> 
         stuck_in_c()
     if rt.settings.debug_directives and SPIN_DIRECTIVE in asked:
         spin_in_python()
-    return rt.llm.stream(system_instruction=built.system_instruction,
-                         contents=list(built.contents), deadline=deadline,
-                         on_text=partial_writer(rt, job.id, before=job.continues),
-                         seed=seed_of(job))
+    text = CoalescedText(lambda whole: rt.lifecycle.show_text(job.id, whole),
+                         interval_s=rt.settings.stream_write_interval_s, before=job.continues)
+    try:
+        reply = rt.llm.stream(system_instruction=built.system_instruction,
+                              contents=list(built.contents), deadline=deadline,
+                              on_text=text, seed=seed_of(job))
+    except BaseException:
+        close_before_failure(text)
+        raise
+    text.stop()  # the end writes the whole text with the reply
+    return reply
+
+
+def close_before_failure(text: CoalescedText) -> None:
+    """Write the pending text before the failure is recorded: an incomplete job keeps all
+    of it. A write that fails here (the job gone, Redis down) leaves the original error to
+    say what happened."""
+    try:
+        text.close()
+    except Exception as exc:
+        logger.warning("pending text not written before the failure (%s)", type(exc).__name__)
 
 
 def seed_of(job: Job) -> int | None:
@@ -127,29 +136,16 @@ def seed_of(job: Job) -> int | None:
     return int(job.id[:8], 16) & 0x7FFF_FFFF or 1 if job.kind is JobKind.REGENERATE else None
 
 
-def partial_writer(rt: Runtime, job_id: str, *, before: str = "") -> Callable[[str], None]:
-    """The job's text as it grows; a continue's begins with the text it continues, so the
-    person sees one reply growing."""
-    so_far: list[str] = [before]
-
-    def on_text(text: str) -> None:
-        so_far.append(text)
-        rt.lifecycle.show_text(job_id, "".join(so_far))
-
-    return on_text
-
-
-def commit_reply(rt: Runtime, job: Job, reply: str) -> None:
+def commit_reply(rt: Runtime, job: Job, reply: str, *, last_step: StepDone) -> Message:
     """Store the reply and complete the job in one transaction: a job cancelled or timed out
-    a moment before never leaves a reply in the history, and a completed job always has one."""
+    a moment before never leaves a reply in the history, and a completed job always has one.
+    The same transaction finishes the generate step, runs the save and writes the whole text."""
     message = reply_message(job, reply, tokens_of=count_tokens, at=iso(utcnow()))
-    ended = rt.lifecycle.end(job.id, Outcome.completed(message))
+    ended = rt.lifecycle.end(job.id, Outcome.completed(message, generated=reply,
+                                                       last_step=last_step))
     if ended is None:
         raise JobGone(job.id)
-    save = ended.step(StepName.SAVE)
-    if save.started_at and save.completed_at:
-        rt.metrics.observe("step_duration",
-                           (save.completed_at - save.started_at).total_seconds(), "save")
+    return message
 
 
 def spin_in_python() -> None:

@@ -136,7 +136,7 @@ def chat(self: ChatTask, job_id: str) -> str:
 
 def run_guarded(rt: Runtime, job: Job, *, deadline: float) -> str:
     try:
-        pipeline.run_chat(rt, job, deadline=deadline)
+        summary_due = pipeline.run_chat(rt, job, deadline=deadline)
     except JobGone:
         return "gone"
     except SoftTimeLimitExceeded:
@@ -161,7 +161,8 @@ def run_guarded(rt: Runtime, job: Job, *, deadline: float) -> str:
             ErrorCode.INTERNAL, exception=f"{type(exc).__name__}: {exc}", action="ジョブを失敗で終了した",
             keep_partial=False))
         return ErrorCode.INTERNAL.value
-    queue_summary(rt, job.conversation_id)
+    if summary_due:  # most replies leave nothing to fold: no task, no flag, no broker message
+        queue_summary(rt, job.conversation_id)
     queue_embedding(rt, job.conversation_id)
     return "completed"
 

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from context.builder import HistoryTail, build_context
 from context.memory_store import InMemoryHistoryStore
 from context.summary import (
     FACTS_HEADER,
     FLOW_HEADER,
     finalize_summary,
+    fold_due,
     pending_messages,
     plan_summary,
     summary_prompt,
@@ -114,3 +116,64 @@ def test_a_summary_over_its_cap_loses_the_narrative_first_and_never_half_a_fact(
     small = finalize_summary(text=text, covers_up_to_seq=9, max_tokens=40)
     assert small.tokens <= 40
     assert all(line in [FACTS_HEADER, *facts] for line in small.text.splitlines())
+
+
+def _turns(store: InMemoryHistoryStore, turns: int, *, failed: frozenset[int] = frozenset()) -> None:
+    """Turns 1..turns as the service stores them (user 2t-1, reply 2t); a failed turn has no
+    reply."""
+    for turn in range(1, turns + 1):
+        store.append("c", make_message(2 * turn - 1, "user", f"質問{turn}"))
+        if turn not in failed:
+            store.append("c", make_message(2 * turn, "assistant", f"返事{turn}"))
+
+
+def _due_after_reply(store: InMemoryHistoryStore, turn: int) -> tuple[bool, bool]:
+    """(fold_due from what the build of `turn` read, plan_summary once its reply is stored)."""
+    new = make_message(2 * turn - 1, "user", f"質問{turn}")
+    store.append("c", new)
+    built = build_context(store=store, conversation_id="c", new_message=new, persona="妹")
+    reply = make_message(2 * turn, "assistant", f"返事{turn}")
+    store.append("c", reply)
+    due = fold_due(built.tail, stored=[new, reply])
+    return due, plan_summary(store=store, conversation_id="c") is not None
+
+
+def test_fold_due_from_the_build_agrees_with_planning_on_the_stored_history() -> None:
+    # Every length around the recent window and the build's read (12 messages), with and
+    # without a summary reaching various points: the build's answer is the planner's.
+    for before in range(0, 16):
+        for covers in (None, 0, 2, 2 * before - 8, 2 * before - 6, 2 * before):
+            store = InMemoryHistoryStore()
+            _turns(store, before)
+            if covers is not None and covers > 0:
+                store.set_summary("c", Summary(text="要約", covers_up_to_seq=covers, tokens=2))
+            due, planned = _due_after_reply(store, before + 1)
+            assert due == planned, (before, covers)
+
+
+def test_fold_due_never_misses_a_fold_when_turns_failed() -> None:
+    # Failed turns leave holes the build cannot see past: it may say yes for nothing, never no
+    # for something.
+    for before in range(0, 16):
+        for failed in (frozenset({1}), frozenset({2, 3}), frozenset(range(1, before + 1, 2))):
+            store = InMemoryHistoryStore()
+            _turns(store, before, failed=failed)
+            due, planned = _due_after_reply(store, before + 1)
+            assert due or not planned, (before, failed)
+    # Three short exchanges leave nothing to fold: no task for them.
+    store = InMemoryHistoryStore()
+    _turns(store, 2)
+    assert _due_after_reply(store, 3) == (False, False)
+    assert _due_after_reply(store, 4) == (True, True)
+
+
+def test_fold_due_says_yes_when_older_messages_were_not_read() -> None:
+    # A window reaching the first message read (a run of replies, e.g. imported): whatever
+    # lies before the read is unknown, so a fold may be due; a whole history read says no.
+    replies = [make_message(seq, "assistant", f"返事{seq}") for seq in range(3, 15)]
+    unread = HistoryTail(messages=replies, complete=False, summary_covers=None)
+    assert fold_due(unread, stored=[])
+    assert not fold_due(HistoryTail(messages=replies, complete=True, summary_covers=None),
+                        stored=[])
+    assert not fold_due(HistoryTail(messages=replies, complete=False, summary_covers=2),
+                        stored=[])

@@ -1,0 +1,95 @@
+"""The coalesced text writer against a real redis-server, through the real lifecycle: the
+first chunk at once, later ones together when the interval is up (by its timer, with no
+chunk after them), every write the whole text, a job that ended stops the stream."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+
+from core.history import history_store
+from core.lifecycle import JobGone, Lifecycle, Limits, Outcome
+from tests.procs import wait_for
+from workers.stream_text import CoalescedText
+
+INTERVAL_S = 0.5
+
+
+@pytest.fixture
+def running(redis_client: redis.Redis) -> tuple[Lifecycle, str]:
+    lc = Lifecycle(client=redis_client, history=history_store(redis_client),
+                   limits=Limits(hard_limit_s=60, queue_timeout_s=600), broker=None)
+    job = lc.submit(conversation_id="c-stream", text="はなして", tokens=3).job
+    lc.claim(job.id)
+    return lc, job.id
+
+
+def writer(lc: Lifecycle, job_id: str, seen: list[str], *, before: str = "") -> CoalescedText:
+    def write(whole: str) -> None:
+        seen.append(whole)
+        lc.show_text(job_id, whole)
+
+    return CoalescedText(write, interval_s=INTERVAL_S, before=before)
+
+
+def test_first_chunk_at_once_later_ones_together_when_the_interval_is_up(
+        running: tuple[Lifecycle, str]) -> None:
+    lc, job_id = running
+    seen: list[str] = []
+    text = writer(lc, job_id, seen)
+    text("あ")
+    assert lc.jobs.get(job_id).partial_reply == "あ"  # not delayed
+    started = time.monotonic()
+    text("い")
+    text("う")
+    assert lc.jobs.get(job_id).partial_reply == "あ"  # waiting for the interval
+    # No chunk follows: the timer writes them, whole, once the interval is up.
+    wait_for(lambda: lc.jobs.get(job_id).partial_reply == "あいう", timeout_s=5,
+             what="the pending chunks", interval_s=0.01)
+    assert time.monotonic() - started >= INTERVAL_S * 0.9
+    text("え")
+    text.close()
+    assert seen == ["あ", "あいう", "あいうえ"]
+    assert lc.jobs.get(job_id).partial_reply == "あいうえ"
+
+
+def test_a_continue_grows_from_the_text_it_continues(running: tuple[Lifecycle, str]) -> None:
+    lc, job_id = running
+    seen: list[str] = []
+    text = writer(lc, job_id, seen, before="まえの")
+    text("つづき")
+    text.close()
+    assert seen == ["まえのつづき"]
+
+
+def test_stop_drops_the_pending_write_and_close_writes_it(
+        running: tuple[Lifecycle, str]) -> None:
+    lc, job_id = running
+    seen: list[str] = []
+    text = writer(lc, job_id, seen)
+    text("あ")
+    text("い")
+    text.stop()  # the end of a completed job writes the text itself
+    # Once no timer thread is left, a pending write would have happened: none did.
+    wait_for(lambda: not any(isinstance(t, threading.Timer) for t in threading.enumerate()),
+             timeout_s=5, what="the timer to be gone", interval_s=0.01)
+    assert seen == ["あ"]
+    text.close()
+    assert seen == ["あ", "あい"]
+
+
+def test_a_job_that_ended_stops_the_stream_at_its_next_chunk(
+        running: tuple[Lifecycle, str]) -> None:
+    lc, job_id = running
+    seen: list[str] = []
+    text = writer(lc, job_id, seen)
+    text("あ")
+    text("い")  # pending: the timer's write finds the job cancelled
+    lc.end(job_id, Outcome.cancelled())
+    wait_for(lambda: text.job_ended, timeout_s=5, what="the timer's write", interval_s=0.01)
+    assert seen[-1] == "あい"
+    with pytest.raises(JobGone):
+        text("う")

@@ -1,0 +1,107 @@
+"""The streamed reply's text, written to the job record coalesced.
+
+Every write of the text is a transaction on the job record and wakes every follower of the
+job, so writing each chunk made the text the biggest share of a prompt's Redis work. Here:
+
+- the first chunk is written at once: the first words are never delayed;
+- later chunks are written at most every `interval_s`: a chunk arriving sooner waits, and a
+  timer writes it when the interval is up, so text never waits on the next chunk (a stream
+  that stalls for seconds still shows what it has within the interval);
+- `close()` writes what is pending, so that the text a failed (incomplete) job keeps is
+  whole; `stop()` writes nothing (the completed end writes the whole text itself).
+
+Each write is the whole text so far, made one at a time under a lock and only ever longer
+than the one before: a follower sees the text grow, in order, never a piece twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from core.outcomes import JobGone
+
+logger = logging.getLogger(__name__)
+
+Write = Callable[[str], None]  # the whole text so far; raises JobGone once the job ended
+
+
+class CoalescedText:
+    def __init__(self, write: Write, *, interval_s: float, before: str = "",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._write = write
+        self._interval_s = interval_s
+        self._clock = clock
+        self._parts: list[str] = [before]
+        self._written = before
+        self._written_at: float | None = None  # never: the first chunk goes at once
+        self._state = threading.Lock()  # parts, timer (held briefly)
+        self._writing = threading.Lock()  # one write at a time, in order
+        self._timer: threading.Timer | None = None
+        self._gone: JobGone | None = None  # the timer's write found the job ended
+        self.writes = 0
+
+    @property
+    def job_ended(self) -> bool:
+        """A timer's write found the job over: the next chunk raises JobGone."""
+        return self._gone is not None
+
+    def __call__(self, piece: str) -> None:
+        """A chunk arrived (the LLM client's on_text)."""
+        if self._gone is not None:
+            raise self._gone
+        with self._state:
+            self._parts.append(piece)
+            wait = self._wait_s()
+            if wait > 0:
+                self._arm(wait)
+                return
+        self.flush()
+
+    def _wait_s(self) -> float:
+        if self._written_at is None or self._interval_s <= 0:
+            return 0.0
+        return self._written_at + self._interval_s - self._clock()
+
+    def _arm(self, wait_s: float) -> None:
+        if self._timer is None:  # one pending write covers every chunk until it runs
+            self._timer = threading.Timer(wait_s, self._on_timer)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _on_timer(self) -> None:
+        with self._state:
+            self._timer = None
+        try:
+            self.flush()
+        except JobGone as gone:  # the main thread raises it with its next chunk
+            self._gone = gone
+        except Exception as exc:  # Redis blinked: the next chunk or close() writes it
+            logger.warning("streamed text not written yet (%s)", type(exc).__name__)
+
+    def flush(self) -> None:
+        """Write the text so far, if it is more than what was written."""
+        with self._writing:
+            with self._state:
+                whole = "".join(self._parts)
+            if whole == self._written:
+                return
+            self._write(whole)
+            self.writes += 1
+            self._written, self._written_at = whole, self._clock()
+
+    def stop(self) -> None:
+        """No write pending any more (a timer already writing finishes first)."""
+        with self._state:
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        with self._writing:
+            pass
+
+    def close(self) -> None:
+        """Stop, then write whatever is pending: the stored text is whole."""
+        self.stop()
+        self.flush()
