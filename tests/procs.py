@@ -29,14 +29,18 @@ class Proc:
     log_path: Path
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        self.terminate()
         if self.process.poll() is None:
-            self.process.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=timeout_s)
         # The worker's pool children live in its process group: take them too.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=5)
+
+    def terminate(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -139,9 +143,13 @@ class Stack:
                 and marker in str(r["contents"][-1])]
 
     def stop(self) -> None:
-        for name in ("api", "worker", "summary-worker", "simulator"):
-            if name in self.procs:
-                self.procs[name].stop()
+        """All asked to stop at once, then each waited for: their graceful shutdowns overlap."""
+        procs = [self.procs[name] for name in ("api", "worker", "summary-worker", "simulator")
+                 if name in self.procs]
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.stop()
 
 
 def followers(stack: Stack) -> int:
