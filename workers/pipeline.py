@@ -57,7 +57,14 @@ def run_chat(rt: Runtime, job: Job, *, deadline: float) -> bool:
     generated = StepDone(StepName.GENERATE, f"{len(reply)} characters", utcnow())
     saved = commit_reply(rt, job, reply, last_step=generated)
     return fold_due(built.tail, stored=[message, saved],
-                    preserve_recent=rt.settings.preserve_recent)
+                    preserve_recent=rt.settings.preserve_recent) or later_turns(rt, job)
+
+
+def later_turns(rt: Runtime, job: Job) -> bool:
+    """Whether messages of later turns are stored already (submitted while this job ran or
+    waited, even if their jobs were cancelled since): they moved the recent window past what
+    the build read, so fold_due cannot tell; the summary task's plan decides instead."""
+    return rt.lifecycle.jobs.turn_counter(job.conversation_id) > job.turn
 
 
 def build(rt: Runtime, job: Job, message: Message) -> tuple[BuiltContext, str]:
