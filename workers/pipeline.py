@@ -53,9 +53,19 @@ def run_chat(rt: Runtime, job: Job, *, deadline: float) -> bool:
         built = continuing(built, job.continues, max_tokens=rt.settings.max_context_tokens)
     rt.lifecycle.advance(job.id, done=StepName.BUILD_CONTEXT, start=StepName.GENERATE,
                          detail=built.describe() + (f"; semantic: {semantic}" if semantic else ""))
-    reply = generate(rt, job, built, deadline=deadline)
+    text = CoalescedText(lambda whole: rt.lifecycle.show_text(job.id, whole),
+                         interval_s=rt.settings.stream_write_interval_s, before=job.continues)
+    reply = generate(rt, job, built, text, deadline=deadline)
     generated = StepDone(StepName.GENERATE, f"{len(reply)} characters", utcnow())
-    saved = commit_reply(rt, job, reply, last_step=generated)
+    try:
+        saved = commit_reply(rt, job, reply, last_step=generated)
+    except JobGone:
+        raise  # ended elsewhere (cancelled): nothing of ours to keep
+    except BaseException:
+        # The end did not happen (the soft limit, Redis): the text it was to write is
+        # written now, so the failure recorded next keeps all of it.
+        close_before_failure(text)
+        raise
     return fold_due(built.tail, stored=[message, saved],
                     preserve_recent=rt.settings.preserve_recent) or later_turns(rt, job)
 
@@ -108,14 +118,13 @@ def tail_within(text: str, max_tokens: int) -> str:
     return text[low:]
 
 
-def generate(rt: Runtime, job: Job, built: BuiltContext, *, deadline: float) -> str:
+def generate(rt: Runtime, job: Job, built: BuiltContext, text: CoalescedText, *,
+             deadline: float) -> str:
     asked = built.contents[-1].text
     if rt.settings.debug_directives and STUCK_DIRECTIVE in asked:
         stuck_in_c()
     if rt.settings.debug_directives and SPIN_DIRECTIVE in asked:
         spin_in_python()
-    text = CoalescedText(lambda whole: rt.lifecycle.show_text(job.id, whole),
-                         interval_s=rt.settings.stream_write_interval_s, before=job.continues)
     try:
         reply = rt.llm.stream(system_instruction=built.system_instruction,
                               contents=list(built.contents), deadline=deadline,
@@ -123,7 +132,7 @@ def generate(rt: Runtime, job: Job, built: BuiltContext, *, deadline: float) -> 
     except BaseException:
         close_before_failure(text)
         raise
-    text.stop()  # the end writes the whole text with the reply
+    text.stop()  # the end writes the whole text with the reply (else run_chat closes it)
     return reply
 
 
