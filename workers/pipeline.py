@@ -14,6 +14,8 @@ import signal
 import time
 from dataclasses import replace
 
+import redis
+
 from context.builder import BuiltContext, build_context
 from context.summary import fold_due
 from context.tokens import count_tokens
@@ -74,7 +76,10 @@ def later_turns(rt: Runtime, job: Job) -> bool:
     """Whether messages of later turns are stored already (submitted while this job ran or
     waited, even if their jobs were cancelled since): they moved the recent window past what
     the build read, so fold_due cannot tell; the summary task's plan decides instead."""
-    return rt.lifecycle.jobs.turn_counter(job.conversation_id) > job.turn
+    try:
+        return rt.lifecycle.jobs.turn_counter(job.conversation_id) > job.turn
+    except redis.RedisError:  # the job is completed already: let the queueing try (and log)
+        return True
 
 
 def build(rt: Runtime, job: Job, message: Message) -> tuple[BuiltContext, str]:
