@@ -144,7 +144,9 @@ def fold_due(tail: HistoryTail | None, *, stored: Sequence[Message],
     reply) follow `tail` (what the prompt's build read): a message outside the recent window
     that the summary does not cover. Decided from what the build read, without reading the
     history again; where that cannot tell (messages older than it read), it says yes, so a
-    summary is never missed, only sometimes queued for nothing."""
+    summary is never missed, only sometimes queued for nothing. Messages stored after
+    `stored` (later turns, already submitted) are not seen here: the caller asks for them
+    (workers/pipeline.py `later_turns`)."""
     if tail is None:
         return True
     after = tail.summary_covers if tail.summary_covers is not None else -(2**62)

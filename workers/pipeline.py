@@ -14,6 +14,8 @@ import signal
 import time
 from dataclasses import replace
 
+import redis
+
 from context.builder import BuiltContext, build_context
 from context.summary import fold_due
 from context.tokens import count_tokens
@@ -53,11 +55,31 @@ def run_chat(rt: Runtime, job: Job, *, deadline: float) -> bool:
         built = continuing(built, job.continues, max_tokens=rt.settings.max_context_tokens)
     rt.lifecycle.advance(job.id, done=StepName.BUILD_CONTEXT, start=StepName.GENERATE,
                          detail=built.describe() + (f"; semantic: {semantic}" if semantic else ""))
-    reply = generate(rt, job, built, deadline=deadline)
+    text = CoalescedText(lambda whole: rt.lifecycle.show_text(job.id, whole),
+                         interval_s=rt.settings.stream_write_interval_s, before=job.continues)
+    reply = generate(rt, job, built, text, deadline=deadline)
     generated = StepDone(StepName.GENERATE, f"{len(reply)} characters", utcnow())
-    saved = commit_reply(rt, job, reply, last_step=generated)
+    try:
+        saved = commit_reply(rt, job, reply, last_step=generated)
+    except JobGone:
+        raise  # ended elsewhere (cancelled): nothing of ours to keep
+    except BaseException:
+        # The end did not happen (the soft limit, Redis): the text it was to write is
+        # written now, so the failure recorded next keeps all of it.
+        close_before_failure(text)
+        raise
     return fold_due(built.tail, stored=[message, saved],
-                    preserve_recent=rt.settings.preserve_recent)
+                    preserve_recent=rt.settings.preserve_recent) or later_turns(rt, job)
+
+
+def later_turns(rt: Runtime, job: Job) -> bool:
+    """Whether messages of later turns are stored already (submitted while this job ran or
+    waited, even if their jobs were cancelled since): they moved the recent window past what
+    the build read, so fold_due cannot tell; the summary task's plan decides instead."""
+    try:
+        return rt.lifecycle.jobs.turn_counter(job.conversation_id) > job.turn
+    except redis.RedisError:  # the job is completed already: let the queueing try (and log)
+        return True
 
 
 def build(rt: Runtime, job: Job, message: Message) -> tuple[BuiltContext, str]:
@@ -101,14 +123,13 @@ def tail_within(text: str, max_tokens: int) -> str:
     return text[low:]
 
 
-def generate(rt: Runtime, job: Job, built: BuiltContext, *, deadline: float) -> str:
+def generate(rt: Runtime, job: Job, built: BuiltContext, text: CoalescedText, *,
+             deadline: float) -> str:
     asked = built.contents[-1].text
     if rt.settings.debug_directives and STUCK_DIRECTIVE in asked:
         stuck_in_c()
     if rt.settings.debug_directives and SPIN_DIRECTIVE in asked:
         spin_in_python()
-    text = CoalescedText(lambda whole: rt.lifecycle.show_text(job.id, whole),
-                         interval_s=rt.settings.stream_write_interval_s, before=job.continues)
     try:
         reply = rt.llm.stream(system_instruction=built.system_instruction,
                               contents=list(built.contents), deadline=deadline,
@@ -116,7 +137,7 @@ def generate(rt: Runtime, job: Job, built: BuiltContext, *, deadline: float) -> 
     except BaseException:
         close_before_failure(text)
         raise
-    text.stop()  # the end writes the whole text with the reply
+    text.stop()  # the end writes the whole text with the reply (else run_chat closes it)
     return reply
 
 

@@ -155,3 +155,25 @@ def test_a_reply_that_leaves_nothing_to_fold_queues_no_summary(
                                                    socket_timeout=5), key_of=keys.conv_key)
     wait_for(lambda: store.get_summary(conversation_id) is not None, timeout_s=15,
              what="the summary the fourth reply queued")
+
+
+def test_a_reply_whose_next_turn_is_already_stored_queues_the_fold_it_makes_due(
+        cost_stack: Stack, redis_server: RedisServer, conversation_id: str) -> None:
+    # The build of the third prompt reads two exchanges: by themselves, with the third, they
+    # fit the recent window. But the fourth message is stored (submitted while the third
+    # ran, then cancelled): once the third reply is saved, the window is the last three
+    # exchanges from the fourth message, so the first exchange has left it and a fold is due.
+    for i in range(2):
+        job = cost_stack.submit(f"#sim:pace=0 みじかい話{i}", conversation_id=conversation_id)
+        assert cost_stack.wait_job(job["id"])["status"] == "completed"
+    third = cost_stack.submit("#sim:pace=2 みっつめ", conversation_id=conversation_id)
+    cost_stack.wait_job(third["id"], until=lambda j: j["status"] == "in_progress")
+    fourth = cost_stack.submit("#sim:pace=0 よっつめ", conversation_id=conversation_id)
+    cancelled = httpx.post(f"{cost_stack.api_url}/api/jobs/{fourth['id']}/cancel", timeout=5)
+    assert cancelled.json()["status"] == "cancelled", cancelled.text
+    assert cost_stack.wait_job(third["id"])["status"] == "completed"
+    store = RedisHistoryStore(redis.Redis.from_url(db_url(redis_server, COST_DB),
+                                                   socket_timeout=5), key_of=keys.conv_key)
+    wait_for(lambda: store.get_summary(conversation_id) is not None, timeout_s=15,
+             what="the summary the third reply made due")
+    assert store.get_summary(conversation_id).covers_up_to_seq == 2  # type: ignore[union-attr]
