@@ -65,6 +65,8 @@ TURNS = int(os.environ.get("TURNS", "3"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 ISSUE_CPU_MS = "82-84 ms"
 ISSUE_FIRST_MS = "33-34 ms"
+# Published after the first half of the work (docs/performance.md, 2026-12-07 15:18 UTC).
+FIRST_HALF_CPU_MS, FIRST_HALF_FIRST_MS = "32.5", "22.3"
 STREAM_TIMEOUT_S = 30.0
 
 
@@ -266,6 +268,8 @@ def report(runs: list[Figures]) -> str:
                   "| model's first chunk (ms) | first text − model (ms) |")
     lines.append("|---|---:|---|---:|---:|---:|")
     lines.append(f"| issue 21 (before this work) | {ISSUE_CPU_MS} | | | 3.9 | {ISSUE_FIRST_MS} |")
+    lines.append(f"| after its first half (published, another run) | {FIRST_HALF_CPU_MS} | | | "
+                 f"2.7 | {FIRST_HALF_FIRST_MS} |")
     for f in runs:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(f.cpu_ms.items()))
         lines.append(f"| {f.label} | {f.total_ms:.1f} | {parts} | {f.first_ms:.1f} / "
@@ -273,10 +277,11 @@ def report(runs: list[Figures]) -> str:
     lines += ["", "Where the first text's time goes (medians, ms): " + "; ".join(
         f"{f.label}: " + ", ".join(f"{k} {v:.1f}" for k, v in f.phases_ms.items())
         for f in runs)]
-    if len(runs) >= 2:
-        base, now = runs[0], runs[-1]
-        lines += ["", f"CPU per prompt, defaults / baseline: {now.total_ms / base.total_ms:.2f}; "
-                  f"first-text overhead {base.overhead_ms:.1f} → {now.overhead_ms:.1f} ms"]
+    now = runs[-1]
+    for base in runs[:-1]:
+        lines += ["", f"CPU per prompt, defaults / {base.label}: "
+                  f"{now.total_ms / base.total_ms:.2f}; first-text overhead "
+                  f"{base.overhead_ms:.1f} → {now.overhead_ms:.1f} ms"]
     return "\n".join(lines)
 
 
@@ -284,14 +289,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline-env", action="append", default=[],
                         help="KEY=VALUE for a baseline run in the same run (repeatable)")
-    parser.add_argument("--baseline-tree", type=Path,
+    parser.add_argument("--baseline-tree", type=Path, action="append", default=[],
                         help="a checkout of older code (e.g. `git archive abad2c2 | tar -x -C "
-                             "DIR`) measured, with this venv, as the baseline")
+                             "DIR`) measured, with this venv, as a baseline (repeatable)")
     args = parser.parse_args()
     configs: list[tuple[str, dict[str, str], Path]] = []
-    if args.baseline_tree:
-        configs.append((f"baseline: the code in {args.baseline_tree}", {},
-                        args.baseline_tree.resolve()))
+    for tree in args.baseline_tree:
+        configs.append((f"baseline: the code in {tree}", {}, tree.resolve()))
     if args.baseline_env:
         configs.append(("baseline: " + " ".join(args.baseline_env),
                         dict(kv.split("=", 1) for kv in args.baseline_env), ROOT))

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     # at the end and before a failure is recorded. 0: every chunk at once (the old cadence,
     # the cost bench's baseline). docs/performance.md "What a prompt costs".
     stream_write_interval_s: float = Field(default=0.1, ge=0, le=5)
+    # Celery's task events (received, started, succeeded: a publish each, handled by the
+    # worker's parent) are for Flower alone; off, a prompt costs less CPU and reaches its
+    # pool child sooner. Flower switches them on in the workers itself (`enable_events`,
+    # every 5 s while it runs); true sends them from the start (docs/runbook.md §15).
+    task_events: bool = False
     # Test aid for "stored means dispatched": the API process dies (as if killed -9) after a
     # prompt is stored and before its broker message is sent. Never set it in production.
     debug_die_before_publish: bool = False

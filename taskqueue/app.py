@@ -65,7 +65,8 @@ def create_celery(settings: Settings, *, include: Sequence[str] = (),
         worker_max_memory_per_child=settings.worker_max_memory_per_child_mb * 1024,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
-        worker_send_task_events=True,
+        # Off unless asked for or Flower asks (docs/performance.md "What a prompt costs").
+        worker_send_task_events=settings.task_events,
         task_send_sent_event=sent_events,
         # kombu's Redis transport with its closing defect fixed (see the module).
         broker_transport=KOMBU_TRANSPORT,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import math
 import ssl
 from collections.abc import Iterator
@@ -101,6 +102,8 @@ class GenAIClient(RetryingClient):
         self._client = genai.Client(api_key=api_key, vertexai=False, http_options=self._http_options(
             policy.timeout_s, endpoint, tls=shared_tls_args()))
         self._model = model
+        # The request's path as the SDK's own converter makes it, once per client.
+        self._stream_path = stream_path(self._client, model)
         self._embedding_model = embedding_model
         self._embedding_dim = embedding_dim
         self._policy = policy
@@ -118,23 +121,22 @@ class GenAIClient(RetryingClient):
 
     def _stream_once(self, system_instruction: str, contents: list[Turn], timeout_s: float,
                      on_text: TextCallback, *, seed: int | None = None) -> str:
-        from google.genai import types
-
-        config = types.GenerateContentConfig(
-            system_instruction=system_instruction, seed=seed,
-            http_options=self._http_options(timeout_s),
-            automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
-            automatic_continuation=False)
-        payload = [{"role": t.role, "parts": [{"text": t.text}]} for t in contents]
+        body = stream_request(system_instruction, contents, seed=seed)
         attempt = Attempt("generate", self._observe)
-        pieces = guarded(self._pieces(payload, config), classify=classify,
+        pieces = guarded(self._pieces(body, self._http_options(timeout_s)), classify=classify,
                          errors=TRANSPORT_ERRORS)
         return collect(pieces, on_text=on_text, attempt=attempt)
 
-    def _pieces(self, payload: list[dict[str, Any]], config: Any) -> Iterator[str]:
-        for chunk in self._client.models.generate_content_stream(
-                model=self._model, contents=payload, config=config):  # type: ignore[arg-type]
-            yield chunk_text(chunk)
+    def _pieces(self, body: dict[str, Any], http_options: Any) -> Iterator[str]:
+        # The SDK's HTTP layer (its URL, key header, timeout, error mapping: APIError for an
+        # HTTP error or an error event), without `generate_content_stream`'s converters: a
+        # third of a pool child's CPU per prompt went into turning our plain request into
+        # pydantic models and back, and each streamed event into a response model
+        # (docs/performance.md "What a prompt costs"). tests/workers/test_llm.py holds the
+        # body to what the SDK's own converter sends.
+        for response in self._client._api_client.request_streamed(
+                "post", self._stream_path, body, http_options):
+            yield chunk_text(json.loads(response.body) if response.body else {})
 
     def _embed_once(self, batch: list[str], timeout_s: float, *,
                     task: str) -> list[list[float]]:
@@ -156,12 +158,33 @@ class GenAIClient(RetryingClient):
         return vectors
 
 
-def chunk_text(chunk: Any) -> str:
-    """The answer's text in one streamed chunk; a thinking model's thoughts are not the answer."""
-    candidates = chunk.candidates or []
-    content = candidates[0].content if candidates else None
-    parts = (content.parts if content else None) or []
-    return "".join(p.text for p in parts if p.text and not p.thought)
+def stream_path(client: Any, model: str) -> str:
+    """`models/<model>:streamGenerateContent?alt=sse`, the model's name as the SDK spells it."""
+    from google.genai import _transformers
+
+    return f"{_transformers.t_model(client._api_client, model)}:streamGenerateContent?alt=sse"
+
+
+def stream_request(system_instruction: str, contents: list[Turn], *,
+                   seed: int | None) -> dict[str, Any]:
+    """The JSON body of a streamed generate, as google-genai's converter builds it from
+    `GenerateContentConfig(system_instruction=..., seed=...)` (automatic function calling and
+    continuation are client-side only and send nothing)."""
+    return {"contents": [{"parts": [{"text": t.text}], "role": t.role} for t in contents],
+            "systemInstruction": {"parts": [{"text": system_instruction}], "role": "user"},
+            "generationConfig": {} if seed is None else {"seed": seed}}
+
+
+def chunk_text(chunk: dict[str, Any]) -> str:
+    """The answer's text in one streamed event (its JSON); a thinking model's thoughts are
+    not the answer. A body of another shape is a ValueError (an unreadable answer)."""
+    try:
+        candidates = chunk.get("candidates") or []
+        content = (candidates[0].get("content") if candidates else None) or {}
+        parts = content.get("parts") or []
+        return "".join(p["text"] for p in parts if p.get("text") and not p.get("thought"))
+    except (AttributeError, TypeError, KeyError, IndexError) as exc:
+        raise ValueError(f"unexpected streamed chunk: {type(exc).__name__}") from exc
 
 
 def classify(exc: BaseException) -> LLMError:

@@ -188,6 +188,51 @@ def marker() -> str:
     return f"m{uuid.uuid4().hex[:10]}"
 
 
+def sdk_converted_body(system_instruction: str, contents: list[Turn], seed: int | None,
+                       ) -> dict[str, object]:
+    """What google-genai's own `generate_content_stream` sends for the same request."""
+    from google import genai
+    from google.genai import _common, models, types
+
+    client = genai.Client(api_key="k", vertexai=False)
+    config = types.GenerateContentConfig(
+        system_instruction=system_instruction, seed=seed,
+        http_options=types.HttpOptions(timeout=1000),
+        automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
+        automatic_continuation=False)
+    params = types._GenerateContentParameters(
+        model="gemini-3.5-flash", config=config,
+        contents=[{"role": t.role, "parts": [{"text": t.text}]} for t in contents])
+    body = models._GenerateContentParameters_to_mldev(client._api_client, params, None, params)
+    body = {k: v for k, v in body.items() if not k.startswith("_") and k != "config"}
+    return dict(_common.encode_unserializable_types(_common.convert_to_dict(body)))
+
+
+@pytest.mark.parametrize("seed", [None, 1234])
+def test_genai_sends_what_the_sdks_own_converter_would(seed: int | None,
+                                                      simulator_url: str) -> None:
+    """The client builds the request itself (the SDK's converters cost a third of a pool
+    child's CPU per prompt): the simulator must receive exactly the SDK's body."""
+    tag = marker()
+    contents = [Turn(role="user", text=f"前の話 {tag}"), Turn(role="model", text="うん"),
+                Turn(role="user", text="続けて")]
+    client = make_client("genai", simulator_url)
+    client.stream(system_instruction="あなたは妹です。", contents=contents, seed=seed,
+                  deadline=time.monotonic() + 20, on_text=lambda _piece: None)
+    sent = [r for r in requests_with(simulator_url, tag) if isinstance(r, dict)]
+    assert sent == [sdk_converted_body("あなたは妹です。", contents, seed)]
+
+
+def test_genai_chunk_text_leaves_thoughts_out_and_refuses_other_shapes() -> None:
+    chunk = {"candidates": [{"content": {"role": "model", "parts": [
+        {"text": "考え中", "thought": True}, {"text": "おはよ"}, {"text": "う"}]}}]}
+    assert llm_genai.chunk_text(chunk) == "おはよう"
+    assert llm_genai.chunk_text({"candidates": []}) == ""  # e.g. the usage-only last event
+    for odd in ({"candidates": "x"}, {"candidates": [{"content": {"parts": [7]}}]}):
+        with pytest.raises(ValueError):
+            llm_genai.chunk_text(odd)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("sdk", SDKS)
 def test_streams_the_reply_piece_by_piece(sdk: str, simulator_url: str) -> None:
     observed: Observed = []
