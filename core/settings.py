@@ -10,14 +10,18 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.redis_tls import with_tls
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_PERSONA = PACKAGE_DIR / "persona" / "default.md"
 
 
 class Settings(BaseSettings):
     # env_ignore_empty: `GEMINI_API_KEY=` (empty) means "no key", i.e. the simulator.
+    # hide_input_in_errors: a refused setting's error would otherwise print every input,
+    # MYSISTERDB_REDIS_URL with its password among them.
     model_config = SettingsConfigDict(env_prefix="MYSISTERDB_", extra="ignore",
-                                      env_ignore_empty=True)
+                                      env_ignore_empty=True, hide_input_in_errors=True)
 
     # Where things run
     redis_url: str | None = None  # unset: `mysisterdb up` starts a private redis-server
@@ -144,6 +148,16 @@ class Settings(BaseSettings):
     # (compose: the secrets volume).
     redis_password: SecretStr | None = None
     redis_password_file: Path | None = None
+    # Redis over TLS (a rediss:// URL; README "Workers on another host"): the CA that signed
+    # the server's certificate (unset: the system's CAs), and a client certificate and key
+    # for a server that asks for one (tls-auth-clients). core/redis_tls.py puts them in the
+    # URL, which every client reads (redis-py, kombu, Flower).
+    redis_tls_ca_file: Path | None = None
+    redis_tls_cert_file: Path | None = None
+    redis_tls_key_file: Path | None = None
+    # A plaintext redis:// to an address that is not loopback is warned about at each start;
+    # true where that network is this host's own (compose's internal network).
+    redis_plaintext_ok: bool = False
     # Bounded input (api/limits.py), enforced while the body arrives, before anything reads
     # it. Unset: sized from the longest message (see max_body).
     max_body_bytes: int | None = Field(default=None, ge=1024)
@@ -212,6 +226,17 @@ class Settings(BaseSettings):
         elif self.redis_url and self.redis_password_file is not None:
             password = self.redis_password_file.read_text(encoding="utf-8").strip()
             self.redis_url = with_password(self.redis_url, password)
+        return self
+
+    @model_validator(mode="after")
+    def _redis_tls_into_url(self) -> Settings:
+        # After the password (validators run in order): the URL is then complete.
+        files = (self.redis_tls_ca_file, self.redis_tls_cert_file, self.redis_tls_key_file)
+        if self.redis_url or any(f is not None for f in files):
+            self.redis_url = with_tls(self.redis_url or "redis://127.0.0.1:6379/0",
+                                      ca_file=self.redis_tls_ca_file,
+                                      cert_file=self.redis_tls_cert_file,
+                                      key_file=self.redis_tls_key_file)
         return self
 
     def secret_values(self) -> list[str]:

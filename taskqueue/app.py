@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from celery import Celery
 
 from core.ports import CHAT_QUEUE, CHAT_TASK, EMBED_TASK, SUMMARY_QUEUE, SUMMARY_TASK
+from core.redis_tls import broker_ssl_options
 from core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ def create_celery(settings: Settings, *, include: Sequence[str] = (),
         task_send_sent_event=True,
         # kombu's Redis transport with its closing defect fixed (see the module).
         broker_transport=KOMBU_TRANSPORT,
+        # rediss://: the URL's TLS options (core/redis_tls.py) on the app too, for what
+        # rebuilds a connection from the app (as_uri() drops the URL's query); None: plain.
+        broker_use_ssl=broker_ssl_options(broker_url(settings)),
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=5,
         # Publishing must fail fast when Redis is down: the API answers 503 within 2 s.
