@@ -65,8 +65,10 @@ def make_authority(folder: Path, name: str) -> Authority:
     return Authority(cert_path=path, cert=cert, key=key)
 
 
-def issue(authority: Authority, folder: Path, name: str, *, server: bool) -> tuple[Path, Path]:
-    """A certificate signed by `authority`: for 127.0.0.1/localhost (server) or a client."""
+def issue(authority: Authority, folder: Path, name: str, *, server: bool,
+          dns_names: tuple[str, ...] = ("localhost",)) -> tuple[Path, Path]:
+    """A certificate signed by `authority`: for 127.0.0.1 and `dns_names` (server) or a
+    client."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     builder = (x509.CertificateBuilder()
@@ -83,7 +85,8 @@ def issue(authority: Authority, folder: Path, name: str, *, server: bool) -> tup
                     else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
     if server:
         builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+             *(x509.DNSName(n) for n in dns_names)]),
             critical=False)
     cert = builder.sign(authority.key, hashes.SHA256())
     cert_path, key_path = folder / f"{name}.pem", folder / f"{name}.key"
