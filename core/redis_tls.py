@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 
+from core import redis_sentinel
 from core.redis_client import connect
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def broker_ssl_options(url: str) -> dict[str, Any] | None:
     gives kombu, set on the app too, so that what rebuilds a connection from the app's
     configuration and `as_uri()` (which drops the query) keeps them."""
     parts = urlsplit(url)
-    if parts.scheme != "rediss":
+    if parts.scheme not in ("rediss", "rediss+sentinel"):
         return None
     options: dict[str, Any] = {k: v for k, v in parse_qsl(parts.query) if k.startswith("ssl_")}
     options["ssl_cert_reqs"] = CERT_REQS[str(options.get("ssl_cert_reqs", "required")).lower()]
@@ -91,9 +92,17 @@ def plaintext_warning(url: str | None) -> str | None:
     if not url:
         return None  # `mysisterdb up`'s private server, on loopback
     parts = urlsplit(url)
-    if parts.scheme != "redis" or is_loopback(parts.hostname):
+    if parts.scheme == "redis+sentinel":  # the Sentinels name the primary: judge them
+        far = [f"{h}:{p}" for h, p in redis_sentinel.target(url).sentinels if not is_loopback(h)]
+        where_ = ",".join(far)
+    elif parts.scheme == "redis":
+        far = [] if is_loopback(parts.hostname) else [f"{parts.hostname}:{parts.port or 6379}"]
+        where_ = ",".join(far)
+    else:
         return None
-    return (f"Redis at {parts.hostname}:{parts.port or 6379} is plaintext (redis://) on an "
+    if not far:
+        return None
+    return (f"Redis at {where_} is plaintext (redis://) on an "
             "address that is not loopback: its password, prompts and replies cross the "
             f"network readable. Use rediss:// with {CA_ENV} (README, \"Workers on another "
             "host\"), or set MYSISTERDB_REDIS_PLAINTEXT_OK=true where that network is this "

@@ -88,9 +88,12 @@ def test_a_plain_broker_has_no_ssl() -> None:
     assert create_celery(Settings(redis_url="redis://127.0.0.1/0")).conf.broker_use_ssl is None
 
 
-@pytest.mark.parametrize("host", ["10.1.2.3", "redis.internal", "192.168.1.9", "[2001:db8::1]"])
-def test_plaintext_off_this_host_is_warned_without_the_password(host: str) -> None:
-    warning = plaintext_warning(f"redis://:{PASSWORD}@{host}:6379/0")
+@pytest.mark.parametrize("url", [
+    "redis://:{pw}@10.1.2.3:6379/0", "redis://:{pw}@redis.internal:6379/0",
+    "redis://:{pw}@192.168.1.9:6379/0", "redis://:{pw}@[2001:db8::1]:6379/0",
+    "redis+sentinel://:{pw}@127.0.0.1:26379,10.1.2.3:26379/0?master=m"])
+def test_plaintext_off_this_host_is_warned_without_the_password(url: str) -> None:
+    warning = plaintext_warning(url.format(pw=PASSWORD))
     assert warning is not None
     assert "plaintext" in warning and "MYSISTERDB_REDIS_TLS_CA_FILE" in warning
     assert PASSWORD not in warning
@@ -99,6 +102,8 @@ def test_plaintext_off_this_host_is_warned_without_the_password(host: str) -> No
 @pytest.mark.parametrize("url", [None, "redis://127.0.0.1:6379/0", "redis://localhost/0",
                                  "redis://[::1]:6379/0", "redis://127.0.0.9/0",
                                  "rediss://10.1.2.3:6380/0?ssl_cert_reqs=required",
+                                 "redis+sentinel://127.0.0.1:26379,[::1]:26380/0?master=m",
+                                 "rediss+sentinel://10.1.2.3:26379/0?master=m",
                                  "unix:///run/redis.sock"])
 def test_loopback_and_tls_are_not_warned(url: str | None) -> None:
     assert plaintext_warning(url) is None
