@@ -6,15 +6,23 @@ failure detection (down after 1 s) and configuration files in a folder of the te
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import httpx
 import redis
 
 from mysisterdb.redis_server import free_port, redis_server_binary
 from tests.procs import wait_for
 
 MASTER = "mymaster"
+CLIENTS = 20  # people submitting across a failover
+PACE_S = 0.5  # between one client's submits
 
 
 @dataclass
@@ -138,3 +146,81 @@ def all_know_each_other(found: SentinelSet) -> bool:
     finally:
         client.close()
 
+
+@dataclass
+class Clients:
+    """CLIENTS people submitting at a steady pace, each in a conversation of their own."""
+
+    submit: Callable[[str, str], httpx.Response]  # (message, conversation id)
+    stop: threading.Event = field(default_factory=threading.Event)
+    accepted: dict[str, str] = field(default_factory=dict)  # job id -> marker
+    refused: list[float] = field(default_factory=list)  # when each 503 came
+    unexpected: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self, count: int) -> None:
+        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True)
+                        for i in range(count)]
+        for thread in self.threads:
+            thread.start()
+
+    def run(self, client: int) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            marker = f"ha-{client}-{n}"
+            try:
+                r = self.submit(marker, f"ha-client-{client}")
+            except httpx.HTTPError as exc:
+                with self.lock:
+                    self.unexpected.append(f"{marker}: {exc!r}")
+                continue
+            with self.lock:
+                if r.status_code == 202:
+                    self.accepted[r.json()["id"]] = marker
+                elif r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable":
+                    self.refused.append(time.monotonic())
+                elif r.status_code != 429:  # the queue cap may speak: not a failure
+                    self.unexpected.append(f"{marker}: {r.status_code} {r.text}")
+            self.stop.wait(PACE_S)
+
+    def finish(self, *, api_url: str, headers: dict[str, str], slots: int,
+               timeout_s: float = 120) -> str:
+        """Stop submitting, then check what a failover may not do: a 500 or a hang, a 202'd
+        prompt gone, one that never ends, one stored twice. A prompt running when Redis died
+        may end failed or incomplete (its claim went with the store): at most `slots` of
+        them. Returns the line to print."""
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(10)
+        assert not self.unexpected, self.unexpected[:5]
+        window = (max(self.refused) - min(self.refused)) if self.refused else 0.0
+        with httpx.Client(base_url=api_url, headers=headers, timeout=5) as http:
+            lost = [j for j in self.accepted if http.get(f"/api/jobs/{j}").status_code == 404]
+            ended: Counter[str] = Counter()
+            for job_id in set(self.accepted) - set(lost):
+                job = self._final(http, job_id, timeout_s)
+                ended[job["status"] + (f"/{job['error']['code']}" if job["error"] else "")] += 1
+            for client in range(len(self.threads)):
+                turns = http.get(f"/api/conversations/ha-client-{client}/messages").json()["turns"]
+                asked = [t["user"]["text"] for t in turns]
+                assert len(asked) == len(set(asked)), f"a prompt stored twice: {asked}"
+        line = (f"{len(self.threads)} clients, {len(self.accepted)} prompts accepted (202), "
+                f"{len(self.refused)} refused 503 over {window:.1f} s; {len(lost)} accepted "
+                f"and lost; ends: {sorted(ended.items())}")
+        assert not lost, line
+        assert ended["completed"] >= sum(ended.values()) - slots, line
+        assert {e.split("/")[0] for e in ended} <= {"completed", "failed", "incomplete"}, line
+        assert {e.partition("/")[2] for e in ended} <= {"", "worker_lost", "store_unavailable"}, line
+        return line
+
+    @staticmethod
+    def _final(http: httpx.Client, job_id: str, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job: dict[str, Any] = http.get(f"/api/jobs/{job_id}").json()
+            if job["status"] not in ("queued", "in_progress"):
+                return job
+            assert time.monotonic() < deadline, f"job {job_id} still {job['status']}"
+            time.sleep(0.1)

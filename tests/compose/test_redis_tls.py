@@ -21,14 +21,8 @@ import pytest
 import redis
 
 from mysisterdb.redis_server import free_port
-from tests.compose.test_stack import (
-    CHECKOUT_ID,
-    COMPOSE_FILE,
-    UP_TIMEOUT_S,
-    Compose,
-    compose_env,
-    need_docker,
-)
+from tests.compose.own import own_compose
+from tests.compose.test_stack import UP_TIMEOUT_S, Compose
 from tests.conftest import stack_env
 from tests.procs import ROOT, Proc, mysisterdb, start, start_ready, wait_for
 from tests.tls_relay import issue, make_authority
@@ -67,30 +61,16 @@ def certificates(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def tls_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsStack]:
-    need_docker()
-    folder = tmp_path_factory.mktemp("redis-tls")
-    env_file = folder / "empty.env"
-    env_file.write_text("")
-    tls_dir = certificates(folder / "redis-tls")
+    tls_dir = certificates(tmp_path_factory.mktemp("redis-tls-files") / "redis-tls")
     password = secrets.token_hex(16)
-    api_port, flower_port, redis_port = free_port(), free_port(), free_port()
-    env = {**compose_env(api_port, flower_port),
-           "MYSISTERDB_IMAGE_TAG": f"test-{CHECKOUT_ID}-redis-tls",
-           "MYSISTERDB_REDIS_TLS_DIR": str(tls_dir),
-           "MYSISTERDB_REDIS_TLS_HOST_PORT": str(redis_port),
-           "MYSISTERDB_REDIS_PASSWORD": password}
-    stack = Compose(project=f"mysisterdb-redis-tls-test-{CHECKOUT_ID}", env=env,
-                    env_file=env_file, api_url=f"http://127.0.0.1:{api_port}",
-                    files=(COMPOSE_FILE, REDIS_TLS_FILE))
-    try:
-        stack.run("--profile", "monitoring", "down", "-v", "--remove-orphans")
-        stack.run("--profile", "monitoring", "up", "-d", "--build", "--wait",
-                  timeout_s=UP_TIMEOUT_S)
-        stack.token = stack.run("exec", "-T", "api", "mysisterdb", "token").stdout.strip()
+    flower_port, redis_port = free_port(), free_port()
+    with own_compose(tmp_path_factory, name="redis-tls", overrides=(REDIS_TLS_FILE,),
+                     profiles=("monitoring",), flower_port=flower_port,
+                     env={"MYSISTERDB_REDIS_TLS_DIR": str(tls_dir),
+                          "MYSISTERDB_REDIS_TLS_HOST_PORT": str(redis_port),
+                          "MYSISTERDB_REDIS_PASSWORD": password}) as stack:
         yield TlsStack(stack=stack, ca=tls_dir / "ca.crt", password=password,
                        redis_port=redis_port, flower_url=f"http://127.0.0.1:{flower_port}")
-    finally:
-        stack.run("--profile", "monitoring", "down", "-v", "--remove-orphans", check=False)
 
 
 def test_the_stack_talks_to_redis_over_tls_only(tls_stack: TlsStack) -> None:
