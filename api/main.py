@@ -35,6 +35,7 @@ from core.metrics import RedisCollector
 from core.ports import Broker
 from core.ratelimit import SubmitLimiter
 from core.redis_client import connect
+from core.redis_tls import check_at_start
 from core.resources import ResourceMonitor
 from core.sessions import Sessions
 from core.settings import Settings, get_settings
@@ -63,6 +64,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         monitor.start()
         # Storing a message indexes its terms: load the analysers before the first one.
         await run_in_threadpool(warm_up_terms)
+        # A plaintext Redis off this host, or a TLS one whose certificate fails: said now.
+        await run_in_threadpool(check_at_start, settings.redis_url,
+                                plaintext_ok=settings.redis_plaintext_ok)
         sweeper = api_sweeper(settings, broker=app.state.broker)
         sweeper.start()
         app.state.llm_check.status()  # the first check of the LLM endpoint starts now

@@ -32,6 +32,7 @@ import redis.asyncio as aredis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.background import RedisLoop
+from core import redis_sentinel
 from core.errors import StoreUnavailable
 from core.redis_client import DEFAULT_URL
 
@@ -93,8 +94,11 @@ class StoreMonitor(RedisLoop):
     name = "store-monitor"
 
     def __init__(self, *, url: str | None) -> None:
-        super().__init__(aredis.Redis.from_url(url or DEFAULT_URL, socket_timeout=PROBE_TIMEOUT_S,
-                                               socket_connect_timeout=PROBE_TIMEOUT_S))
+        super().__init__(
+            redis_sentinel.async_client(url or "", timeout_s=PROBE_TIMEOUT_S)
+            if redis_sentinel.is_sentinel(url) else
+            aredis.Redis.from_url(url or DEFAULT_URL, socket_timeout=PROBE_TIMEOUT_S,
+                                  socket_connect_timeout=PROBE_TIMEOUT_S))
         self.down = asyncio.Event()
         self._recheck: asyncio.Task[bool] | None = None
 

@@ -24,7 +24,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 
 from api.background import RedisLoop
-from core import keys
+from core import keys, redis_sentinel
 from core.models import Job
 from core.redis_client import DEFAULT_URL
 
@@ -46,12 +46,16 @@ class JobWatcher(RedisLoop):
         # queue for one at most timeout_s, instead of opening a connection each.
         # As the sync clients (core.redis_client.connect): a connection that broke
         # while idle (Redis restarted) is replaced once; a timeout is never repeated.
-        pool = aredis.BlockingConnectionPool.from_url(
-            url or DEFAULT_URL, max_connections=POOL_SIZE, timeout=timeout_s,
-            socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            health_check_interval=HEALTH_CHECK_S,
-            retry=AsyncRetry(NoBackoff(), 1, supported_errors=(aredis.ConnectionError,)))
-        super().__init__(aredis.Redis(connection_pool=pool))
+        retry = AsyncRetry(NoBackoff(), 1, supported_errors=(aredis.ConnectionError,))
+        if redis_sentinel.is_sentinel(url):  # the primary of the moment (unbounded pool)
+            super().__init__(redis_sentinel.async_client(
+                url or "", timeout_s=timeout_s, retry=retry, health_check_interval=HEALTH_CHECK_S))
+        else:
+            pool = aredis.BlockingConnectionPool.from_url(
+                url or DEFAULT_URL, max_connections=POOL_SIZE, timeout=timeout_s,
+                socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                health_check_interval=HEALTH_CHECK_S, retry=retry)
+            super().__init__(aredis.Redis(connection_pool=pool))
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self.listening = False
 

@@ -10,6 +10,8 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.client import Pipeline
 from redis.retry import Retry
 
+from core import redis_sentinel
+
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 T = TypeVar("T")
 
@@ -24,6 +26,10 @@ def connect(url: str | None, *, timeout_s: float, retries: int = 0) -> redis.Red
     """
     retry = Retry(ExponentialBackoff(cap=1.0, base=0.1), retries) if retries else Retry(
         NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+    if redis_sentinel.is_sentinel(url):
+        # The fresh connection of a retry asks the Sentinels again: after a failover it
+        # reaches the new primary.
+        return redis_sentinel.client(url or "", timeout_s=timeout_s, retry=retry)
     return redis.Redis.from_url(
         url or DEFAULT_URL,
         socket_timeout=timeout_s,

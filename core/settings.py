@@ -5,10 +5,13 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.redis_sentinel import sentinel_url
+from core.redis_tls import with_tls
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_PERSONA = PACKAGE_DIR / "persona" / "default.md"
@@ -16,8 +19,10 @@ DEFAULT_PERSONA = PACKAGE_DIR / "persona" / "default.md"
 
 class Settings(BaseSettings):
     # env_ignore_empty: `GEMINI_API_KEY=` (empty) means "no key", i.e. the simulator.
+    # hide_input_in_errors: a refused setting's error would otherwise print every input,
+    # MYSISTERDB_REDIS_URL with its password among them.
     model_config = SettingsConfigDict(env_prefix="MYSISTERDB_", extra="ignore",
-                                      env_ignore_empty=True)
+                                      env_ignore_empty=True, hide_input_in_errors=True)
 
     # Where things run
     redis_url: str | None = None  # unset: `mysisterdb up` starts a private redis-server
@@ -159,6 +164,21 @@ class Settings(BaseSettings):
     # (compose: the secrets volume).
     redis_password: SecretStr | None = None
     redis_password_file: Path | None = None
+    # Redis over TLS (a rediss:// URL; README "Workers on another host"): the CA that signed
+    # the server's certificate (unset: the system's CAs), and a client certificate and key
+    # for a server that asks for one (tls-auth-clients). core/redis_tls.py puts them in the
+    # URL, which every client reads (redis-py, kombu, Flower).
+    redis_tls_ca_file: Path | None = None
+    redis_tls_cert_file: Path | None = None
+    redis_tls_key_file: Path | None = None
+    # A plaintext redis:// to an address that is not loopback is warned about at each start;
+    # true where that network is this host's own (compose's internal network).
+    redis_plaintext_ok: bool = False
+    # Redis behind Sentinel (README "Redis without a single point of failure"): "host:port,…"
+    # of the Sentinels and the name they monitor. MYSISTERDB_REDIS_URL (optional then) gives
+    # the scheme, password, database and TLS; its host is not used (core/redis_sentinel.py).
+    redis_sentinels: str | None = None
+    redis_master: str = "mymaster"
     # Bounded input (api/limits.py), enforced while the body arrives, before anything reads
     # it. Unset: sized from the longest message (see max_body).
     max_body_bytes: int | None = Field(default=None, ge=1024)
@@ -217,6 +237,13 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _sentinels_need_no_url(self) -> Settings:
+        # Before the password and TLS (validators run in order): they go into this URL.
+        if self.redis_sentinels and not self.redis_url:
+            self.redis_url = "redis://sentinel/0"
+        return self
+
+    @model_validator(mode="after")
     def _redis_password_into_url(self) -> Settings:
         # Every process connects with settings.redis_url: put the secret file's password in
         # it once, here, rather than in each place that connects.
@@ -227,6 +254,20 @@ class Settings(BaseSettings):
             self.redis_url = with_password(self.redis_url, password)
         return self
 
+    @model_validator(mode="after")
+    def _redis_tls_into_url(self) -> Settings:
+        # After the password (validators run in order): the URL is then complete.
+        files = (self.redis_tls_ca_file, self.redis_tls_cert_file, self.redis_tls_key_file)
+        if self.redis_url or any(f is not None for f in files):
+            self.redis_url = with_tls(self.redis_url or "redis://127.0.0.1:6379/0",
+                                      ca_file=self.redis_tls_ca_file,
+                                      cert_file=self.redis_tls_cert_file,
+                                      key_file=self.redis_tls_key_file)
+        if self.redis_sentinels and self.redis_url:
+            self.redis_url = sentinel_url(self.redis_url, sentinels=self.redis_sentinels,
+                                          master=self.redis_master)
+        return self
+
     def secret_values(self) -> list[str]:
         """Every secret the settings hold, for the log scrubber (never for printing)."""
         found = [self.gemini_api_key, self.operator_token]
@@ -235,7 +276,8 @@ class Settings(BaseSettings):
             values += [entry.partition(":")[2].strip()
                        for entry in self.api_tokens.get_secret_value().split(",")]
         password = urlsplit(self.redis_url).password if self.redis_url else None
-        return [v for v in [*values, password] if v]
+        # As the URL escapes it, and as it is (a password with @ or / differs).
+        return [v for v in [*values, password, unquote(password or "")] if v]
 
     @property
     def uses_simulator(self) -> bool:

@@ -25,17 +25,33 @@ from collections.abc import Sequence
 
 from celery import Celery
 
+from core import redis_sentinel
 from core.ports import CHAT_QUEUE, CHAT_TASK, EMBED_TASK, SUMMARY_QUEUE, SUMMARY_TASK
+from core.redis_tls import broker_ssl_options
 from core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 KOMBU_TRANSPORT = "taskqueue.kombu_redis:Transport"  # resolved by kombu when it connects
+KOMBU_SENTINEL_TRANSPORT = "taskqueue.kombu_redis:SentinelTransport"
 
 
 def broker_url(settings: Settings) -> str:
     # Unset only outside `mysisterdb up` (which always sets it): assume a local Redis.
-    return settings.redis_url or "redis://127.0.0.1:6379/0"
+    url = settings.redis_url or "redis://127.0.0.1:6379/0"
+    if redis_sentinel.is_sentinel(url):
+        return redis_sentinel.broker(url, timeout_s=SENTINEL_TIMEOUT_S)[0]
+    return url
+
+
+SENTINEL_TIMEOUT_S = 2.0  # asking a Sentinel where the primary is
+
+
+def sentinel_options(settings: Settings) -> dict[str, object]:
+    """kombu's master_name and sentinel_kwargs for a Sentinel URL, else nothing."""
+    if not redis_sentinel.is_sentinel(settings.redis_url):
+        return {}
+    return redis_sentinel.broker(settings.redis_url or "", timeout_s=SENTINEL_TIMEOUT_S)[1]
 
 
 def create_celery(settings: Settings, *, include: Sequence[str] = (),
@@ -69,7 +85,11 @@ def create_celery(settings: Settings, *, include: Sequence[str] = (),
         worker_send_task_events=settings.task_events,
         task_send_sent_event=sent_events,
         # kombu's Redis transport with its closing defect fixed (see the module).
-        broker_transport=KOMBU_TRANSPORT,
+        broker_transport=(KOMBU_SENTINEL_TRANSPORT
+                          if redis_sentinel.is_sentinel(settings.redis_url) else KOMBU_TRANSPORT),
+        # rediss://: the URL's TLS options (core/redis_tls.py) on the app too, for what
+        # rebuilds a connection from the app (as_uri() drops the URL's query); None: plain.
+        broker_use_ssl=broker_ssl_options(settings.redis_url or ""),
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=5,
         # Publishing must fail fast when Redis is down: the API answers 503 within 2 s.
@@ -80,6 +100,7 @@ def create_celery(settings: Settings, *, include: Sequence[str] = (),
             "socket_timeout": broker_socket_timeout_s,
             "socket_connect_timeout": min(5.0, broker_socket_timeout_s),
             "health_check_interval": 10,
+            **sentinel_options(settings),
         },
         task_serializer="json",
         accept_content=["json"],

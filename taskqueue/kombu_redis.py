@@ -23,12 +23,28 @@ from kombu.transport import redis as kombu_redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 
-class Channel(kombu_redis.Channel):
+class ClosedIsConnectionError:
+    """The fix, for both channels: a closed connection is a connection error."""
+
+    connection: Any
+
     def _connparams(self, asynchronous: bool = False) -> Any:
         if self.connection.client is None:
             raise RedisConnectionError("the broker connection was already closed")
-        return super()._connparams(asynchronous=asynchronous)
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
+
+
+class Channel(ClosedIsConnectionError, kombu_redis.Channel):
+    pass
 
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(ClosedIsConnectionError, kombu_redis.SentinelChannel):
+    """Its pool is built from _connparams too (_sentinel_managed_pool): the same defect."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel

@@ -22,6 +22,7 @@ from core.lifecycle import Lifecycle, Limits
 from core.monitoring import WorkerBeat, remove_heartbeat, write_heartbeat
 from core.orphan import exit_with_parent
 from core.redis_client import connect
+from core.redis_tls import check_at_start
 from core.resources import ResourceMonitor, sample
 from core.settings import get_settings
 from core.sweeper import Sweeper
@@ -116,7 +117,11 @@ def consumed_queues(consumer: Any) -> list[str]:
 @worker_init.connect
 def on_worker_init(**_: Any) -> None:
     """Before the pool forks its first child."""
-    preload(get_settings())
+    settings = get_settings()
+    # Before the broker connects: a plaintext Redis off this host, or a TLS one whose
+    # certificate fails, is said in one line rather than as endless reconnects.
+    check_at_start(settings.redis_url, plaintext_ok=settings.redis_plaintext_ok)
+    preload(settings)
 
 
 @worker_ready.connect

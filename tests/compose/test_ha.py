@@ -1,0 +1,87 @@
+"""Redis without a single point of failure, in compose, for real: docker-compose.yml +
+docker-compose.ha.yml (primary, replica, three Sentinels, the same image). 20 clients submit
+while the primary is `docker kill`ed: the Sentinels promote the replica, the API answers 503
+meanwhile (the window printed), then 202 again; no 202'd prompt is lost or stored twice, each
+ends; the old primary, started again, is a replica.
+
+A project name and image tag of its own, as tests/compose/test_tls.py; the Sentinels'
+down-after is 1 s here (MYSISTERDB_SENTINEL_DOWN_AFTER_MS; 5 s by default).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.compose.own import own_compose
+from tests.compose.test_stack import UP_TIMEOUT_S, Compose
+from tests.procs import ROOT
+from tests.sentinel_set import CLIENTS, Clients
+
+HA_FILE = ROOT / "docker-compose.ha.yml"
+
+pytestmark = pytest.mark.timeout(UP_TIMEOUT_S + 300)
+
+
+@pytest.fixture(scope="module")
+def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
+    with own_compose(tmp_path_factory, name="ha", overrides=(HA_FILE,),
+                     env={"MYSISTERDB_SENTINEL_DOWN_AFTER_MS": "1000"}) as stack:
+        yield stack
+
+
+EXEC_TIMEOUT_S = 30  # one `docker compose exec`; a busy engine may take that long
+
+
+def exec_line(stack: Compose, service: str, *argv: str) -> str:
+    """The first line `argv` prints in `service`, "" if it failed or took too long (a
+    question asked again by a wait: a slow engine must not end the test)."""
+    try:
+        done = stack.run("exec", "-T", service, *argv, check=False, timeout_s=EXEC_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return ""
+    return done.stdout.split("\n")[0].strip() if done.returncode == 0 else ""
+
+
+def primary(stack: Compose) -> str:
+    """The primary's host as Sentinel 1 names it."""
+    return exec_line(stack, "sentinel-1", "redis-cli", "-p", "26379", "sentinel",
+                     "get-master-addr-by-name", "mymaster")
+
+
+def role(stack: Compose, service: str) -> str:
+    return exec_line(stack, service, "sh", "-c",
+                     'REDISCLI_AUTH="$(cat /run/mysisterdb/redis.password)" redis-cli role')
+
+
+def test_a_killed_primary_loses_no_accepted_prompt(ha: Compose) -> None:
+    ha.wait(lambda: ha.health()["status"] == "ok", what="health ok")
+    before = ha.chat("フェイルオーバーの前", "ha-compose-before")
+    assert primary(ha) == "redis"
+
+    def submit(message: str, conversation_id: str) -> httpx.Response:
+        return httpx.post(f"{ha.api_url}/api/chat", timeout=10, headers=ha.auth,
+                          json={"message": message, "conversation_id": conversation_id})
+
+    clients = Clients(submit)
+    clients.start(CLIENTS)
+    ha.wait(lambda: len(clients.accepted) >= CLIENTS, what="submits before the kill")
+    ha.run("kill", "redis")  # docker kill: SIGKILL, and no restart by the policy
+    ha.wait(lambda: primary(ha) == "redis-replica", what="the replica promoted", timeout_s=60)
+    promoted = len(clients.accepted)
+    ha.wait(lambda: len(clients.accepted) >= promoted + CLIENTS, what="submits after",
+            timeout_s=60)
+    # Every conversation may have had its prompt running at the kill (a line runs one at
+    # a time; the chat worker has slots for all).
+    print(f"\nfailover (docker kill of the primary): "
+          f"{clients.finish(api_url=ha.api_url, headers=ha.auth, slots=CLIENTS)}")
+    again = ha.job(before["id"])
+    assert again is not None and again["reply"] == before["reply"]
+
+    ha.run("start", "redis")
+    ha.wait(lambda: role(ha, "redis") == "slave", what="the old primary back as a replica",
+            timeout_s=60)
+    assert primary(ha) == "redis-replica"
