@@ -1,13 +1,17 @@
-"""The scaled stack beside the single one, on the same box and under the same load (issue 19
-item 5): compose's single stack (`docker-compose.yml`: one API, one chat worker) and the
-scaled one (`+ docker-compose.scale.yml`, nginx in front, `--scale api=2 --scale worker=2`),
-each built from this checkout and brought up in turn, then sent the same bursts of
-conversations at once with replies paced by the simulator. Printed per stack: p50 / p99 of
-the time from submit to the first text a poller sees and to the final state, and how many
-completed. On one box the scaled stack cannot be faster (the same two cores); what it shows
-is what the proxy and the second replica cost, and that nothing is lost on the way.
+"""The scaled and HA stacks beside the single one, on the same box and under the same load
+(issue 19 item 5): compose's single stack (`docker-compose.yml`: one API, one chat worker),
+the scaled one (`+ docker-compose.scale.yml`, nginx in front, `--scale api=2 --scale
+worker=2`) and the HA one (`+ docker-compose.ha.yml`: a replica and three Sentinels), each
+built from this checkout and brought up in turn, then sent the same bursts of conversations
+at once with replies paced by the simulator. Printed per stack: p50 / p99 of the time from
+submit to the first text a poller sees and to the final state, and how many completed; for
+HA also a failover: 20 clients submitting while the primary is `docker kill`ed, with the
+Sentinels' production down-after (5 s): how long submits got 503, and how many 202'd
+prompts were lost. On one box the scaled stack cannot be faster (the same two cores); what
+it shows is what the proxy, the second replica and Sentinel cost, and that nothing is lost.
 
-    .venv/bin/python bench/scale_bench.py [--conversations 32] [--pace 3] [--rounds 2]
+    .venv/bin/python bench/scale_bench.py [--conversations 32] [--pace 3] [--rounds 2] \
+        [--only single,scaled,ha]
 
 Needs Docker with Compose v2 (tests/compose/ explains how CI gets one).
 """
@@ -31,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.benchlib import Row, load_average, machine, now_utc, percentile, render  # noqa: E402
 from mysisterdb.redis_server import free_port  # noqa: E402
+from tests.compose.test_ha import primary  # noqa: E402
 from tests.compose.test_stack import (  # noqa: E402
     CHECKOUT_ID,
     COMPOSE_FILE,
@@ -41,8 +46,12 @@ from tests.compose.test_stack import (  # noqa: E402
     docker_missing,
 )
 from tests.procs import ROOT  # noqa: E402
+from tests.sentinel_set import CLIENTS, Clients  # noqa: E402
 
 SCALE_FILE = ROOT / "docker-compose.scale.yml"
+HA_FILE = ROOT / "docker-compose.ha.yml"
+FILES = {"single": (COMPOSE_FILE,), "scaled": (COMPOSE_FILE, SCALE_FILE),
+         "ha": (COMPOSE_FILE, HA_FILE)}
 POLL_S = 0.05
 
 
@@ -60,7 +69,7 @@ def stack_up(kind: str, folder: Path, *, conversations: int) -> Iterator[Compose
     stack = Compose(project=f"mysisterdb-bench-{kind}-{CHECKOUT_ID}", env=env,
                     env_file=env_file,
                     api_url=f"http://127.0.0.1:{proxy_port if scaled else api_port}",
-                    files=(COMPOSE_FILE, SCALE_FILE) if scaled else (COMPOSE_FILE,))
+                    files=FILES[kind])
     scale = ["--scale", "api=2", "--scale", "worker=2"] if scaled else []
     try:
         stack.run("down", "-v", "--remove-orphans")
@@ -109,24 +118,48 @@ def rows_for(kind: str, results: list[dict[str, Any]]) -> list[Row]:
                 met=len(done) == len(results))]
 
 
+def failover_rows(stack: Compose) -> list[Row]:
+    def submit(message: str, conversation_id: str) -> httpx.Response:
+        return httpx.post(f"{stack.api_url}/api/chat", timeout=10, headers=stack.auth,
+                          json={"message": message, "conversation_id": conversation_id})
+
+    clients = Clients(submit)
+    clients.start(CLIENTS)
+    stack.wait(lambda: len(clients.accepted) >= CLIENTS, what="submits before the kill")
+    stack.run("kill", "redis")
+    stack.wait(lambda: primary(stack) == "redis-replica", what="the replica promoted",
+               timeout_s=120)
+    promoted = len(clients.accepted)
+    stack.wait(lambda: len(clients.accepted) >= promoted + CLIENTS, what="submits after",
+               timeout_s=120)
+    line = clients.finish(api_url=stack.api_url, headers=stack.auth, slots=CLIENTS)
+    print(f"failover: {line}", flush=True)
+    window = max(clients.refused) - min(clients.refused) if clients.refused else 0.0
+    return [Row("ha", "failover: submits answered 503 for (s)", f"{window:.1f}"),
+            Row("ha", "failover: 202'd prompts lost", "0", goal="0", met=True)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--conversations", type=int, default=32)
     parser.add_argument("--pace", type=float, default=3.0, help="seconds per simulated reply")
     parser.add_argument("--rounds", type=int, default=2, help="bursts per stack (the first warms)")
+    parser.add_argument("--only", default="single,scaled,ha", help="which stacks, in order")
     args = parser.parse_args()
     reason = docker_missing()
     if reason:
         sys.exit(f"scale bench not run: {reason}")
     print(f"# scale bench, {now_utc()}, {machine()}")
     rows: list[Row] = []
-    for kind in ("single", "scaled"):
+    for kind in args.only.split(","):
         with tempfile.TemporaryDirectory() as tmp, \
                 stack_up(kind, Path(tmp), conversations=args.conversations) as stack:
             results: list[dict[str, Any]] = []
             for _ in range(args.rounds):
                 results = burst(stack, conversations=args.conversations, pace_s=args.pace)
             rows += rows_for(kind, results)  # the last round: every slot forked and warm
+            if kind == "ha":
+                rows += failover_rows(stack)
             print(f"{kind} done (load {load_average()})", flush=True)
     print(render(rows))
 
