@@ -87,9 +87,10 @@ def need_docker() -> None:
 def quick_health(files: tuple[Path, ...]) -> list[Path]:
     """The test overrides that run the stack's healthchecks sooner (the checks themselves are
     the production ones; only how soon `up --wait` sees them pass changes)."""
-    here = Path(__file__).parent
-    scaled = any(f.name == "docker-compose.scale.yml" for f in files)
-    return [here / "quick-health.yml", *([here / "quick-health.proxy.yml"] if scaled else [])]
+    here, names = Path(__file__).parent, {f.name for f in files}
+    extra = {"docker-compose.scale.yml": "quick-health.proxy.yml",
+             "docker-compose.ha.yml": "quick-health.ha.yml"}
+    return [here / "quick-health.yml", *(here / q for f, q in extra.items() if f in names)]
 
 
 @dataclass
