@@ -41,7 +41,7 @@ class SentinelTarget:
     master: str
     db: int = 0
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     tls: dict[str, str] = field(default_factory=dict)  # ssl_* of the URL's query
     secure: bool = False
 
