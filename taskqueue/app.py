@@ -47,11 +47,12 @@ def broker_url(settings: Settings) -> str:
 SENTINEL_TIMEOUT_S = 2.0  # asking a Sentinel where the primary is
 
 
-def sentinel_options(settings: Settings) -> dict[str, object]:
+def sentinel_options(settings: Settings, *, timeout_s: float = SENTINEL_TIMEOUT_S,
+                     ) -> dict[str, object]:
     """kombu's master_name and sentinel_kwargs for a Sentinel URL, else nothing."""
     if not redis_sentinel.is_sentinel(settings.redis_url):
         return {}
-    return redis_sentinel.broker(settings.redis_url or "", timeout_s=SENTINEL_TIMEOUT_S)[1]
+    return redis_sentinel.broker(settings.redis_url or "", timeout_s=timeout_s)[1]
 
 
 def create_celery(settings: Settings, *, include: Sequence[str] = (),
@@ -100,7 +101,9 @@ def create_celery(settings: Settings, *, include: Sequence[str] = (),
             "socket_timeout": broker_socket_timeout_s,
             "socket_connect_timeout": min(5.0, broker_socket_timeout_s),
             "health_check_interval": 10,
-            **sentinel_options(settings),
+            # The API's short timeout bounds asking the Sentinels too (each is asked once).
+            **sentinel_options(settings, timeout_s=min(SENTINEL_TIMEOUT_S,
+                                                       broker_socket_timeout_s)),
         },
         task_serializer="json",
         accept_content=["json"],

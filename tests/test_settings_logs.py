@@ -29,6 +29,20 @@ def test_no_key_or_empty_key_means_simulator(monkeypatch: pytest.MonkeyPatch) ->
     assert "k-123" not in repr(Settings()) and "k-123" not in str(Settings().model_dump())
 
 
+@pytest.mark.parametrize("sentinels", [None, "10.0.0.1:26379,10.0.0.2:26379"])
+def test_no_repr_shows_the_redis_password(sentinels: str | None) -> None:
+    """The password lives in settings.redis_url (every client reads it from there): the
+    settings' repr, and the Sentinel target parsed from the URL, must not print it."""
+    from core import redis_sentinel
+
+    settings = Settings(redis_url="redis://redis:6379/0", redis_password="pw-not-in-repr",
+                        redis_sentinels=sentinels)
+    assert "pw-not-in-repr" in (settings.redis_url or "")
+    assert "pw-not-in-repr" not in repr(settings) and "pw-not-in-repr" not in str(settings)
+    if sentinels:
+        assert "pw-not-in-repr" not in repr(redis_sentinel.target(settings.redis_url or ""))
+
+
 def test_google_api_key_is_read_too(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     monkeypatch.setenv("GOOGLE_API_KEY", "g-456")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import json
 import math
 import ssl
@@ -104,6 +105,7 @@ class GenAIClient(RetryingClient):
         self._model = model
         # The request's path as the SDK's own converter makes it, once per client.
         self._stream_path = stream_path(self._client, model)
+        check_private_request(self._client, self._stream_path, self._http_options(1.0))
         self._embedding_model = embedding_model
         self._embedding_dim = embedding_dim
         self._policy = policy
@@ -156,6 +158,25 @@ class GenAIClient(RetryingClient):
             raise error from exc
         attempt.record("ok")
         return vectors
+
+
+def check_private_request(client: Any, path: str, http_options: Any) -> None:
+    """`_pieces` calls a private method of google-genai: one whose parameters differ after
+    an upgrade would fail every prompt as a TypeError, read as an unreadable answer. Said
+    here, when the worker builds its client, in words."""
+    from importlib.metadata import version
+
+    method = getattr(getattr(client, "_api_client", None), "request_streamed", None)
+    try:
+        if method is None:
+            raise TypeError("it is gone")
+        inspect.signature(method).bind("post", path, {}, http_options)
+    except (TypeError, ValueError) as exc:
+        raise RuntimeError(
+            f"google-genai {version('google-genai')}: its private "
+            f"_api_client.request_streamed(http_method, path, request_dict, http_options), "
+            f"which workers/llm_genai.py calls, does not take these arguments ({exc}); pin the "
+            "version pyproject.toml names or adapt _pieces") from exc
 
 
 def stream_path(client: Any, model: str) -> str:

@@ -233,6 +233,22 @@ def test_genai_chunk_text_leaves_thoughts_out_and_refuses_other_shapes() -> None
             llm_genai.chunk_text(odd)  # type: ignore[arg-type]
 
 
+def test_genai_private_request_method_of_another_shape_stops_the_client_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The streamed generate goes through google-genai's private `request_streamed`: if an
+    upgrade changes its parameters, building the client says so, naming the method and the
+    version, instead of every prompt failing as an unreadable Gemini answer."""
+    from google.genai._api_client import BaseApiClient
+
+    def request_streamed(self: object, http_method: str, path: str, *,
+                         request: dict[str, object], options: object = None) -> None:
+        raise AssertionError("never called")
+
+    monkeypatch.setattr(BaseApiClient, "request_streamed", request_streamed)
+    with pytest.raises(RuntimeError, match=r"google-genai .*request_streamed.*does not take"):
+        make_client("genai", "http://127.0.0.1:9")
+
+
 @pytest.mark.parametrize("sdk", SDKS)
 def test_streams_the_reply_piece_by_piece(sdk: str, simulator_url: str) -> None:
     observed: Observed = []
