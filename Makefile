@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
 .DEFAULT_GOAL := install
-.PHONY: run test lint bench install clean
+.PHONY: run test lint bench bench-scale install clean
 
 # The virtualenv is made while this file is read, when a goal needs it and it is missing
 # (no pip in it: also a venv left half-made), so that a Python that cannot make one stops
@@ -60,6 +60,10 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/burst_bench.py
 	$(BIN)/python bench/cost_bench.py --baseline-env MYSISTERDB_STREAM_WRITE_INTERVAL_S=0
 	$(BIN)/python bench/capacity_bench.py --write
+
+# Compose's single, scaled and HA stacks under the same load, and a failover (needs Docker).
+bench-scale: $(DEV_STAMP)
+	$(BIN)/python bench/scale_bench.py
 
 clean:
 	rm -rf $(VENV) data/*.rdb data/appendonly*
