@@ -127,7 +127,8 @@ def failover_rows(stack: Compose) -> list[Row]:
     clients.start(CLIENTS)
     stack.wait(lambda: len(clients.accepted) >= CLIENTS, what="submits before the kill")
     stack.run("kill", "redis")
-    stack.wait(lambda: primary(stack) == "redis-replica", what="the replica promoted",
+    replica = f"{stack.env.get('MYSISTERDB_HA_NET', '172.30.182')}.11"  # compose's default
+    stack.wait(lambda: primary(stack) == replica, what="the replica promoted",
                timeout_s=120)
     promoted = len(clients.accepted)
     stack.wait(lambda: len(clients.accepted) >= promoted + CLIENTS, what="submits after",

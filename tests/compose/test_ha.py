@@ -17,11 +17,13 @@ import httpx
 import pytest
 
 from tests.compose.own import own_compose
-from tests.compose.test_stack import UP_TIMEOUT_S, Compose
+from tests.compose.test_stack import CHECKOUT_ID, UP_TIMEOUT_S, Compose
 from tests.procs import ROOT
 from tests.sentinel_set import CLIENTS, Clients
 
 HA_FILE = ROOT / "docker-compose.ha.yml"
+HA_NET = f"10.215.{int(CHECKOUT_ID[:2], 16)}"  # one per checkout, as the scaled test's edge
+PRIMARY, REPLICA = f"{HA_NET}.10", f"{HA_NET}.11"  # the addresses the Sentinels announce
 
 pytestmark = pytest.mark.timeout(UP_TIMEOUT_S + 300)
 
@@ -29,7 +31,8 @@ pytestmark = pytest.mark.timeout(UP_TIMEOUT_S + 300)
 @pytest.fixture(scope="module")
 def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
     with own_compose(tmp_path_factory, name="ha", overrides=(HA_FILE,),
-                     env={"MYSISTERDB_SENTINEL_DOWN_AFTER_MS": "1000"}) as stack:
+                     env={"MYSISTERDB_SENTINEL_DOWN_AFTER_MS": "1000",
+                          "MYSISTERDB_HA_NET": HA_NET}) as stack:
         yield stack
 
 
@@ -47,7 +50,7 @@ def exec_line(stack: Compose, service: str, *argv: str) -> str:
 
 
 def primary(stack: Compose) -> str:
-    """The primary's host as Sentinel 1 names it."""
+    """The primary's address as Sentinel 1 names it."""
     return exec_line(stack, "sentinel-1", "redis-cli", "-p", "26379", "sentinel",
                      "get-master-addr-by-name", "mymaster")
 
@@ -60,7 +63,7 @@ def role(stack: Compose, service: str) -> str:
 def test_a_killed_primary_loses_no_accepted_prompt(ha: Compose) -> None:
     ha.wait(lambda: ha.health()["status"] == "ok", what="health ok")
     before = ha.chat("フェイルオーバーの前", "ha-compose-before")
-    assert primary(ha) == "redis"
+    assert primary(ha) == PRIMARY
 
     def submit(message: str, conversation_id: str) -> httpx.Response:
         return httpx.post(f"{ha.api_url}/api/chat", timeout=10, headers=ha.auth,
@@ -70,7 +73,7 @@ def test_a_killed_primary_loses_no_accepted_prompt(ha: Compose) -> None:
     clients.start(CLIENTS)
     ha.wait(lambda: len(clients.accepted) >= CLIENTS, what="submits before the kill")
     ha.run("kill", "redis")  # docker kill: SIGKILL, and no restart by the policy
-    ha.wait(lambda: primary(ha) == "redis-replica", what="the replica promoted", timeout_s=60)
+    ha.wait(lambda: primary(ha) == REPLICA, what="the replica promoted", timeout_s=60)
     promoted = len(clients.accepted)
     ha.wait(lambda: len(clients.accepted) >= promoted + CLIENTS, what="submits after",
             timeout_s=60)
@@ -84,4 +87,4 @@ def test_a_killed_primary_loses_no_accepted_prompt(ha: Compose) -> None:
     ha.run("start", "redis")
     ha.wait(lambda: role(ha, "redis") == "slave", what="the old primary back as a replica",
             timeout_s=60)
-    assert primary(ha) == "redis-replica"
+    assert primary(ha) == REPLICA
