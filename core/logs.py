@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import logging.handlers
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -21,6 +22,11 @@ FORMAT = ("%(asctime)s %(levelname)s %(process_name)s[%(process)d] %(name)s "
           "job=%(job_id)s conv=%(conversation_id)s %(message)s")
 MAX_BYTES = 10 * 1024 * 1024
 BACKUPS = 5
+
+# redis-py puts the repr of each client it tried into some errors (MasterNotFoundError: one
+# per Sentinel, ~1 kB each); a log line keeps the address it names.
+CLIENT_REPR = re.compile(
+    r"<redis\.(?:asyncio\.)?client\.Redis\(.*?\bhost=([^,]+),port=(\d+),.*?\)>\)>\)>", re.S)
 
 _job_id: contextvars.ContextVar[str] = contextvars.ContextVar("job_id", default="-")
 _conversation_id: contextvars.ContextVar[str] = contextvars.ContextVar("conv", default="-")
@@ -54,11 +60,15 @@ class ContextFilter(logging.Filter):
         record.job_id = getattr(record, "job_id", None) or _job_id.get()
         record.conversation_id = getattr(record, "conversation_id", None) or _conversation_id.get()
         record.process_name = self.process_name
-        if self.secrets:
-            message = record.getMessage()
+        secrets = self.secrets
+        message = record.getMessage()
+        if "client.Redis(" in message:
+            message = CLIENT_REPR.sub(lambda m: f"{m.group(1)}:{m.group(2)}", message)
+            record.msg, record.args = message, None
+        if secrets:
             if record.exc_info and not record.exc_text:
                 record.exc_text = logging.Formatter().formatException(record.exc_info)
-            for secret in self.secrets:
+            for secret in secrets:
                 message = message.replace(secret, "***")
                 if record.exc_text:
                     record.exc_text = record.exc_text.replace(secret, "***")

@@ -8,9 +8,13 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from core.logs import ContextFilter, job_context
 from core.settings import Settings
+from mysisterdb.redis_server import free_port
 
 
 def test_limits_must_be_ordered() -> None:
@@ -104,6 +108,21 @@ def test_log_filter_scrubs_the_key_from_messages_and_tracebacks() -> None:
         rec = record("boom", exc=exc)
     flt.filter(rec)
     assert rec.exc_text and secret not in rec.exc_text
+
+
+def test_a_no_primary_error_logs_the_sentinels_it_asked_not_their_clients() -> None:
+    """redis-py's MasterNotFoundError carries the repr of every Sentinel client (~1 kB each)."""
+    ports = [free_port(), free_port()]
+    sentinel = Sentinel([("127.0.0.1", p) for p in ports], socket_timeout=0.2,
+                        sentinel_kwargs={"socket_timeout": 0.2, "retry": Retry(NoBackoff(), 0)})
+    with pytest.raises(MasterNotFoundError) as caught:
+        sentinel.discover_master("mymaster")
+    assert "client.Redis(" in str(caught.value)  # what the line would have carried
+    rec = record("heartbeat failed: %s", caught.value)
+    ContextFilter(process_name="t", secrets=[]).filter(rec)
+    line = rec.getMessage()
+    assert "client.Redis(" not in line and len(line) < 300, line
+    assert all(f"127.0.0.1:{p}" in line for p in ports), line
 
 
 def test_log_lines_carry_the_job_and_conversation() -> None:
