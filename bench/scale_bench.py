@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.benchlib import Row, load_average, machine, now_utc, percentile, render  # noqa: E402
 from mysisterdb.redis_server import free_port  # noqa: E402
-from tests.compose.test_ha import primary  # noqa: E402
+from tests.compose.test_ha import kill_the_primary_under_load  # noqa: E402
 from tests.compose.test_stack import (  # noqa: E402
     CHECKOUT_ID,
     COMPOSE_FILE,
@@ -46,7 +46,7 @@ from tests.compose.test_stack import (  # noqa: E402
     docker_missing,
 )
 from tests.procs import ROOT  # noqa: E402
-from tests.sentinel_set import CLIENTS, Clients  # noqa: E402
+from tests.sentinel_set import CLIENTS  # noqa: E402
 
 SCALE_FILE = ROOT / "docker-compose.scale.yml"
 HA_FILE = ROOT / "docker-compose.ha.yml"
@@ -119,20 +119,8 @@ def rows_for(kind: str, results: list[dict[str, Any]]) -> list[Row]:
 
 
 def failover_rows(stack: Compose) -> list[Row]:
-    def submit(message: str, conversation_id: str) -> httpx.Response:
-        return httpx.post(f"{stack.api_url}/api/chat", timeout=10, headers=stack.auth,
-                          json={"message": message, "conversation_id": conversation_id})
-
-    clients = Clients(submit)
-    clients.start(CLIENTS)
-    stack.wait(lambda: len(clients.accepted) >= CLIENTS, what="submits before the kill")
-    stack.run("kill", "redis")
     replica = f"{stack.env.get('MYSISTERDB_HA_NET', '172.30.182')}.11"  # compose's default
-    stack.wait(lambda: primary(stack) == replica, what="the replica promoted",
-               timeout_s=120)
-    promoted = len(clients.accepted)
-    stack.wait(lambda: len(clients.accepted) >= promoted + CLIENTS, what="submits after",
-               timeout_s=120)
+    clients = kill_the_primary_under_load(stack, replica=replica, timeout_s=120)
     line = clients.finish(api_url=stack.api_url, headers=stack.auth, slots=CLIENTS)
     print(f"failover: {line}", flush=True)
     window = max(clients.refused) - min(clients.refused) if clients.refused else 0.0

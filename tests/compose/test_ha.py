@@ -60,23 +60,32 @@ def role(stack: Compose, service: str) -> str:
                      'REDISCLI_AUTH="$(cat /run/mysisterdb/redis.password)" redis-cli role')
 
 
+def kill_the_primary_under_load(stack: Compose, *, replica: str, timeout_s: float) -> Clients:
+    """CLIENTS people submitting; `docker kill` of the primary (SIGKILL, no restart by the
+    policy) once each got a 202; back once `replica` is primary and each got another.
+    The clients are still submitting: `finish()` stops and checks them."""
+    def submit(message: str, conversation_id: str) -> httpx.Response:
+        return httpx.post(f"{stack.api_url}/api/chat", timeout=10, headers=stack.auth,
+                          json={"message": message, "conversation_id": conversation_id})
+
+    clients = Clients(submit)
+    clients.start(CLIENTS)
+    stack.wait(lambda: len(clients.accepted) >= CLIENTS, what="submits before the kill")
+    stack.run("kill", "redis")
+    stack.wait(lambda: primary(stack) == replica, what="the replica promoted",
+               timeout_s=timeout_s)
+    promoted = len(clients.accepted)
+    stack.wait(lambda: len(clients.accepted) >= promoted + CLIENTS, what="submits after",
+               timeout_s=timeout_s)
+    return clients
+
+
 def test_a_killed_primary_loses_no_accepted_prompt(ha: Compose) -> None:
     ha.wait(lambda: ha.health()["status"] == "ok", what="health ok")
     before = ha.chat("フェイルオーバーの前", "ha-compose-before")
     assert primary(ha) == PRIMARY
 
-    def submit(message: str, conversation_id: str) -> httpx.Response:
-        return httpx.post(f"{ha.api_url}/api/chat", timeout=10, headers=ha.auth,
-                          json={"message": message, "conversation_id": conversation_id})
-
-    clients = Clients(submit)
-    clients.start(CLIENTS)
-    ha.wait(lambda: len(clients.accepted) >= CLIENTS, what="submits before the kill")
-    ha.run("kill", "redis")  # docker kill: SIGKILL, and no restart by the policy
-    ha.wait(lambda: primary(ha) == REPLICA, what="the replica promoted", timeout_s=60)
-    promoted = len(clients.accepted)
-    ha.wait(lambda: len(clients.accepted) >= promoted + CLIENTS, what="submits after",
-            timeout_s=60)
+    clients = kill_the_primary_under_load(ha, replica=REPLICA, timeout_s=60)
     # Every conversation may have had its prompt running at the kill (a line runs one at
     # a time; the chat worker has slots for all).
     print(f"\nfailover (docker kill of the primary): "
