@@ -46,7 +46,7 @@ run: $(STAMP)
 test: $(DEV_STAMP)
 	$(BIN)/ruff check api workers context core taskqueue mysisterdb tests bench
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m tests.lanes $(ARGS)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check api workers context core taskqueue mysisterdb tests bench

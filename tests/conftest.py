@@ -18,7 +18,7 @@ import redis
 from mysisterdb.redis_server import RedisServer, free_port, start_redis
 from tests.procs import Stack, http_ok, mysisterdb, start, start_ready, wait_for
 
-pytest_plugins = ["tests.timing"]
+pytest_plugins = ["tests.timing", "tests.reuse_tls"]
 
 STACK_DB = 1  # unit tests flush db 0; the running stack lives in db 1
 

@@ -1,8 +1,9 @@
 """Where the suite's minutes go, by package: every CI log ends with the seconds each tests/
 package took (setup, call and teardown of its tests, fixtures included) and the CPU seconds
 spent meanwhile by pytest and the processes it started and reaped (stacks, redis-servers,
-pip). Docker containers run under the daemon and are not in the CPU column; a process
-reaped after the last test (Chromium's driver) is in neither package."""
+pip). Under pytest-xdist both are summed over the workers (the seconds then add up to more
+than the wall time). Docker containers run under the daemon and are not in the CPU column; a
+process reaped after the last test (Chromium's driver) is in neither package."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import pytest
 
 _seconds: defaultdict[str, float] = defaultdict(float)
 _cpu: defaultdict[str, float] = defaultdict(float)
+_module_cpu: defaultdict[str, float] = defaultdict(float)
+MODULES_SHOWN = 12
 
 
 def package_of(nodeid: str) -> str:
@@ -29,17 +32,34 @@ def cpu_seconds() -> float:
     return used
 
 
+_phase_began = pytest.StashKey[float]()
+CPU_PROPERTY = "cpu_s_"
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
-    before = cpu_seconds()
-    try:
-        return (yield)
-    finally:
-        _cpu[package_of(item.nodeid)] += cpu_seconds() - before
+    item.stash[_phase_began] = cpu_seconds()
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Iterator[pytest.TestReport]:
+    """Each phase's CPU travels in its report: under pytest-xdist the reports are all the
+    controller sees of the workers."""
+    report: pytest.TestReport = yield
+    now = cpu_seconds()
+    report.user_properties.append((CPU_PROPERTY + call.when, now - item.stash[_phase_began]))
+    item.stash[_phase_began] = now
+    return report
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    _seconds[package_of(report.nodeid)] += report.duration
+    package = package_of(report.nodeid)
+    _seconds[package] += report.duration
+    cpu = dict(report.user_properties).get(CPU_PROPERTY + report.when, 0.0)
+    _cpu[package] += cpu
+    _module_cpu[report.nodeid.split("::", 1)[0]] += cpu
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -51,3 +71,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"{seconds:8.1f} s {_cpu[package]:7.1f} s  {package}")
     terminalreporter.write_line(f"{sum(_seconds.values()):8.1f} s {sum(_cpu.values()):7.1f} s"
                                 "  in all")
+    terminalreporter.section(f"CPU seconds of the {MODULES_SHOWN} costliest modules")
+    for module, cpu in sorted(_module_cpu.items(), key=lambda kv: -kv[1])[:MODULES_SHOWN]:
+        terminalreporter.write_line(f"{cpu:7.1f} s  {module}")

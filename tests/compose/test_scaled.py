@@ -179,7 +179,7 @@ def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scaled]:
            "MYSISTERDB_OPERATOR_TOKEN_FILE": str(operator),
            "MYSISTERDB_RATE_LIMIT": f"{RATE_LIMIT}/minute",
            "MYSISTERDB_MAX_QUEUE_DEPTH": str(QUEUE_DEPTH)}
-    stack = Compose(project=f"mysisterdb-test-{CHECKOUT_ID}", env=env, env_file=env_file,
+    stack = Compose(project=f"mysisterdb-scaled-test-{CHECKOUT_ID}", env=env, env_file=env_file,
                     api_url=f"http://127.0.0.1:{proxy_port}", files=(COMPOSE_FILE, SCALE_FILE))
     s = Scaled(stack)
     try:

@@ -1,0 +1,33 @@
+"""`make test`'s browser lane (tests/lanes.py) runs where Docker's interfaces cannot reach it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests import lanes
+from tests.procs import ROOT
+
+# Lists the interfaces it sees, then talks to itself over loopback, as the page's stack does.
+PROBE = ("import socket\n"
+         "print(sorted(name for _, name in socket.if_nameindex()))\n"
+         "server = socket.create_server(('127.0.0.1', 0))\n"
+         "socket.create_connection(server.getsockname(), timeout=2).sendall(b'hello')\n"
+         "print(server.accept()[0].recv(5).decode())\n")
+
+
+def test_the_browser_lane_sees_its_loopback_and_nothing_else() -> None:
+    prefix = lanes.netns_prefix()
+    if prefix is None:
+        reason = "no network namespace can be made here: the browser lane runs alone instead"
+        if os.environ.get("MYSISTERDB_TEST_REQUIRE_CHROMIUM") == "1":  # CI: root, must isolate
+            pytest.fail(reason)
+        pytest.skip(reason)
+    probe = subprocess.run([*prefix, sys.executable, "-m", "tests.lanes", lanes.IN_NETNS,
+                            sys.executable, "-c", PROBE],
+                           cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.splitlines() == ["['lo']", "hello"]
