@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     task_time_limit: float = 60.0
     task_soft_time_limit: float = 50.0
     summary_time_limit: float = 60.0
+    # A worker still stopping this long past the longest hard limit is ended (status 1) with
+    # its pool children, for its supervisor to start a fresh one: a warm shutdown whose pool
+    # waits on a child that will never answer would otherwise hang for good
+    # (workers/bounded_stop.py). Compose's stop_grace_period (90 s) is above 60 + 10.
+    worker_stop_grace_s: float = Field(default=10.0, gt=0)
     # A failed summary is tried again this long after, then twice, then three times as long
     # (a chat reply never waits on it); the next chat job of the conversation queues it anew.
     summary_retry_s: float = Field(default=30.0, gt=0)

@@ -14,13 +14,17 @@ from celery import Celery
 
 from core.settings import get_settings
 from taskqueue.app import create_celery
+from workers.bounded_stop import install
 
 WORKER_MODULES = ("workers.tasks", "workers.signals")
 
 
 @lru_cache(maxsize=1)
 def worker_app() -> Celery:
-    return create_celery(get_settings(), include=WORKER_MODULES)
+    settings = get_settings()
+    app = create_celery(settings, include=WORKER_MODULES)
+    install(app, settings)  # a stopping worker always ends: workers/bounded_stop.py
+    return app
 
 
 def __getattr__(name: str) -> Celery:
