@@ -6,7 +6,8 @@ first step (`Lifecycle.claim`), one write ends a step and starts the next (`adva
 duration metric in the same transaction), the end finishes the last step (`Outcome.completed`
 with `StepDone`), and the streamed text is coalesced by the worker (workers/stream_text.py).
 A write meant for a job that already ended is refused (`JobGone`): a late child never
-resurrects it.
+resurrects it. The worker passes the record as it last wrote it (`known`): a write is then
+one round trip (`JobStore.update`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def finish_step(jobs: JobStore, job_id: str, name: StepName, *, detail: str | No
 
 
 def advance(jobs: JobStore, metrics: MetricsRecorder, job_id: str, *, done: StepName,
-            detail: str | None, start: StepName) -> Job:
+            detail: str | None, start: StepName, known: Job | None = None) -> Job:
     """One transaction: `done` completed with its detail and its duration observed, `start`
     in progress from the same instant (a follower sees no moment between two steps)."""
     def move(job: Job) -> None:
@@ -60,23 +61,29 @@ def advance(jobs: JobStore, metrics: MetricsRecorder, job_id: str, *, done: Step
                             (finished.completed_at - finished.started_at).total_seconds(),
                             done.value, pipe=pipe)
 
-    moved = jobs.update(job_id, move, after=observe)
+    moved = jobs.update(job_id, move, after=observe, known=known)
     if moved is None:
         raise JobGone(job_id)
     return moved
 
 
-def show_text(jobs: JobStore, job_id: str, whole: str) -> None:
+def show_text(jobs: JobStore, job_id: str, whole: str, *,
+              known: Job | None = None) -> Job | None:
     """The whole text so far (not a delta): a write repeated after a lost reply from Redis
-    can never duplicate text."""
+    can never duplicate text. Returns the job as written (`known` when there was nothing to
+    write; None without `known`)."""
     def show(job: Job) -> None:
         if job.partial_reply == whole:
             raise Skip
         job.partial_reply = whole
         job.heartbeat_at = utcnow()
 
-    if jobs.update(job_id, show) is None and ended(jobs, job_id):
+    if known is not None and known.partial_reply == whole:
+        return known
+    shown = jobs.update(job_id, show, known=known)
+    if shown is None and ended(jobs, job_id):
         raise JobGone(job_id)
+    return shown if shown is not None else known
 
 
 def ended(jobs: JobStore, job_id: str) -> bool:

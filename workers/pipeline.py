@@ -48,15 +48,22 @@ def run_chat(rt: Runtime, job: Job, *, deadline: float) -> bool:
     load_history; each step's end starts the next (`advance`); the end finishes generate and
     runs the save. Text in between is coalesced (workers/stream_text.py)."""
     message = load_message(rt, job)
-    rt.lifecycle.advance(job.id, done=StepName.LOAD_HISTORY, start=StepName.BUILD_CONTEXT,
-                         detail=f"message seq {message.seq}, {message.tokens} tokens")
+    # Each write hands on the record as written (`known`): the next is one round trip.
+    latest = rt.lifecycle.advance(
+        job.id, done=StepName.LOAD_HISTORY, start=StepName.BUILD_CONTEXT, known=job,
+        detail=f"message seq {message.seq}, {message.tokens} tokens")
     built, semantic = build(rt, job, message)
     if job.kind is JobKind.CONTINUE:
         built = continuing(built, job.continues, max_tokens=rt.settings.max_context_tokens)
-    rt.lifecycle.advance(job.id, done=StepName.BUILD_CONTEXT, start=StepName.GENERATE,
-                         detail=built.describe() + (f"; semantic: {semantic}" if semantic else ""))
-    text = CoalescedText(lambda whole: rt.lifecycle.show_text(job.id, whole),
-                         interval_s=rt.settings.stream_write_interval_s, before=job.continues)
+    known = [rt.lifecycle.advance(
+        job.id, done=StepName.BUILD_CONTEXT, start=StepName.GENERATE, known=latest,
+        detail=built.describe() + (f"; semantic: {semantic}" if semantic else ""))]
+
+    def show(whole: str) -> None:  # one write at a time (CoalescedText), main or timer thread
+        known[0] = rt.lifecycle.show_text(job.id, whole, known=known[0]) or known[0]
+
+    text = CoalescedText(show, interval_s=rt.settings.stream_write_interval_s,
+                         before=job.continues)
     reply = generate(rt, job, built, text, deadline=deadline)
     generated = StepDone(StepName.GENERATE, f"{len(reply)} characters", utcnow())
     try:
