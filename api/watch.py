@@ -18,6 +18,7 @@ import contextlib
 import logging
 import random
 from collections import defaultdict
+from collections.abc import Iterator
 
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry as AsyncRetry
@@ -115,26 +116,21 @@ class JobWatcher(RedisLoop):
     async def wait_past(self, job_id: str, *, after: int, timeout_s: float) -> Job | None:
         """The job as soon as its sequence is past `after`, it is final, or it is gone
         (None); else as it is when `timeout_s` has passed."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        event = asyncio.Event()
-        self._waiters[job_id].add(event)  # before the read: no change can slip in between
+        with self.following(job_id) as follow:
+            return await follow.past(after, timeout_s=timeout_s)
+
+    @contextlib.contextmanager
+    def following(self, job_id: str) -> Iterator[Following]:
+        """A subscription to one job for as long as the block runs (an SSE stream's whole
+        life): it reads the job only when a change was announced or a recheck is due."""
+        follow = Following(self, job_id)
+        self._waiters[job_id].add(follow.event)  # before any read: no change slips in between
         try:
-            while True:
-                event.clear()
-                job = await self.read(job_id)
-                left = deadline - loop.time()
-                if job is None or job.sequence > after or job.status.is_final or left <= 0:
-                    return job
-                # Jittered: waiters that arrived together must not all read at once.
-                recheck = (RECHECK_S if self.listening else RECHECK_DOWN_S) * random.uniform(
-                    0.75, 1.25)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), min(left, recheck))
+            yield follow
         finally:
             waiting = self._waiters.get(job_id)
             if waiting is not None:
-                waiting.discard(event)
+                waiting.discard(follow.event)
                 if not waiting:
                     del self._waiters[job_id]
 
@@ -142,3 +138,34 @@ class JobWatcher(RedisLoop):
     def waiting(self) -> int:
         # Read by /metrics from a worker thread: copy the values before iterating them.
         return sum(len(events) for events in list(self._waiters.values()))
+
+
+class Following:
+    """One follower of one job: its wake-up event (registered by `JobWatcher.following`) and
+    the job as last read, which stays current until the event fires or a recheck is due. A
+    stream that has sent sequence N waits for the next announcement without reading the job
+    again: one read per change, not two."""
+
+    def __init__(self, watcher: JobWatcher, job_id: str) -> None:
+        self.watcher, self.job_id = watcher, job_id
+        self.event = asyncio.Event()
+        self._last: Job | None = None
+        self._stale = True  # nothing read yet, or a recheck is due
+
+    async def past(self, after: int, *, timeout_s: float) -> Job | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            if self._stale or self.event.is_set():
+                self.event.clear()  # before the read: a change after it sets it again
+                self._last, self._stale = await self.watcher.read(self.job_id), False
+            job, left = self._last, deadline - loop.time()
+            if job is None or job.sequence > after or job.status.is_final or left <= 0:
+                return job
+            # Jittered: waiters that arrived together must not all read at once.
+            recheck = (RECHECK_S if self.watcher.listening else RECHECK_DOWN_S) * random.uniform(
+                0.75, 1.25)
+            try:
+                await asyncio.wait_for(self.event.wait(), min(left, recheck))
+            except TimeoutError:
+                self._stale = True  # a lost announcement costs at most a recheck
