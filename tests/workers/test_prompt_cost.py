@@ -58,17 +58,18 @@ class Monitor:
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
+        # A command of our own wakes the monitor's blocking read. (A read that times out
+        # closes redis-py's connection: polling with a short timeout lost the monitor
+        # whenever the server was quiet for that long.)
+        redis.Redis.from_url(self.url, socket_timeout=5).ping()
         self._thread.join(10)
 
     def _run(self) -> None:
-        client = redis.Redis.from_url(self.url, socket_timeout=0.2)
+        client = redis.Redis.from_url(self.url, socket_timeout=60)
         with client.monitor() as monitor:
             self._ready.set()
             while not self._stop.is_set():
-                try:
-                    command = monitor.next_command()
-                except redis.TimeoutError:
-                    continue
+                command = monitor.next_command()
                 self.commands.append(str(command["command"]).split(" "))
         client.close()
 
