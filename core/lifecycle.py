@@ -309,9 +309,10 @@ class Lifecycle:
         return progress.finish_step(self.jobs, job_id, name, detail=detail)
 
     def advance(self, job_id: str, *, done: StepName, detail: str | None,
-                start: StepName, known: Job | None = None) -> Job:
+                start: StepName, known: Job | None = None,
+                earlier: StepDone | None = None) -> Job:
         return progress.advance(self.jobs, self._metrics, job_id, done=done, detail=detail,
-                                start=start, known=known)
+                                start=start, known=known, earlier=earlier)
 
     def show_text(self, job_id: str, whole: str, *, known: Job | None = None) -> Job | None:
         return progress.show_text(self.jobs, job_id, whole, known=known)

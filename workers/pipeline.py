@@ -44,19 +44,24 @@ def load_message(rt: Runtime, job: Job) -> Message:
 def run_chat(rt: Runtime, job: Job, *, deadline: float) -> bool:
     """Run every step of a claimed job and end it; True when a summary is due.
 
-    Four writes for the steps (docs/performance.md "What a prompt costs"): the claim started
-    load_history; each step's end starts the next (`advance`); the end finishes generate and
-    runs the save. Text in between is coalesced (workers/stream_text.py)."""
+    Three writes for the steps (docs/performance.md "What a prompt costs"): the claim started
+    load_history; one write ends it and build_context and starts generate (`advance`); the end
+    finishes generate and runs the save. Text in between is coalesced (workers/stream_text.py)."""
     message = load_message(rt, job)
+    # load_history's end is written with build_context's (one write, one event less for
+    # every follower); a failure of the build writes it first, so the failure names its step.
+    loaded = StepDone(StepName.LOAD_HISTORY, f"message seq {message.seq}, {message.tokens} tokens",
+                      utcnow())
+    try:
+        built, semantic = build(rt, job, message)
+        if job.kind is JobKind.CONTINUE:
+            built = continuing(built, job.continues, max_tokens=rt.settings.max_context_tokens)
+    except BaseException:
+        record_load(rt, job, loaded)
+        raise
     # Each write hands on the record as written (`known`): the next is one round trip.
-    latest = rt.lifecycle.advance(
-        job.id, done=StepName.LOAD_HISTORY, start=StepName.BUILD_CONTEXT, known=job,
-        detail=f"message seq {message.seq}, {message.tokens} tokens")
-    built, semantic = build(rt, job, message)
-    if job.kind is JobKind.CONTINUE:
-        built = continuing(built, job.continues, max_tokens=rt.settings.max_context_tokens)
     known = [rt.lifecycle.advance(
-        job.id, done=StepName.BUILD_CONTEXT, start=StepName.GENERATE, known=latest,
+        job.id, done=StepName.BUILD_CONTEXT, start=StepName.GENERATE, known=job, earlier=loaded,
         detail=built.describe() + (f"; semantic: {semantic}" if semantic else ""))]
 
     def show(whole: str) -> None:  # one write at a time (CoalescedText), main or timer thread
@@ -77,6 +82,17 @@ def run_chat(rt: Runtime, job: Job, *, deadline: float) -> bool:
         raise
     return fold_due(built.tail, stored=[message, saved],
                     preserve_recent=rt.settings.preserve_recent) or later_turns(rt, job)
+
+
+def record_load(rt: Runtime, job: Job, loaded: StepDone) -> None:
+    """load_history ended, build_context running: written before the build's failure is.
+    If this write fails too (the job gone, Redis down), the build's error says what happened."""
+    try:
+        rt.lifecycle.advance(job.id, done=loaded.name, detail=loaded.detail,
+                             start=StepName.BUILD_CONTEXT, known=job)
+    except Exception as exc:
+        logger.warning("load_history's end not written before the failure (%s)",
+                       type(exc).__name__)
 
 
 def later_turns(rt: Runtime, job: Job) -> bool:
