@@ -1,8 +1,11 @@
 """Waiting for a job to change without holding a thread or a worker.
 
-Every job write publishes "job_id sequence" on one pub/sub channel in its own transaction
-(`JobStore.write`). Each API process keeps one subscription (one Redis connection) and wakes
-the waiters of that job: a long-poll or an SSE stream is an asyncio Event, not a thread.
+Every job write publishes "job_id sequence record" on one pub/sub channel in its own
+transaction (`JobStore.write`). Each API process keeps one subscription (one Redis
+connection) and wakes the waiters of that job: a long-poll or an SSE stream is an asyncio
+Event, not a thread. The record in the announcement is kept for the job's waiters, so a woken
+stream sends it without reading it back: one round trip less per change, on the path of
+every streamed text.
 
 A notification can be lost (the subscription reconnecting, Redis restarted): waiters also
 read the job again every RECHECK_S, and every RECHECK_DOWN_S while the subscription is
@@ -58,6 +61,7 @@ class JobWatcher(RedisLoop):
                 health_check_interval=HEALTH_CHECK_S, retry=retry)
             super().__init__(aredis.Redis(connection_pool=pool))
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._announced: dict[str, bytes] = {}  # job id -> its last announced record
         self.listening = False
 
     # -- the subscription ---------------------------------------------------------------
@@ -98,11 +102,24 @@ class JobWatcher(RedisLoop):
                 await pubsub.aclose()
 
     def _wake(self, data: bytes | str) -> None:
-        raw = data.decode() if isinstance(data, bytes) else data
-        for event in self._waiters.get(raw.split(" ", 1)[0], ()):
+        raw = data.encode() if isinstance(data, str) else data
+        job_id, _, rest = raw.partition(b" ")
+        events = self._waiters.get(job_id.decode())
+        if not events:  # another job, or another API process's follower
+            return
+        _sequence, _, record = rest.partition(b" ")
+        if record:  # in announcement order: the newest announced record of the job
+            self._announced[job_id.decode()] = record
+        for event in events:
             event.set()
 
+    def announced(self, job_id: str) -> bytes | None:
+        """The record the job's last announcement carried (None after a reconnect: changes
+        may have gone unannounced, so a waiter reads)."""
+        return self._announced.get(job_id)
+
     def _wake_all(self) -> None:
+        self._announced.clear()
         for events in self._waiters.values():
             for event in events:
                 event.set()
@@ -133,6 +150,7 @@ class JobWatcher(RedisLoop):
                 waiting.discard(follow.event)
                 if not waiting:
                     del self._waiters[job_id]
+                    self._announced.pop(job_id, None)
 
     @property
     def waiting(self) -> int:
@@ -158,7 +176,7 @@ class Following:
         while True:
             if self._stale or self.event.is_set():
                 self.event.clear()  # before the read: a change after it sets it again
-                self._last, self._stale = await self.watcher.read(self.job_id), False
+                self._last, self._stale = await self._fresh(), False
             job, left = self._last, deadline - loop.time()
             if job is None or job.sequence > after or job.status.is_final or left <= 0:
                 return job
@@ -169,3 +187,12 @@ class Following:
                 await asyncio.wait_for(self.event.wait(), min(left, recheck))
             except TimeoutError:
                 self._stale = True  # a lost announcement costs at most a recheck
+
+    async def _fresh(self) -> Job | None:
+        """The announced record when it is newer than the last one seen; else a read (the
+        first time, on a recheck, after a reconnect, for a deleted job)."""
+        if not self._stale and (raw := self.watcher.announced(self.job_id)) is not None:
+            job = Job.model_validate_json(raw)
+            if self._last is None or job.sequence > self._last.sequence:
+                return job
+        return await self.watcher.read(self.job_id)

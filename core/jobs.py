@@ -7,8 +7,9 @@ primitives to read and write them.
 Every write is a read-modify-write under WATCH, so the API (cancel), the worker's child
 (steps, streamed text), the worker's parent (hard limit, lost child) and the sweep can all
 touch a job without losing each other's updates. Each write stamps the record with a fresh
-`write_id`, bumps its `sequence` and, in the same transaction, publishes "job_id sequence"
-on `keys.job_changes_channel()`: the API's long-polls and SSE streams wake on it.
+`write_id`, bumps its `sequence` and, in the same transaction, publishes "job_id sequence
+record" on `keys.job_changes_channel()`: the API's long-polls and SSE streams wake on it
+(a deleted job's is "job_id 0").
 
 A writer that already holds the record as of its last write (the worker's child, from its
 claim on) writes without WATCH: one script compares the stored stamp with the one its change
@@ -257,9 +258,11 @@ class JobStore:
         """Queue the record and its indexes (inside MULTI)."""
         job.write_id = write_id
         job.sequence += 1
-        pipe.set(keys.job(job.id), job.model_dump_json(), keepttl=True)
+        record = job.model_dump_json()
+        pipe.set(keys.job(job.id), record, keepttl=True)
         self.follow_status(pipe, job)
-        pipe.publish(keys.job_changes_channel(), f"{job.id} {job.sequence}")
+        # The record rides along: a follower woken by it need not read it back (api/watch.py).
+        pipe.publish(keys.job_changes_channel(), f"{job.id} {job.sequence} {record}")
 
     @staticmethod
     def forget(pipe: Pipeline, job_ids: list[str]) -> None:
