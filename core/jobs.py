@@ -75,6 +75,16 @@ return 1
 """
 
 
+# KEYS: a job record, its line; ARGV[1]: a write_id. Whether the record carries that stamp
+# (found as text, as above), and the line's first two.
+STAMP_AND_LINE_LUA = """
+local raw = redis.call('GET', KEYS[1])
+local same = 0
+if raw and string.find(raw, '"write_id":"' .. ARGV[1] .. '"', 1, true) then same = 1 end
+return {same, redis.call('ZRANGE', KEYS[2], 0, 1)}
+"""
+
+
 class Skip(Exception):
     """Raised by a mutation to leave the job as it is."""
 
@@ -248,6 +258,17 @@ class JobStore:
         stored = Job.model_validate_json(answer)
         # Our own stamp: applied, its reply lost and the command sent again by the client.
         return job if stored.write_id == write_id else stored
+
+    @staticmethod
+    def watch_known(pipe: Pipeline, known: Job) -> tuple[Job | None, list[Any]]:
+        """WATCH the record and its line, then one script: is the stored record still
+        `known` (its stamp), and the line's first two. `known` when it is (a change after
+        the WATCH fails EXEC as usual), else None: the caller reads it."""
+        line_key = keys.conv_active(known.conversation_id)
+        pipe.watch(keys.job(known.id), line_key)
+        same, line = pipe.eval(STAMP_AND_LINE_LUA, 2, keys.job(known.id), line_key,
+                               known.write_id)
+        return (known if same and not known.status.is_final else None), list(line)
 
     @staticmethod
     def read_watched(pipe: Pipeline, job_id: str) -> Job | None:

@@ -319,14 +319,22 @@ class Lifecycle:
 
     # -- end ----------------------------------------------------------------------------
 
-    def end(self, job_id: str, outcome: Outcome) -> Job | None:
+    def end(self, job_id: str, outcome: Outcome, *, known: Job | None = None) -> Job | None:
         """End a still-active job; None if it had already ended. Writes status, steps,
         reply, incident and metrics, takes the job out of its line and, if it was the head,
-        puts the next turn in the outbox: all in one transaction. Then publishes it."""
+        puts the next turn in the outbox: all in one transaction. Then publishes it. With
+        `known` (the record as this process last wrote it; it is mutated), the first attempt
+        checks the stored stamp instead of reading the record back."""
         write_id = uuid.uuid4().hex
+        hint = [known]
+
+        def attempt(pipe: Pipeline) -> tuple[Job | None, str | None]:
+            based_on, hint[0] = hint[0], None  # a retry reads the record
+            return self._end_once(pipe, job_id, outcome, write_id, known=based_on)
+
         ended, next_id = run_transaction(
-            self.redis, lambda pipe: self._end_once(pipe, job_id, outcome, write_id),
-            recover=lambda: self._ended_by_us(job_id, write_id), what=f"end {job_id}")
+            self.redis, attempt, recover=lambda: self._ended_by_us(job_id, write_id),
+            what=f"end {job_id}")
         if ended is None:
             return None
         self._log_end(ended, outcome)
@@ -339,15 +347,18 @@ class Lifecycle:
         job = self.jobs.written(job_id, write_id)
         return (job, None) if job is not None else None
 
-    def _end_once(self, pipe: Pipeline, job_id: str, outcome: Outcome,
-                  write_id: str) -> tuple[Job | None, str | None]:
-        pipe.watch(keys.job(job_id))
-        job = JobStore.read_watched(pipe, job_id)
-        if job is None or job.status.is_final:
-            return None, None
-        line_key = keys.conv_active(job.conversation_id)
-        pipe.watch(line_key)
-        next_id = next_head(job, [to_str(v) for v in pipe.zrange(line_key, 0, 1)])
+    def _end_once(self, pipe: Pipeline, job_id: str, outcome: Outcome, write_id: str, *,
+                  known: Job | None = None) -> tuple[Job | None, str | None]:
+        job, line = JobStore.watch_known(pipe, known) if known is not None else (None, [])
+        if job is None:
+            pipe.watch(keys.job(job_id))
+            job = JobStore.read_watched(pipe, job_id)
+            if job is None or job.status.is_final:
+                return None, None
+            line_key = keys.conv_active(job.conversation_id)
+            pipe.watch(line_key)
+            line = pipe.zrange(line_key, 0, 1)
+        next_id = next_head(job, [to_str(v) for v in line])
         previous = job.status
         done_before = {s.name for s in job.steps if s.status is StepStatus.COMPLETED}
         apply_outcome(job, outcome)

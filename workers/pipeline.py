@@ -72,7 +72,7 @@ def run_chat(rt: Runtime, job: Job, *, deadline: float) -> bool:
     reply = generate(rt, job, built, text, deadline=deadline)
     generated = StepDone(StepName.GENERATE, f"{len(reply)} characters", utcnow())
     try:
-        saved = commit_reply(rt, job, reply, last_step=generated)
+        saved = commit_reply(rt, job, reply, last_step=generated, known=known[0])
     except JobGone:
         raise  # ended elsewhere (cancelled): nothing of ours to keep
     except BaseException:
@@ -180,13 +180,14 @@ def seed_of(job: Job) -> int | None:
     return int(job.id[:8], 16) & 0x7FFF_FFFF or 1 if job.kind is JobKind.REGENERATE else None
 
 
-def commit_reply(rt: Runtime, job: Job, reply: str, *, last_step: StepDone) -> Message:
+def commit_reply(rt: Runtime, job: Job, reply: str, *, last_step: StepDone,
+                 known: Job | None = None) -> Message:
     """Store the reply and complete the job in one transaction: a job cancelled or timed out
     a moment before never leaves a reply in the history, and a completed job always has one.
     The same transaction finishes the generate step, runs the save and writes the whole text."""
     message = reply_message(job, reply, tokens_of=count_tokens, at=iso(utcnow()))
     ended = rt.lifecycle.end(job.id, Outcome.completed(message, generated=reply,
-                                                       last_step=last_step))
+                                                       last_step=last_step), known=known)
     if ended is None:
         raise JobGone(job.id)
     return message

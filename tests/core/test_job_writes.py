@@ -116,3 +116,32 @@ def test_a_claim_starts_only_the_head_of_its_line(client: redis.Redis) -> None:
     assert claimed.status is ClaimStatus.CLAIMED
     assert lc.claim(first).status is ClaimStatus.DUPLICATE  # a second broker message
     assert lc.jobs.get(first).attempts == 1
+
+
+def test_an_end_from_the_known_record_checks_its_stamp_instead_of_reading_it(
+        client: redis.Redis) -> None:
+    lc = make(client, Broker())
+    job = lc.claim(submit(lc, "こんにちは")).job
+    assert job is not None
+    before = calls(client)
+    ended = lc.end(job.id, Outcome.cancelled(), known=job)
+    after = calls(client)
+    assert ended is not None and lc.jobs.get(job.id).status.value == "cancelled"
+    sent = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    assert sent.get("watch") == 1 and sent.get("eval") == 1  # the read path WATCHes twice
+
+
+def test_an_end_from_a_stale_record_reads_it_and_keeps_what_changed(client: redis.Redis) -> None:
+    lc = make(client, Broker())
+    job = lc.claim(submit(lc, "こんにちは")).job
+    assert job is not None
+    stale = job.model_copy(deep=True)
+
+    def pid(current: Job) -> None:
+        current.worker_pid = 4242
+
+    assert lc.jobs.update(job.id, pid) is not None  # another writer, after our last write
+    ended = lc.end(job.id, Outcome.cancelled(), known=stale)
+    stored = lc.jobs.get(job.id)
+    assert ended is not None and stored.status.value == "cancelled"
+    assert stored.worker_pid == 4242
