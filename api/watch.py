@@ -1,8 +1,11 @@
 """Waiting for a job to change without holding a thread or a worker.
 
-Every job write publishes "job_id sequence" on one pub/sub channel in its own transaction
-(`JobStore.write`). Each API process keeps one subscription (one Redis connection) and wakes
-the waiters of that job: a long-poll or an SSE stream is an asyncio Event, not a thread.
+Every job write publishes "job_id sequence record" on one pub/sub channel in its own
+transaction (`JobStore.write`). Each API process keeps one subscription (one Redis
+connection) and wakes the waiters of that job: a long-poll or an SSE stream is an asyncio
+Event, not a thread. The record in the announcement is kept for the job's waiters, so a woken
+stream sends it without reading it back: one round trip less per change, on the path of
+every streamed text.
 
 A notification can be lost (the subscription reconnecting, Redis restarted): waiters also
 read the job again every RECHECK_S, and every RECHECK_DOWN_S while the subscription is
@@ -18,6 +21,7 @@ import contextlib
 import logging
 import random
 from collections import defaultdict
+from collections.abc import Iterator
 
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry as AsyncRetry
@@ -57,6 +61,7 @@ class JobWatcher(RedisLoop):
                 health_check_interval=HEALTH_CHECK_S, retry=retry)
             super().__init__(aredis.Redis(connection_pool=pool))
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._announced: dict[str, bytes] = {}  # job id -> its last announced record
         self.listening = False
 
     # -- the subscription ---------------------------------------------------------------
@@ -97,11 +102,24 @@ class JobWatcher(RedisLoop):
                 await pubsub.aclose()
 
     def _wake(self, data: bytes | str) -> None:
-        raw = data.decode() if isinstance(data, bytes) else data
-        for event in self._waiters.get(raw.split(" ", 1)[0], ()):
+        raw = data.encode() if isinstance(data, str) else data
+        job_id, _, rest = raw.partition(b" ")
+        events = self._waiters.get(job_id.decode())
+        if not events:  # another job, or another API process's follower
+            return
+        _sequence, _, record = rest.partition(b" ")
+        if record:  # in announcement order: the newest announced record of the job
+            self._announced[job_id.decode()] = record
+        for event in events:
             event.set()
 
+    def announced(self, job_id: str) -> bytes | None:
+        """The record the job's last announcement carried (None after a reconnect: changes
+        may have gone unannounced, so a waiter reads)."""
+        return self._announced.get(job_id)
+
     def _wake_all(self) -> None:
+        self._announced.clear()
         for events in self._waiters.values():
             for event in events:
                 event.set()
@@ -115,30 +133,66 @@ class JobWatcher(RedisLoop):
     async def wait_past(self, job_id: str, *, after: int, timeout_s: float) -> Job | None:
         """The job as soon as its sequence is past `after`, it is final, or it is gone
         (None); else as it is when `timeout_s` has passed."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        event = asyncio.Event()
-        self._waiters[job_id].add(event)  # before the read: no change can slip in between
+        with self.following(job_id) as follow:
+            return await follow.past(after, timeout_s=timeout_s)
+
+    @contextlib.contextmanager
+    def following(self, job_id: str) -> Iterator[Following]:
+        """A subscription to one job for as long as the block runs (an SSE stream's whole
+        life): it reads the job only when a change was announced or a recheck is due."""
+        follow = Following(self, job_id)
+        self._waiters[job_id].add(follow.event)  # before any read: no change slips in between
         try:
-            while True:
-                event.clear()
-                job = await self.read(job_id)
-                left = deadline - loop.time()
-                if job is None or job.sequence > after or job.status.is_final or left <= 0:
-                    return job
-                # Jittered: waiters that arrived together must not all read at once.
-                recheck = (RECHECK_S if self.listening else RECHECK_DOWN_S) * random.uniform(
-                    0.75, 1.25)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), min(left, recheck))
+            yield follow
         finally:
             waiting = self._waiters.get(job_id)
             if waiting is not None:
-                waiting.discard(event)
+                waiting.discard(follow.event)
                 if not waiting:
                     del self._waiters[job_id]
+                    self._announced.pop(job_id, None)
 
     @property
     def waiting(self) -> int:
         # Read by /metrics from a worker thread: copy the values before iterating them.
         return sum(len(events) for events in list(self._waiters.values()))
+
+
+class Following:
+    """One follower of one job: its wake-up event (registered by `JobWatcher.following`) and
+    the job as last read, which stays current until the event fires or a recheck is due. A
+    stream that has sent sequence N waits for the next announcement without reading the job
+    again: one read per change, not two."""
+
+    def __init__(self, watcher: JobWatcher, job_id: str) -> None:
+        self.watcher, self.job_id = watcher, job_id
+        self.event = asyncio.Event()
+        self._last: Job | None = None
+        self._stale = True  # nothing read yet, or a recheck is due
+
+    async def past(self, after: int, *, timeout_s: float) -> Job | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            if self._stale or self.event.is_set():
+                self.event.clear()  # before the read: a change after it sets it again
+                self._last, self._stale = await self._fresh(), False
+            job, left = self._last, deadline - loop.time()
+            if job is None or job.sequence > after or job.status.is_final or left <= 0:
+                return job
+            # Jittered: waiters that arrived together must not all read at once.
+            recheck = (RECHECK_S if self.watcher.listening else RECHECK_DOWN_S) * random.uniform(
+                0.75, 1.25)
+            try:
+                await asyncio.wait_for(self.event.wait(), min(left, recheck))
+            except TimeoutError:
+                self._stale = True  # a lost announcement costs at most a recheck
+
+    async def _fresh(self) -> Job | None:
+        """The announced record when it is newer than the last one seen; else a read (the
+        first time, on a recheck, after a reconnect, for a deleted job)."""
+        if not self._stale and (raw := self.watcher.announced(self.job_id)) is not None:
+            job = Job.model_validate_json(raw)
+            if self._last is None or job.sequence > self._last.sequence:
+                return job
+        return await self.watcher.read(self.job_id)

@@ -294,9 +294,14 @@ def build_context(
     # Older = before the whole preserved window, even the part dropped for budget, so a
     # recalled message never appears out of order among the recent turns.
     older_than = window[0].seq if window else new_message.seq
-    candidates = _recall_candidates(store, conversation_id, query=new_message.text,
-                                    before_seq=older_than, sources=sources,
-                                    floor=min(relevance_floor, relevance_threshold))
+    if complete and len(window) == len(fetched):
+        # The whole history is in the recent window: nothing older to recall, so no query
+        # to analyse, no index to read, no query to embed (a new conversation's prompts).
+        candidates: list[ScoredMessage] = []
+    else:
+        candidates = _recall_candidates(store, conversation_id, query=new_message.text,
+                                        before_seq=older_than, sources=sources,
+                                        floor=min(relevance_floor, relevance_threshold))
     recalled = _fit_recalled(candidates, budget, _partner_finder(
         store, conversation_id, candidates, before_seq=older_than))
     confident = {c.message.seq for c in candidates if c.score >= relevance_threshold}

@@ -7,8 +7,16 @@ primitives to read and write them.
 Every write is a read-modify-write under WATCH, so the API (cancel), the worker's child
 (steps, streamed text), the worker's parent (hard limit, lost child) and the sweep can all
 touch a job without losing each other's updates. Each write stamps the record with a fresh
-`write_id`, bumps its `sequence` and, in the same transaction, publishes "job_id sequence"
-on `keys.job_changes_channel()`: the API's long-polls and SSE streams wake on it.
+`write_id`, bumps its `sequence` and, in the same transaction, publishes "job_id sequence
+record" on `keys.job_changes_channel()`: the API's long-polls and SSE streams wake on it
+(a deleted job's is "job_id 0").
+
+A writer that already holds the record as of its last write (the worker's child, from its
+claim on) writes without WATCH: one script compares the stored stamp with the one its change
+was made on and applies the change only if they are equal (`update(..., known=job)`), one
+round trip instead of three (WATCH, GET, MULTI/EXEC). A record changed meanwhile (cancelled,
+renumbered) comes back in the script's answer and the change is made again on it, as a
+failed WATCH would.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from redis.client import Pipeline
 from core import keys
 from core.errors import NotFound
 from core.models import Job, JobStatus
-from core.redis_client import run_transaction, to_str
+from core.redis_client import MAX_TRANSACTION_ATTEMPTS, TransactionFailed, run_transaction, to_str
 
 T = TypeVar("T")
 Mutation = Callable[[Job], None]
@@ -41,6 +49,42 @@ return cur
 """
 
 
+# KEYS[1] the job record, KEYS[2] its conversation's line (only with ARGV[2]). ARGV[1] the
+# write_id the change was made on; ARGV[2] the job id when it must head its line, else '';
+# then the change's commands, each as its number of words and the words. Answers 1 when
+# written, 0 when another job heads the line, the record as it is when its stamp is another,
+# nil when it is gone. The stamp is found as text: a JSON string escapes its quotes, so
+# `"write_id":"<hex>"` can only be the record's own field (pydantic writes it without spaces).
+# The commands name keys that are not in KEYS: the store is one Redis (or a Sentinel-managed
+# primary), never a cluster.
+WRITE_IF_UNCHANGED_LUA = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return nil end
+if not string.find(raw, '"write_id":"' .. ARGV[1] .. '"', 1, true) then return raw end
+if ARGV[2] ~= '' then
+  local head = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
+  if head and head ~= ARGV[2] then return 0 end
+end
+local i = 3
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return 1
+"""
+
+
+# KEYS: a job record, its line; ARGV[1]: a write_id. Whether the record carries that stamp
+# (found as text, as above), and the line's first two.
+STAMP_AND_LINE_LUA = """
+local raw = redis.call('GET', KEYS[1])
+local same = 0
+if raw and string.find(raw, '"write_id":"' .. ARGV[1] .. '"', 1, true) then same = 1 end
+return {same, redis.call('ZRANGE', KEYS[2], 0, 1)}
+"""
+
+
 class Skip(Exception):
     """Raised by a mutation to leave the job as it is."""
 
@@ -48,6 +92,7 @@ class Skip(Exception):
 class JobStore:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
+        self._write_if_unchanged = client.register_script(WRITE_IF_UNCHANGED_LUA)
 
     @property
     def redis(self) -> redis.Redis:
@@ -131,10 +176,15 @@ class JobStore:
         self._redis.zrem(keys.dispatched(), job_id)
 
     def update(self, job_id: str, mutate: Mutation, *, only_active: bool = True,
-               after: AfterWrite | None = None) -> Job | None:
+               after: AfterWrite | None = None, known: Job | None = None) -> Job | None:
         """Apply `mutate` atomically; None when the job is gone, already final (only_active),
-        or the mutation raised Skip."""
+        or the mutation raised Skip. With `known`, the record as this process last wrote or
+        read it (it is mutated: use the job returned), in one round trip while nobody else
+        wrote it meanwhile; `after` may then queue plain commands only (no EVAL)."""
         key, write_id = keys.job(job_id), uuid.uuid4().hex
+        if known is not None:
+            return self._update_known(known, mutate, only_active=only_active, after=after,
+                                      write_id=write_id)
 
         def attempt(pipe: Pipeline) -> Job | None:
             pipe.watch(key)
@@ -155,6 +205,71 @@ class JobStore:
         return run_transaction(self._redis, attempt, what=f"job {job_id}",
                                recover=lambda: self.written(job_id, write_id))
 
+    def _update_known(self, job: Job, mutate: Mutation, *, only_active: bool,
+                      after: AfterWrite | None, write_id: str) -> Job | None:
+        for _ in range(MAX_TRANSACTION_ATTEMPTS):
+            if only_active and job.status.is_final:
+                return None
+            based_on = job.write_id
+            try:
+                mutate(job)
+            except Skip:
+                return None
+            written = self.write_if_unchanged(job, based_on=based_on, write_id=write_id,
+                                              after=after)
+            if not isinstance(written, Job):
+                return None  # gone (False needs head_of, not given here)
+            if written is job:
+                return job
+            job = written  # changed meanwhile: the change again, on the record as it is
+        raise TransactionFailed(f"job {job.id}: no write after {MAX_TRANSACTION_ATTEMPTS} attempts")
+
+    def write_if_unchanged(self, job: Job, *, based_on: str, write_id: str,
+                           after: AfterWrite | None = None,
+                           head_of: str | None = None) -> Job | None | bool:
+        """Write `job` (changed from the record stamped `based_on`) with its indexes and
+        `after`'s commands, if the stored record still carries that stamp and, with `head_of`
+        (its line's key), the job heads its line. Returns `job` when written, the stored
+        record when it carries another stamp, None when it is gone, False when another job
+        heads the line."""
+        recorder = self._redis.pipeline(transaction=False)  # only collects the commands
+        self.write(recorder, job, write_id=write_id)
+        if after is not None:
+            after(recorder, job)
+        words: list[Any] = []
+        for command, _options in recorder.command_stack:
+            words += [len(command), *command]
+        script_keys = [keys.job(job.id), *([head_of] if head_of else [])]
+        try:
+            answer = self._write_if_unchanged(
+                keys=script_keys, args=[based_on, job.id if head_of else "", *words])
+        except (redis.ConnectionError, redis.TimeoutError):
+            # The reply was lost and the client's own retries failed: applied or not, the
+            # stamp tells.
+            if self.written(job.id, write_id) is not None:
+                return job
+            raise
+        if answer == 1:
+            return job
+        if answer == 0:
+            return False
+        if answer is None:
+            return None
+        stored = Job.model_validate_json(answer)
+        # Our own stamp: applied, its reply lost and the command sent again by the client.
+        return job if stored.write_id == write_id else stored
+
+    @staticmethod
+    def watch_known(pipe: Pipeline, known: Job) -> tuple[Job | None, list[Any]]:
+        """WATCH the record and its line, then one script: is the stored record still
+        `known` (its stamp), and the line's first two. `known` when it is (a change after
+        the WATCH fails EXEC as usual), else None: the caller reads it."""
+        line_key = keys.conv_active(known.conversation_id)
+        pipe.watch(keys.job(known.id), line_key)
+        same, line = pipe.eval(STAMP_AND_LINE_LUA, 2, keys.job(known.id), line_key,
+                               known.write_id)
+        return (known if same and not known.status.is_final else None), list(line)
+
     @staticmethod
     def read_watched(pipe: Pipeline, job_id: str) -> Job | None:
         raw = pipe.get(keys.job(job_id))
@@ -164,9 +279,11 @@ class JobStore:
         """Queue the record and its indexes (inside MULTI)."""
         job.write_id = write_id
         job.sequence += 1
-        pipe.set(keys.job(job.id), job.model_dump_json(), keepttl=True)
+        record = job.model_dump_json()
+        pipe.set(keys.job(job.id), record, keepttl=True)
         self.follow_status(pipe, job)
-        pipe.publish(keys.job_changes_channel(), f"{job.id} {job.sequence}")
+        # The record rides along: a follower woken by it need not read it back (api/watch.py).
+        pipe.publish(keys.job_changes_channel(), f"{job.id} {job.sequence} {record}")
 
     @staticmethod
     def forget(pipe: Pipeline, job_ids: list[str]) -> None:

@@ -91,7 +91,7 @@ from core.outcomes import (
 )
 from core.ports import Broker
 from core.records import owned_by, record_final, stored_owner, touch
-from core.redis_client import run_transaction, to_str
+from core.redis_client import MAX_TRANSACTION_ATTEMPTS, TransactionFailed, run_transaction, to_str
 
 __all__ = ["Claim", "ClaimStatus", "Deleted", "JobGone", "Lifecycle", "Limits", "Outcome",
            "StepDone", "Submitted", "SweepReport", "apply_outcome", "next_head", "owned_by", "stored_owner",
@@ -100,6 +100,12 @@ __all__ = ["Claim", "ClaimStatus", "Deleted", "JobGone", "Lifecycle", "Limits", 
 logger = logging.getLogger(__name__)
 
 PREVIEW_CHARS = 200
+
+
+def _note_start(pipe: Pipeline, job: Job) -> None:
+    """The time of the latest start (read by health), in the claim's write."""
+    if job.started_at is not None:
+        pipe.set(keys.last_job_started_at(), str(job.started_at.timestamp()))
 
 
 class Lifecycle:
@@ -218,11 +224,12 @@ class Lifecycle:
     # -- claim --------------------------------------------------------------------------
 
     def claim(self, job_id: str) -> Claim:
-        """Start the job if it is queued, never started and the head of its line."""
+        """Start the job if it is queued, never started and the head of its line. One read,
+        then one script that writes the start only if the record is still the one read and
+        the job heads its line (`JobStore.write_if_unchanged`): two round trips, on the path
+        to the first text."""
         write_id = uuid.uuid4().hex
-        claim = run_transaction(self.redis, lambda pipe: self._claim_once(pipe, job_id, write_id),
-                                recover=lambda: self._claimed(job_id, write_id),
-                                what=f"claim {job_id}")
+        claim = self._claim(job_id, write_id)
         if claim.status is ClaimStatus.DUPLICATE and claim.job is not None:
             self.reap(claim.job)  # a copy of a dead job's message: end it now
         elif claim.status is ClaimStatus.EXPIRED:
@@ -231,38 +238,35 @@ class Lifecycle:
             self._clear_dead_head(claim.job.conversation_id)
         return claim
 
-    def _claimed(self, job_id: str, write_id: str) -> Claim | None:
-        job = self.jobs.written(job_id, write_id)
-        return Claim(ClaimStatus.CLAIMED, job) if job is not None else None
-
-    def _claim_once(self, pipe: Pipeline, job_id: str, write_id: str) -> Claim:
-        pipe.watch(keys.job(job_id))
-        job = JobStore.read_watched(pipe, job_id)
-        if job is None:
-            return Claim(ClaimStatus.GONE)
-        line_key = keys.conv_active(job.conversation_id)
-        pipe.watch(line_key)
-        if job.status.is_final:
-            return Claim(ClaimStatus.FINAL, job)
-        if job.status is not JobStatus.QUEUED or job.attempts > 0:
-            return Claim(ClaimStatus.DUPLICATE, job)
-        if self.death(job) is ErrorCode.EXPIRED:
-            return Claim(ClaimStatus.EXPIRED, job)
-        head = pipe.zrange(line_key, 0, 0)
-        if head and to_str(head[0]) != job.id:
-            return Claim(ClaimStatus.NOT_HEAD, job)
-        now = utcnow()
-        job.status, job.attempts = JobStatus.IN_PROGRESS, job.attempts + 1
-        job.started_at = job.heartbeat_at = now
-        job.worker_pid = os.getpid()
-        # The claim starts the first step: its own write would be one more transaction.
-        first = job.step(StepName.LOAD_HISTORY)
-        first.status, first.started_at = StepStatus.IN_PROGRESS, now
-        pipe.multi()
-        self.jobs.write(pipe, job, write_id=write_id)
-        pipe.set(keys.last_job_started_at(), str(now.timestamp()))
-        pipe.execute()
-        return Claim(ClaimStatus.CLAIMED, job)
+    def _claim(self, job_id: str, write_id: str) -> Claim:
+        job = self.jobs.find(job_id)
+        for _ in range(MAX_TRANSACTION_ATTEMPTS):
+            if job is None:
+                return Claim(ClaimStatus.GONE)
+            if job.status.is_final:
+                return Claim(ClaimStatus.FINAL, job)
+            if job.status is not JobStatus.QUEUED or job.attempts > 0:
+                return Claim(ClaimStatus.DUPLICATE, job)
+            if self.death(job) is ErrorCode.EXPIRED:
+                return Claim(ClaimStatus.EXPIRED, job)
+            based_on, now = job.write_id, utcnow()
+            job.status, job.attempts = JobStatus.IN_PROGRESS, job.attempts + 1
+            job.started_at = job.heartbeat_at = now
+            job.worker_pid = os.getpid()
+            # The claim starts the first step: its own write would be one more round trip.
+            first = job.step(StepName.LOAD_HISTORY)
+            first.status, first.started_at = StepStatus.IN_PROGRESS, now
+            written = self.jobs.write_if_unchanged(
+                job, based_on=based_on, write_id=write_id,
+                head_of=keys.conv_active(job.conversation_id),
+                after=_note_start)
+            if written is job:
+                return Claim(ClaimStatus.CLAIMED, job)
+            if written is False:  # another job heads the line: as it is now
+                return Claim(ClaimStatus.NOT_HEAD, self.jobs.find(job_id))
+            job = written if isinstance(written, Job) else None  # changed meanwhile, or gone
+        raise TransactionFailed(f"claim {job_id}: no write after {MAX_TRANSACTION_ATTEMPTS} "
+                                "attempts")
 
     def _clear_dead_head(self, conversation_id: str) -> None:
         """A line whose head has no live record (expired, or ended without leaving the line
@@ -305,23 +309,32 @@ class Lifecycle:
         return progress.finish_step(self.jobs, job_id, name, detail=detail)
 
     def advance(self, job_id: str, *, done: StepName, detail: str | None,
-                start: StepName) -> Job:
+                start: StepName, known: Job | None = None,
+                earlier: StepDone | None = None) -> Job:
         return progress.advance(self.jobs, self._metrics, job_id, done=done, detail=detail,
-                                start=start)
+                                start=start, known=known, earlier=earlier)
 
-    def show_text(self, job_id: str, whole: str) -> None:
-        progress.show_text(self.jobs, job_id, whole)
+    def show_text(self, job_id: str, whole: str, *, known: Job | None = None) -> Job | None:
+        return progress.show_text(self.jobs, job_id, whole, known=known)
 
     # -- end ----------------------------------------------------------------------------
 
-    def end(self, job_id: str, outcome: Outcome) -> Job | None:
+    def end(self, job_id: str, outcome: Outcome, *, known: Job | None = None) -> Job | None:
         """End a still-active job; None if it had already ended. Writes status, steps,
         reply, incident and metrics, takes the job out of its line and, if it was the head,
-        puts the next turn in the outbox: all in one transaction. Then publishes it."""
+        puts the next turn in the outbox: all in one transaction. Then publishes it. With
+        `known` (the record as this process last wrote it; it is mutated), the first attempt
+        checks the stored stamp instead of reading the record back."""
         write_id = uuid.uuid4().hex
+        hint = [known]
+
+        def attempt(pipe: Pipeline) -> tuple[Job | None, str | None]:
+            based_on, hint[0] = hint[0], None  # a retry reads the record
+            return self._end_once(pipe, job_id, outcome, write_id, known=based_on)
+
         ended, next_id = run_transaction(
-            self.redis, lambda pipe: self._end_once(pipe, job_id, outcome, write_id),
-            recover=lambda: self._ended_by_us(job_id, write_id), what=f"end {job_id}")
+            self.redis, attempt, recover=lambda: self._ended_by_us(job_id, write_id),
+            what=f"end {job_id}")
         if ended is None:
             return None
         self._log_end(ended, outcome)
@@ -334,15 +347,18 @@ class Lifecycle:
         job = self.jobs.written(job_id, write_id)
         return (job, None) if job is not None else None
 
-    def _end_once(self, pipe: Pipeline, job_id: str, outcome: Outcome,
-                  write_id: str) -> tuple[Job | None, str | None]:
-        pipe.watch(keys.job(job_id))
-        job = JobStore.read_watched(pipe, job_id)
-        if job is None or job.status.is_final:
-            return None, None
-        line_key = keys.conv_active(job.conversation_id)
-        pipe.watch(line_key)
-        next_id = next_head(job, [to_str(v) for v in pipe.zrange(line_key, 0, 1)])
+    def _end_once(self, pipe: Pipeline, job_id: str, outcome: Outcome, write_id: str, *,
+                  known: Job | None = None) -> tuple[Job | None, str | None]:
+        job, line = JobStore.watch_known(pipe, known) if known is not None else (None, [])
+        if job is None:
+            pipe.watch(keys.job(job_id))
+            job = JobStore.read_watched(pipe, job_id)
+            if job is None or job.status.is_final:
+                return None, None
+            line_key = keys.conv_active(job.conversation_id)
+            pipe.watch(line_key)
+            line = pipe.zrange(line_key, 0, 1)
+        next_id = next_head(job, [to_str(v) for v in line])
         previous = job.status
         done_before = {s.name for s in job.steps if s.status is StepStatus.COMPLETED}
         apply_outcome(job, outcome)

@@ -3,10 +3,12 @@
 Each write is a transaction on the job record (`JobStore.update`) and wakes every follower,
 so a prompt's bookkeeping is folded into as few as its promises allow: the claim starts the
 first step (`Lifecycle.claim`), one write ends a step and starts the next (`advance`, its
-duration metric in the same transaction), the end finishes the last step (`Outcome.completed`
-with `StepDone`), and the streamed text is coalesced by the worker (workers/stream_text.py).
+duration metric in the same transaction; the worker ends load_history and build_context in
+one), the end finishes the last step (`Outcome.completed` with `StepDone`), and the streamed
+text is coalesced by the worker (workers/stream_text.py).
 A write meant for a job that already ended is refused (`JobGone`): a late child never
-resurrects it.
+resurrects it. The worker passes the record as it last wrote it (`known`): a write is then
+one round trip (`JobStore.update`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from redis.client import Pipeline
 from core.jobs import JobStore, Skip
 from core.metrics import MetricsRecorder
 from core.models import Job, StepName, StepStatus, utcnow
-from core.outcomes import JobGone
+from core.outcomes import JobGone, StepDone
 
 
 def start_step(jobs: JobStore, job_id: str, name: StepName) -> None:
@@ -43,40 +45,55 @@ def finish_step(jobs: JobStore, job_id: str, name: StepName, *, detail: str | No
 
 
 def advance(jobs: JobStore, metrics: MetricsRecorder, job_id: str, *, done: StepName,
-            detail: str | None, start: StepName) -> Job:
+            detail: str | None, start: StepName, known: Job | None = None,
+            earlier: StepDone | None = None) -> Job:
     """One transaction: `done` completed with its detail and its duration observed, `start`
-    in progress from the same instant (a follower sees no moment between two steps)."""
+    in progress from the same instant (a follower sees no moment between two steps). With
+    `earlier`, the step before `done` that ended without a write of its own: completed at its
+    time, `done` started then (the worker's load_history, written with build_context)."""
     def move(job: Job) -> None:
         now = utcnow()
+        if earlier is not None:
+            before = job.step(earlier.name)
+            before.status, before.completed_at = StepStatus.COMPLETED, earlier.at
+            before.detail = earlier.detail
+            job.step(done).started_at = earlier.at
         finished, started = job.step(done), job.step(start)
         finished.status, finished.completed_at, finished.detail = StepStatus.COMPLETED, now, detail
         started.status, started.started_at = StepStatus.IN_PROGRESS, now
         job.heartbeat_at = now
 
     def observe(pipe: Pipeline, job: Job) -> None:
-        finished = job.step(done)
-        if finished.started_at and finished.completed_at:
-            metrics.observe("step_duration",
-                            (finished.completed_at - finished.started_at).total_seconds(),
-                            done.value, pipe=pipe)
+        for name in ([earlier.name] if earlier is not None else []) + [done]:
+            finished = job.step(name)
+            if finished.started_at and finished.completed_at:
+                metrics.observe("step_duration",
+                                (finished.completed_at - finished.started_at).total_seconds(),
+                                name.value, pipe=pipe)
 
-    moved = jobs.update(job_id, move, after=observe)
+    moved = jobs.update(job_id, move, after=observe, known=known)
     if moved is None:
         raise JobGone(job_id)
     return moved
 
 
-def show_text(jobs: JobStore, job_id: str, whole: str) -> None:
+def show_text(jobs: JobStore, job_id: str, whole: str, *,
+              known: Job | None = None) -> Job | None:
     """The whole text so far (not a delta): a write repeated after a lost reply from Redis
-    can never duplicate text."""
+    can never duplicate text. Returns the job as written (`known` when there was nothing to
+    write; None without `known`)."""
     def show(job: Job) -> None:
         if job.partial_reply == whole:
             raise Skip
         job.partial_reply = whole
         job.heartbeat_at = utcnow()
 
-    if jobs.update(job_id, show) is None and ended(jobs, job_id):
+    if known is not None and known.partial_reply == whole:
+        return known
+    shown = jobs.update(job_id, show, known=known)
+    if shown is None and ended(jobs, job_id):
         raise JobGone(job_id)
+    return shown if shown is not None else known
 
 
 def ended(jobs: JobStore, job_id: str) -> bool:

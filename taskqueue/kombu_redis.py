@@ -13,6 +13,12 @@ A closed connection is a connection error: raising redis's ConnectionError (one 
 transport's connection errors) lets Celery ignore it while closing and reconnect as it does
 for any other loss. The reserved message stays in kombu's `unacked` hash; the lifecycle's
 sweep sends its prompt again (mysisterdb/broker.py), so nothing is lost.
+
+And one cost: kombu builds a new `redis.Redis` around its connection pool for every publish
+and every ack (`Channel.conn_or_acquire`), and redis-py's constructor fills a table of ~170
+reply callbacks each time: a fifth of the worker's main process's CPU per prompt (issue 21's
+profile). The client holds no connection of its own (each command takes one from the pool),
+so one per pool serves them all (`ReusedClient`).
 """
 
 from __future__ import annotations
@@ -34,7 +40,22 @@ class ClosedIsConnectionError:
         return super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
 
 
-class Channel(ClosedIsConnectionError, kombu_redis.Channel):
+class ReusedClient:
+    """One synchronous client per connection pool instead of one per publish or ack."""
+
+    pool: Any
+    _reused: tuple[Any, Any] | None = None  # (pool, client)
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        if asynchronous:  # the channel's own client (BRPOP), cached by kombu itself
+            return super()._create_client(asynchronous=True)  # type: ignore[misc]
+        pool = self.pool
+        if self._reused is None or self._reused[0] is not pool:  # a new pool after a reconnect
+            self._reused = (pool, super()._create_client(asynchronous=False))  # type: ignore[misc]
+        return self._reused[1]
+
+
+class Channel(ReusedClient, ClosedIsConnectionError, kombu_redis.Channel):
     pass
 
 
@@ -42,7 +63,7 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
-class SentinelChannel(ClosedIsConnectionError, kombu_redis.SentinelChannel):
+class SentinelChannel(ReusedClient, ClosedIsConnectionError, kombu_redis.SentinelChannel):
     """Its pool is built from _connparams too (_sentinel_managed_pool): the same defect."""
 
 

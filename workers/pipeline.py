@@ -44,23 +44,35 @@ def load_message(rt: Runtime, job: Job) -> Message:
 def run_chat(rt: Runtime, job: Job, *, deadline: float) -> bool:
     """Run every step of a claimed job and end it; True when a summary is due.
 
-    Four writes for the steps (docs/performance.md "What a prompt costs"): the claim started
-    load_history; each step's end starts the next (`advance`); the end finishes generate and
-    runs the save. Text in between is coalesced (workers/stream_text.py)."""
+    Three writes for the steps (docs/performance.md "What a prompt costs"): the claim started
+    load_history; one write ends it and build_context and starts generate (`advance`); the end
+    finishes generate and runs the save. Text in between is coalesced (workers/stream_text.py)."""
     message = load_message(rt, job)
-    rt.lifecycle.advance(job.id, done=StepName.LOAD_HISTORY, start=StepName.BUILD_CONTEXT,
-                         detail=f"message seq {message.seq}, {message.tokens} tokens")
-    built, semantic = build(rt, job, message)
-    if job.kind is JobKind.CONTINUE:
-        built = continuing(built, job.continues, max_tokens=rt.settings.max_context_tokens)
-    rt.lifecycle.advance(job.id, done=StepName.BUILD_CONTEXT, start=StepName.GENERATE,
-                         detail=built.describe() + (f"; semantic: {semantic}" if semantic else ""))
-    text = CoalescedText(lambda whole: rt.lifecycle.show_text(job.id, whole),
-                         interval_s=rt.settings.stream_write_interval_s, before=job.continues)
+    # load_history's end is written with build_context's (one write, one event less for
+    # every follower); a failure of the build writes it first, so the failure names its step.
+    loaded = StepDone(StepName.LOAD_HISTORY, f"message seq {message.seq}, {message.tokens} tokens",
+                      utcnow())
+    try:
+        built, semantic = build(rt, job, message)
+        if job.kind is JobKind.CONTINUE:
+            built = continuing(built, job.continues, max_tokens=rt.settings.max_context_tokens)
+    except BaseException:
+        record_load(rt, job, loaded)
+        raise
+    # Each write hands on the record as written (`known`): the next is one round trip.
+    known = [rt.lifecycle.advance(
+        job.id, done=StepName.BUILD_CONTEXT, start=StepName.GENERATE, known=job, earlier=loaded,
+        detail=built.describe() + (f"; semantic: {semantic}" if semantic else ""))]
+
+    def show(whole: str) -> None:  # one write at a time (CoalescedText), main or timer thread
+        known[0] = rt.lifecycle.show_text(job.id, whole, known=known[0]) or known[0]
+
+    text = CoalescedText(show, interval_s=rt.settings.stream_write_interval_s,
+                         before=job.continues)
     reply = generate(rt, job, built, text, deadline=deadline)
     generated = StepDone(StepName.GENERATE, f"{len(reply)} characters", utcnow())
     try:
-        saved = commit_reply(rt, job, reply, last_step=generated)
+        saved = commit_reply(rt, job, reply, last_step=generated, known=known[0])
     except JobGone:
         raise  # ended elsewhere (cancelled): nothing of ours to keep
     except BaseException:
@@ -70,6 +82,17 @@ def run_chat(rt: Runtime, job: Job, *, deadline: float) -> bool:
         raise
     return fold_due(built.tail, stored=[message, saved],
                     preserve_recent=rt.settings.preserve_recent) or later_turns(rt, job)
+
+
+def record_load(rt: Runtime, job: Job, loaded: StepDone) -> None:
+    """load_history ended, build_context running: written before the build's failure is.
+    If this write fails too (the job gone, Redis down), the build's error says what happened."""
+    try:
+        rt.lifecycle.advance(job.id, done=loaded.name, detail=loaded.detail,
+                             start=StepName.BUILD_CONTEXT, known=job)
+    except Exception as exc:
+        logger.warning("load_history's end not written before the failure (%s)",
+                       type(exc).__name__)
 
 
 def later_turns(rt: Runtime, job: Job) -> bool:
@@ -157,13 +180,14 @@ def seed_of(job: Job) -> int | None:
     return int(job.id[:8], 16) & 0x7FFF_FFFF or 1 if job.kind is JobKind.REGENERATE else None
 
 
-def commit_reply(rt: Runtime, job: Job, reply: str, *, last_step: StepDone) -> Message:
+def commit_reply(rt: Runtime, job: Job, reply: str, *, last_step: StepDone,
+                 known: Job | None = None) -> Message:
     """Store the reply and complete the job in one transaction: a job cancelled or timed out
     a moment before never leaves a reply in the history, and a completed job always has one.
     The same transaction finishes the generate step, runs the save and writes the whole text."""
     message = reply_message(job, reply, tokens_of=count_tokens, at=iso(utcnow()))
     ended = rt.lifecycle.end(job.id, Outcome.completed(message, generated=reply,
-                                                       last_step=last_step))
+                                                       last_step=last_step), known=known)
     if ended is None:
         raise JobGone(job.id)
     return message

@@ -144,9 +144,17 @@ async def job_events(job_id: JobId, watcher: WatcherDep, request: Request, calle
     slots: FollowerSlots | None = request.app.state.followers
     max_s: float = request.app.state.settings.sse_max_s
 
-    async def renew() -> None:  # each wait (<= SSE_WAIT_S) renews the slot's lease
-        if slots is not None:
+    renewed = asyncio.get_running_loop().time()  # the slot was taken just now
+
+    async def renew() -> None:
+        # Before a wait (<= SSE_WAIT_S), once SSE_WAIT_S has passed since the last renewal:
+        # the lease (keys.follower_lease_s, 60 s) never lapses under a live stream, and a
+        # stream of many quick changes renews once, not at each change.
+        nonlocal renewed
+        now = asyncio.get_running_loop().time()
+        if slots is not None and now - renewed >= SSE_WAIT_S:
             await run_in_threadpool(slots.renew, caller.person or "", start.slot)
+            renewed = now
 
     try:
         async for job in changes(watcher, job_id, seen=start.seen, max_s=max_s,
@@ -160,17 +168,18 @@ async def changes(watcher: JobWatcher, job_id: str, *, seen: int, max_s: float,
                   renew: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[Job]:
     loop = asyncio.get_running_loop()
     ends = loop.time() + max_s  # then EventSource resumes it with Last-Event-ID
-    while (left := ends - loop.time()) > 0:
-        if renew is not None:
-            await renew()
-        job = await watcher.wait_past(job_id, after=seen, timeout_s=min(left, SSE_WAIT_S))
-        if job is None:
-            return  # deleted: a reconnect gets 404
-        if job.sequence > seen:
-            seen = job.sequence
-            yield job
-        if job.status.is_final:
-            return
+    with watcher.following(job_id) as follow:  # one subscription, one read per change
+        while (left := ends - loop.time()) > 0:
+            if renew is not None:
+                await renew()
+            job = await follow.past(seen, timeout_s=min(left, SSE_WAIT_S))
+            if job is None:
+                return  # deleted: a reconnect gets 404
+            if job.sequence > seen:
+                seen = job.sequence
+                yield job
+            if job.status.is_final:
+                return
 
 
 def event(job: Job) -> JobOut:

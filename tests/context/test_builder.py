@@ -343,3 +343,26 @@ def test_candidates_from_another_source_are_merged_with_the_lexical_ones() -> No
     assert source.asked == [question]
     assert 2 in built.detail["recalled_seqs"]  # type: ignore[operator]
     assert "車検は来月の10日に予約した" in built.system_instruction
+
+
+class _CountingStore(InMemoryHistoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.searches = 0
+
+    def search(self, *args: object, **kwargs: object) -> list[ScoredMessage]:
+        self.searches += 1
+        return super().search(*args, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("exchanges", "asked"), [(0, False), (3, False), (4, True)])
+def test_recall_is_asked_only_when_history_is_older_than_the_recent_window(
+        exchanges: int, asked: bool) -> None:
+    # Three exchanges are kept verbatim (the default window): with no more than that stored
+    # there is nothing to recall, so neither the index nor another source is asked.
+    store = _CountingStore()
+    next_seq = _exchanges(store, exchanges) if exchanges else 1
+    source = _FixedSource([])
+    build_context(store=store, conversation_id="c", persona=PERSONA, sources=[source],
+                  new_message=make_message(next_seq, "user", QUERY))
+    assert (store.searches, source.asked) == ((1, [QUERY]) if asked else (0, []))

@@ -3,6 +3,7 @@ process nobody supervises is left alone."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -83,3 +84,48 @@ def test_an_unsupervised_process_outlives_its_parent(spawn) -> None:  # type: ig
     # Long past the supervised child's grace (0.5 s) and the watch's interval (0.5 s).
     with pytest.raises(TimeoutError):
         wait_for(lambda: gone(child), timeout_s=3, what="nothing")
+
+
+# A worker's main process and one pool child forked from it, as billiard forks them.
+FORKING = textwrap.dedent("""
+    import os, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from core.orphan import exit_with_parent
+    if os.fork() == 0:
+        exit_with_parent()
+        print(os.getpid(), flush=True)
+        time.sleep(120)
+        os._exit(0)
+    time.sleep(120)
+""")
+
+
+def wake_ups(proc: psutil.Process) -> int:
+    """Voluntary context switches of all of the process's threads (psutil counts only its
+    main thread's)."""
+    total = 0
+    for task in os.listdir(f"/proc/{proc.pid}/task"):
+        with open(f"/proc/{proc.pid}/task/{task}/status") as status:
+            total += sum(int(line.split()[1]) for line in status
+                         if line.startswith("voluntary_ctxt_switches"))
+    return total
+
+
+def test_a_pool_child_leaves_with_its_main_process_and_is_never_woken_before() -> None:
+    main = subprocess.Popen([sys.executable, "-c", FORKING, str(ROOT)], stdout=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        assert main.stdout is not None
+        child = psutil.Process(int(main.stdout.readline()))
+        before = wake_ups(child)
+        # Idle for 1.5 s: a watch polling every 0.2 s wakes 7 times; a pidfd never.
+        with pytest.raises(TimeoutError):
+            wait_for(lambda: gone(child), timeout_s=1.5, what="nothing")
+        assert wake_ups(child) - before <= 1
+        main.kill()
+        main.wait(timeout=5)
+        wait_for(lambda: gone(child), timeout_s=5, what="the pool child to exit")
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the child too, if a check failed
+            os.killpg(main.pid, signal.SIGKILL)
+        main.wait(timeout=5)

@@ -51,3 +51,27 @@ def test_the_stock_transport_still_has_the_defect(doomed_redis: RedisServer) -> 
     conn = reserved_then_redis_gone(doomed_redis, "redis")
     with pytest.raises(AttributeError, match="hostname"):
         ignore_errors(conn, conn.close)
+
+
+def test_publishes_and_acks_reuse_one_client_per_pool(doomed_redis: RedisServer) -> None:
+    conn = Connection(doomed_redis.url, transport=KOMBU_TRANSPORT,
+                      transport_options={"socket_timeout": 2})
+    try:
+        queue = Queue("r", Exchange("r"), "r")
+        received: list[object] = []
+        with conn.Producer() as producer:
+            for n in range(3):
+                producer.publish({"n": n}, exchange=queue.exchange, routing_key="r",
+                                 declare=[queue])
+        channel = conn.default_channel
+        client = channel._create_client()
+        assert channel._create_client() is client  # the publishes above used it too
+        conn.Consumer([queue], callbacks=[lambda body, msg: (received.append(body), msg.ack())],
+                      accept=["json"]).consume()
+        while len(received) < 3:
+            conn.drain_events(timeout=2)
+        assert received == [{"n": 0}, {"n": 1}, {"n": 2}] and channel._create_client() is client
+        channel._disconnect_pools()  # what a reconnect or a fork does: a new pool, a new client
+        assert channel._create_client() is not client
+    finally:
+        conn.release()

@@ -28,9 +28,9 @@ from tests.procs import Stack, wait_for
 
 COST_DB = 14  # databases of the shared test redis-server: grep "_DB = " tests/
 INTERVAL_S = 5
-# The claim (it starts load_history), load -> build, build -> generate, the first chunk, the
+# The claim (it starts load_history), load and build ended -> generate, the first chunk, the
 # end (generate finished, save, reply, the whole text): issue 21 counted 11 to 13 before.
-WRITES_PER_PROMPT = 5
+WRITES_PER_PROMPT = 4
 
 
 @pytest.fixture(scope="module")
@@ -58,17 +58,18 @@ class Monitor:
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
+        # A command of our own wakes the monitor's blocking read. (A read that times out
+        # closes redis-py's connection: polling with a short timeout lost the monitor
+        # whenever the server was quiet for that long.)
+        redis.Redis.from_url(self.url, socket_timeout=5).ping()
         self._thread.join(10)
 
     def _run(self) -> None:
-        client = redis.Redis.from_url(self.url, socket_timeout=0.2)
+        client = redis.Redis.from_url(self.url, socket_timeout=60)
         with client.monitor() as monitor:
             self._ready.set()
             while not self._stop.is_set():
-                try:
-                    command = monitor.next_command()
-                except redis.TimeoutError:
-                    continue
+                command = monitor.next_command()
                 self.commands.append(str(command["command"]).split(" "))
         client.close()
 
@@ -177,3 +178,20 @@ def test_a_reply_whose_next_turn_is_already_stored_queues_the_fold_it_makes_due(
     wait_for(lambda: store.get_summary(conversation_id) is not None, timeout_s=15,
              what="the summary the third reply made due")
     assert store.get_summary(conversation_id).covers_up_to_seq == 2  # type: ignore[union-attr]
+
+
+def test_a_failure_inside_the_build_names_the_build(
+        cost_stack: Stack, redis_server: RedisServer, conversation_id: str) -> None:
+    # load_history's end is written with build_context's; a build that fails (here: a
+    # summary stored without its fields) still leaves load_history completed and
+    # build_context failed, as when each step had its own write.
+    client = redis.Redis.from_url(db_url(redis_server, COST_DB), socket_timeout=5)
+    store = RedisHistoryStore(client, key_of=keys.conv_key)
+    client.hset(store.keys(conversation_id).summary(), mapping={"broken": "1"})
+    job = cost_stack.wait_job(cost_stack.submit("#sim:pace=0 こわれた要約",
+                                                conversation_id=conversation_id)["id"])
+    assert job["status"] == "failed", job
+    steps = {s["name"]: s for s in job["steps"]}
+    assert steps["load_history"]["status"] == "completed" and steps["load_history"]["detail"]
+    assert steps["build_context"]["status"] == "failed", job["steps"]
+    assert steps["generate"]["status"] == "skipped"
