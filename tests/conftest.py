@@ -40,6 +40,25 @@ TEST_LIMITS = {
 }
 
 
+# The longest modules (each lane's "slowest" and "costliest modules" lists in CI's log) are
+# handed out first: under pytest-xdist (`make test`) a long module picked up last by one
+# worker while the other idles is the run's tail.
+SLOW_FIRST = ("tests/api/test_contract.py", "tests/test_install.py", "tests/test_up.py",
+              "tests/api/test_faults.py", "tests/workers/test_restarts.py",
+              "tests/workers/test_cancel.py", "tests/test_ops.py",
+              "tests/api/test_redis_sentinel.py", "tests/context/test_property.py")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
+    """Outermost (tryfirst, registered after pytest-randomly): the order is set after its
+    shuffle, which the other modules keep."""
+    result = yield
+    rank = {module: n for n, module in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+    return result
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     server = start_redis()
