@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from playwright.sync_api import Request, Route, expect
 
 from mysisterdb.simulator import reply_chunks
-from tests.procs import Stack
+from tests.procs import Stack, wait_for
 from tests.ui.conftest import (
     ChatPage,
     history,
@@ -119,6 +119,11 @@ def test_stop_ends_the_reply_on_the_server_keeps_its_text_and_retry_finishes_it(
     release(ui_stack, name)
     expect(turn.locator(".reply")).to_have_text(full_reply(message))
     expect(chat.turns()).to_have_count(1)
+    # The whole text shows as soon as it is streamed; the job completes at its save step
+    # just after (CI read the history in between once).
+    expect(turn.locator(".status")).to_be_hidden()
+    wait_for(lambda: history(ui_stack, conversation_id)["turns"][0]["state"] == "completed",
+             timeout_s=10, what="the retried turn stored completed")
     [stored] = history(ui_stack, conversation_id)["turns"]
     assert (stored["state"], stored["user"]["text"]) == ("completed", message)
     chat.shot("retried")

@@ -429,8 +429,10 @@ def test_embed_errors_map_to_the_same_codes_and_retries(sdk: str, directive: str
 
 @pytest.mark.parametrize("sdk", SDKS)
 def test_embed_without_a_deadline_is_bounded_by_the_policy(sdk: str, simulator_url: str) -> None:
-    client = make_client(sdk, simulator_url, timeout_s=0.3, retries=2)
-    policy_budget = RetryPolicy(timeout_s=0.3, retries=2, backoff_s=0.05).budget_s()
+    # 1 s per try, not less: on a loaded CI box a 0.3 s try once timed out before its
+    # request reached the simulator, and the count below saw 2 of 3.
+    client = make_client(sdk, simulator_url, timeout_s=1.0, retries=2)
+    policy_budget = RetryPolicy(timeout_s=1.0, retries=2, backoff_s=0.05).budget_s()
     text = f"#sim-embed:hang {marker()}"
     started = time.monotonic()
     with pytest.raises(LLMTimeout):
