@@ -34,7 +34,8 @@ def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -
 
 def test_a_worker_whose_pool_never_answers_ends_its_stop_within_the_bound(stack: Stack) -> None:
     job = stack.submit("待っててね #sim:hold=forever", conversation_id="bounded-stop")
-    stack.wait_job(job["id"], until=lambda j: j["status"] == "in_progress")
+    # Its first chunk stored, so that its hard limit ends it `incomplete` with that text.
+    stack.wait_job(job["id"], until=lambda j: bool(j["partial_reply"]))
     worker = psutil.Process(stack.procs["worker"].process.pid)
     children = worker.children()
     for child in children:  # a pool that will never answer the shutdown, busy or idle
