@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     # waits on a child that will never answer would otherwise hang for good
     # (workers/bounded_stop.py). Compose's stop_grace_period (90 s) is above 60 + 10.
     worker_stop_grace_s: float = Field(default=10.0, gt=0)
+    # The worker's consumer touches this file every worker_alive_interval_s while it holds
+    # its broker connection (workers/alive.py): compose's healthcheck reads its age, which
+    # costs nothing, where `celery inspect ping` cost ~0.5 s of CPU a check. Unset: no file.
+    worker_alive_file: str = ""
+    worker_alive_interval_s: float = Field(default=5.0, gt=0)
     # A failed summary is tried again this long after, then twice, then three times as long
     # (a chat reply never waits on it); the next chat job of the conversation queues it anew.
     summary_retry_s: float = Field(default=30.0, gt=0)

@@ -40,7 +40,7 @@ TEST_LIMITS = {
 }
 
 
-# The longest modules (each lane's "slowest" and "costliest modules" lists in CI's log) are
+# The longest modules (each lane's "longest modules" list in CI's log) are
 # handed out first: under pytest-xdist (`make test`) a long module picked up last by one
 # worker while the other idles is the run's tail.
 SLOW_FIRST = ("tests/api/test_contract.py", "tests/test_install.py", "tests/test_up.py",

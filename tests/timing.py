@@ -16,7 +16,8 @@ import pytest
 _seconds: defaultdict[str, float] = defaultdict(float)
 _cpu: defaultdict[str, float] = defaultdict(float)
 _module_cpu: defaultdict[str, float] = defaultdict(float)
-MODULES_SHOWN = 12
+_module_seconds: defaultdict[str, float] = defaultdict(float)
+MODULES_SHOWN = 15
 
 
 def package_of(nodeid: str) -> str:
@@ -59,7 +60,9 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     _seconds[package] += report.duration
     cpu = dict(report.user_properties).get(CPU_PROPERTY + report.when, 0.0)
     _cpu[package] += cpu
-    _module_cpu[report.nodeid.split("::", 1)[0]] += cpu
+    module = report.nodeid.split("::", 1)[0]
+    _module_cpu[module] += cpu
+    _module_seconds[module] += report.duration
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -71,6 +74,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"{seconds:8.1f} s {_cpu[package]:7.1f} s  {package}")
     terminalreporter.write_line(f"{sum(_seconds.values()):8.1f} s {sum(_cpu.values()):7.1f} s"
                                 "  in all")
-    terminalreporter.section(f"CPU seconds of the {MODULES_SHOWN} costliest modules")
-    for module, cpu in sorted(_module_cpu.items(), key=lambda kv: -kv[1])[:MODULES_SHOWN]:
-        terminalreporter.write_line(f"{cpu:7.1f} s  {module}")
+    # By wall time: under xdist the longest module bounds how early its worker can finish.
+    terminalreporter.section(f"the {MODULES_SHOWN} longest modules")
+    terminalreporter.write_line(f"{'wall':>10} {'CPU':>9}  module")
+    for module, seconds in sorted(_module_seconds.items(),
+                                  key=lambda kv: -kv[1])[:MODULES_SHOWN]:
+        terminalreporter.write_line(f"{seconds:8.1f} s {_module_cpu[module]:7.1f} s  {module}")

@@ -14,7 +14,7 @@ from celery import Celery
 
 from core.settings import get_settings
 from taskqueue.app import create_celery
-from workers.bounded_stop import install
+from workers import alive, bounded_stop
 
 WORKER_MODULES = ("workers.tasks", "workers.signals")
 
@@ -23,7 +23,8 @@ WORKER_MODULES = ("workers.tasks", "workers.signals")
 def worker_app() -> Celery:
     settings = get_settings()
     app = create_celery(settings, include=WORKER_MODULES)
-    install(app, settings)  # a stopping worker always ends: workers/bounded_stop.py
+    bounded_stop.install(app, settings)  # a stopping worker always ends
+    alive.install(app, settings)  # the healthcheck's file, when one is set
     return app
 
 

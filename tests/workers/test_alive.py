@@ -1,0 +1,87 @@
+"""The worker's liveness file (workers/alive.py), which compose's healthcheck reads: fresh while
+the worker's event loop turns with its broker connection, stale when the loop is stopped,
+gone when the broker is lost or the worker stops, back when the broker is."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mysisterdb.redis_server import RedisServer, free_port, start_redis
+from tests.conftest import stack_env
+from tests.procs import Proc, mysisterdb, start, wait_for
+
+INTERVAL_S = 0.2
+STALE_WINDOW_S = 10 * INTERVAL_S  # ten touches missed: not a scheduling hiccup
+
+
+@dataclass
+class Watched:
+    worker: Proc
+    server: RedisServer
+    alive: Path
+
+    def mtime(self) -> float:
+        return self.alive.stat().st_mtime
+
+    def touched_after(self, then: float) -> bool:
+        return self.alive.exists() and self.mtime() > then
+
+
+def start_worker(port: int, log_dir: Path, alive: Path) -> Proc:
+    env = stack_env(redis_url=f"redis://127.0.0.1:{port}/0", api_port=free_port(),
+                    sim_port=free_port(), log_dir=log_dir,
+                    extra={"MYSISTERDB_WORKER_ALIVE_FILE": str(alive),
+                           "MYSISTERDB_WORKER_ALIVE_INTERVAL_S": str(INTERVAL_S)})
+    return start("worker", mysisterdb("worker", "--role", "chat"), env=env, log_dir=log_dir)
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Iterator[Watched]:
+    server = start_redis()  # its own: this test kills it
+    alive = tmp_path / "worker.alive"
+    worker = start_worker(server.port, tmp_path, alive)
+    try:
+        wait_for(alive.exists, timeout_s=30, what="the liveness file")
+        yield Watched(worker=worker, server=server, alive=alive)
+    finally:
+        worker.stop()
+        server.stop()
+
+
+def test_the_file_is_touched_while_the_loop_turns_and_not_while_it_is_stopped(
+        watched: Watched) -> None:
+    first = watched.mtime()
+    wait_for(lambda: watched.touched_after(first), timeout_s=10, what="a second touch")
+    main = psutil.Process(watched.worker.process.pid)
+    main.suspend()  # the event loop stands still, as in a hang
+    try:
+        frozen = watched.mtime()
+        deadline = time.monotonic() + STALE_WINDOW_S
+        while time.monotonic() < deadline:
+            assert watched.mtime() == frozen, "touched while the worker's loop was stopped"
+            time.sleep(INTERVAL_S)
+    finally:
+        main.resume()
+    wait_for(lambda: watched.touched_after(frozen), timeout_s=10, what="touches again")
+
+
+def test_the_file_goes_with_the_broker_and_comes_back_with_it(watched: Watched) -> None:
+    port = watched.server.port
+    watched.server.stop()
+    wait_for(lambda: not watched.alive.exists(), timeout_s=30,
+             what="the file removed once the broker connection is lost")
+    watched.server = start_redis(port=port)
+    wait_for(watched.alive.exists, timeout_s=60, what="the file back with the broker")
+
+
+def test_a_stopped_worker_leaves_no_file(watched: Watched) -> None:
+    watched.worker.process.send_signal(signal.SIGTERM)
+    assert watched.worker.process.wait(timeout=30) == 0
+    assert not watched.alive.exists()
