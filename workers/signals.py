@@ -33,6 +33,7 @@ from workers.runtime import get_runtime
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S = 2.0
+BEAT_JOIN_S = 5.0  # a beat: a psutil sample and one Redis write (2 s timeout)
 SWEEP_REDIS_TIMEOUT_S = 2.0
 
 
@@ -42,6 +43,7 @@ class MainProcess:
 
     stop: threading.Event = field(default_factory=threading.Event)
     hostnames: list[str] = field(default_factory=list)
+    beats: list[threading.Thread] = field(default_factory=list)
     sweeper: Sweeper | None = None
 
 
@@ -131,8 +133,10 @@ def on_worker_ready(sender: Any = None, **_: Any) -> None:
     view = PoolView(controller=getattr(sender, "controller", None),
                     queues=consumed_queues(sender))
     _main.hostnames.append(hostname)
-    threading.Thread(target=heartbeat_loop, args=(hostname, view), daemon=True,
-                     name="heartbeat").start()
+    beat = threading.Thread(target=heartbeat_loop, args=(hostname, view), daemon=True,
+                            name="heartbeat")
+    _main.beats.append(beat)
+    beat.start()
     if sender is not None:
         _main.sweeper = sweeper_for(sender.app)
         _main.sweeper.start()
@@ -146,6 +150,11 @@ def on_worker_shutdown(**_: Any) -> None:
     _main.stop.set()
     if _main.sweeper is not None:
         _main.sweeper.stop()
+    # A beat being written now would put the heartbeat back after its removal, and health
+    # would count this worker online until it expired (seen in tests/test_ops.py): the
+    # removal waits for the loop's last beat (its Redis timeout is 2 s).
+    for beat in _main.beats:
+        beat.join(timeout=BEAT_JOIN_S)
     for hostname in _main.hostnames:
         with contextlib.suppress(Exception):
             remove_heartbeat(connect(get_settings().redis_url, timeout_s=1.0), hostname)

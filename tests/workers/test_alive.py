@@ -55,24 +55,24 @@ def watched(tmp_path: Path) -> Iterator[Watched]:
         server.stop()
 
 
-def test_the_file_is_touched_while_the_loop_turns_and_not_while_it_is_stopped(
+def test_the_file_lives_with_the_loop_and_the_broker_and_goes_with_the_worker(
         watched: Watched) -> None:
+    """One worker through every state (a worker start is the costly part of this test)."""
     first = watched.mtime()
     wait_for(lambda: watched.touched_after(first), timeout_s=10, what="a second touch")
+
     main = psutil.Process(watched.worker.process.pid)
-    main.suspend()  # the event loop stands still, as in a hang
+    main.suspend()  # the worker stands still, as in a hang
     try:
         frozen = watched.mtime()
         deadline = time.monotonic() + STALE_WINDOW_S
         while time.monotonic() < deadline:
-            assert watched.mtime() == frozen, "touched while the worker's loop was stopped"
+            assert watched.mtime() == frozen, "touched while the worker was stopped"
             time.sleep(INTERVAL_S)
     finally:
         main.resume()
     wait_for(lambda: watched.touched_after(frozen), timeout_s=10, what="touches again")
 
-
-def test_the_file_goes_with_the_broker_and_comes_back_with_it(watched: Watched) -> None:
     port = watched.server.port
     watched.server.stop()
     wait_for(lambda: not watched.alive.exists(), timeout_s=30,
@@ -80,8 +80,6 @@ def test_the_file_goes_with_the_broker_and_comes_back_with_it(watched: Watched) 
     watched.server = start_redis(port=port)
     wait_for(watched.alive.exists, timeout_s=60, what="the file back with the broker")
 
-
-def test_a_stopped_worker_leaves_no_file(watched: Watched) -> None:
     watched.worker.process.send_signal(signal.SIGTERM)
     assert watched.worker.process.wait(timeout=30) == 0
     assert not watched.alive.exists()
