@@ -71,6 +71,10 @@ def run_chat(rt: Runtime, job: Job, *, deadline: float) -> bool:
                          before=job.continues)
     reply = generate(rt, job, built, text, deadline=deadline)
     generated = StepDone(StepName.GENERATE, f"{len(reply)} characters", utcnow())
+    # Read before the end is written: a turn submitted once its sender saw this reply
+    # completed is the next job's to judge (its build reads this reply), and must not
+    # queue a summary for nothing here (a bot answering at once did, every turn).
+    later = later_turns(rt, job)
     try:
         saved = commit_reply(rt, job, reply, last_step=generated, known=known[0])
     except JobGone:
@@ -80,8 +84,8 @@ def run_chat(rt: Runtime, job: Job, *, deadline: float) -> bool:
         # written now, so the failure recorded next keeps all of it.
         close_before_failure(text)
         raise
-    return fold_due(built.tail, stored=[message, saved],
-                    preserve_recent=rt.settings.preserve_recent) or later_turns(rt, job)
+    return later or fold_due(built.tail, stored=[message, saved],
+                             preserve_recent=rt.settings.preserve_recent)
 
 
 def record_load(rt: Runtime, job: Job, loaded: StepDone) -> None:
@@ -98,10 +102,11 @@ def record_load(rt: Runtime, job: Job, loaded: StepDone) -> None:
 def later_turns(rt: Runtime, job: Job) -> bool:
     """Whether messages of later turns are stored already (submitted while this job ran or
     waited, even if their jobs were cancelled since): they moved the recent window past what
-    the build read, so fold_due cannot tell; the summary task's plan decides instead."""
+    the build read, so fold_due cannot tell; the summary task's plan decides instead. Turns
+    stored after this job's end are judged by their own jobs, which read its reply."""
     try:
         return rt.lifecycle.jobs.turn_counter(job.conversation_id) > job.turn
-    except redis.RedisError:  # the job is completed already: let the queueing try (and log)
+    except redis.RedisError:  # the end's write will tell; a summary is never missed for it
         return True
 
 
