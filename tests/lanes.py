@@ -3,7 +3,8 @@
 - **docker**: tests/compose, one module after another (three compose projects building and
   starting at once took 80-98 s each to come up here, against 11-20 s alone). The longest
   chain, about 4 minutes alone.
-- **browser**: tests/ui, inside a network namespace of its own when the machine allows one
+- **browser**: tests/ui and the long loopback-only modules of BESIDE_THE_BROWSER, inside a
+  network namespace of its own when the machine allows one
   (root, as CI runs, or unprivileged user namespaces). Chromium fails every request in flight
   with ERR_NETWORK_CHANGED when an interface appears anywhere on the machine, and Docker adds
   one for each container the compose tests start (seen here: the page tests failed while
@@ -35,6 +36,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = ROOT / "test-artifacts" / "lanes"
 BROWSER_TESTS, DOCKER_TESTS = "tests/ui", "tests/compose"
+# Long modules that need nothing but loopback run in the browser lane too: its page tests end
+# minutes before the other lanes (181-241 s against 390-470 s in the runs of 2026-12-07), and
+# the rest lane's two workers were the run's longest chain.
+BESIDE_THE_BROWSER = ("tests/test_up.py", "tests/workers/test_restarts.py")
 WORKERS_SETTING = "MYSISTERDB_TEST_WORKERS"
 DEFAULT_WORKERS = 2
 IN_NETNS = "--in-netns"
@@ -97,11 +102,12 @@ def lanes(args: list[str], *, netns: list[str] | None) -> list[Lane]:
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     workers = os.environ.get(WORKERS_SETTING, str(DEFAULT_WORKERS))
     docker = Lane("docker", pytest_argv(DOCKER_TESTS, *args), LOG_DIR / "docker.log")
-    browser = pytest_argv(BROWSER_TESTS, *args)
+    browser = pytest_argv(BROWSER_TESTS, *BESIDE_THE_BROWSER, *args)
     if netns is not None:
         browser = [*netns, sys.executable, "-m", "tests.lanes", IN_NETNS, *browser]
-    rest = pytest_argv("--ignore", BROWSER_TESTS, "--ignore", DOCKER_TESTS, "-n", workers,
-                       "--dist", "loadfile", *args)
+    ignored = [a for path in (BROWSER_TESTS, DOCKER_TESTS, *BESIDE_THE_BROWSER)
+               for a in ("--ignore", path)]
+    rest = pytest_argv(*ignored, "-n", workers, "--dist", "loadfile", *args)
     return [docker,
             Lane("browser", browser, LOG_DIR / "browser.log",
                  after=None if netns is not None else docker),
