@@ -4,6 +4,11 @@ Every write of the text is a transaction on the job record and wakes every follo
 job, so writing each chunk made the text the biggest share of a prompt's Redis work. Here:
 
 - the first chunk is written at once: the first words are never delayed;
+- `opening=True`: a write is due before any text, carrying what the caller adds to its
+  first write (the worker's generate step starting): the first chunk makes it, or the timer
+  once the interval is up when no chunk came sooner, or `close()`. So the step's start costs
+  no write of its own, and no round trip before the first text, when the model answers
+  within the interval;
 - later chunks are written at most every `interval_s`: a chunk arriving sooner waits, and a
   timer writes it when the interval is up, so text never waits on the next chunk (a stream
   that stalls for seconds still shows what it has within the interval);
@@ -30,18 +35,25 @@ Write = Callable[[str], None]  # the whole text so far; raises JobGone once the 
 
 class CoalescedText:
     def __init__(self, write: Write, *, interval_s: float, before: str = "",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, opening: bool = False) -> None:
         self._write = write
         self._interval_s = interval_s
         self._clock = clock
         self._parts: list[str] = [before]
+        self._before = before
         self._written = before
-        self._written_at: float | None = None  # never: the first chunk goes at once
-        self._state = threading.Lock()  # parts, timer (held briefly)
+        self._written_at: float | None = None  # no text yet: the first chunk goes at once
+        self._opening = opening  # a write is due even without new text
+        self._state = threading.Lock()  # parts, timer, opening (held briefly)
         self._writing = threading.Lock()  # one write at a time, in order
         self._timer: threading.Timer | None = None
         self._gone: JobGone | None = None  # the timer's write found the job ended
         self.writes = 0
+        if opening:
+            if interval_s > 0:
+                self._arm(interval_s)
+            else:  # every write at once
+                self.flush()
 
     @property
     def job_ended(self) -> bool:
@@ -58,6 +70,11 @@ class CoalescedText:
             if wait > 0:
                 self._arm(wait)
                 return
+            # The opening's timer, if still armed, is this write's: a later chunk arms its
+            # own, an interval after this one.
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
         self.flush()
 
     def _wait_s(self) -> float:
@@ -82,18 +99,25 @@ class CoalescedText:
             logger.warning("streamed text not written yet (%s)", type(exc).__name__)
 
     def flush(self) -> None:
-        """Write the text so far, if it is more than what was written."""
+        """Write the text so far, if it is more than what was written (or the opening is
+        due)."""
         with self._writing:
             with self._state:
                 whole = "".join(self._parts)
-            if whole == self._written:
+                opening = self._opening
+            if whole == self._written and not opening:
                 return
             self._write(whole)
             self.writes += 1
-            self._written, self._written_at = whole, self._clock()
+            with self._state:
+                self._opening = False
+            self._written = whole
+            if whole != self._before:  # the interval runs from the first text written
+                self._written_at = self._clock()
 
     def stop(self) -> None:
-        """No write pending any more (a timer already writing finishes first)."""
+        """No write pending any more (a timer already writing finishes first); an opening
+        not made yet stays due (`close()` makes it)."""
         with self._state:
             timer, self._timer = self._timer, None
         if timer is not None:
@@ -102,6 +126,6 @@ class CoalescedText:
             pass
 
     def close(self) -> None:
-        """Stop, then write whatever is pending: the stored text is whole."""
+        """Stop, then write whatever is pending (the opening too): the stored text is whole."""
         self.stop()
         self.flush()
