@@ -17,11 +17,18 @@ job, so writing each chunk made the text the biggest share of a prompt's Redis w
 
 Each write is the whole text so far, made one at a time under a lock and only ever longer
 than the one before: a follower sees the text grow, in order, never a piece twice.
+
+A write that waits is run by one thread per process (`later()`), not a `threading.Timer`
+each: starting a thread waits until the new thread runs, and the opening's timer is armed
+between the build and the request to the model, on the path to the first text.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +38,61 @@ from core.outcomes import JobGone
 logger = logging.getLogger(__name__)
 
 Write = Callable[[str], None]  # the whole text so far; raises JobGone once the job ended
+
+
+class Later:
+    """Runs each callable given to `call_in` once its wait is over, in order, on one thread."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Condition()
+        self._due: list[tuple[float, int]] = []  # (monotonic time, ticket), a heap
+        self._pending: dict[int, Callable[[], None]] = {}  # a cancelled ticket is not here
+        self._tickets = itertools.count()
+        threading.Thread(target=self._run, name="stream-text-later", daemon=True).start()
+
+    def call_in(self, wait_s: float, call: Callable[[], None]) -> Ticket:
+        ticket = next(self._tickets)
+        with self._ready:
+            self._pending[ticket] = call
+            heapq.heappush(self._due, (time.monotonic() + wait_s, ticket))
+            self._ready.notify()
+        return Ticket(self, ticket)
+
+    def cancel(self, ticket: int) -> None:
+        with self._ready:
+            self._pending.pop(ticket, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._due or self._due[0][0] > time.monotonic():
+                    self._ready.wait(self._due[0][0] - time.monotonic() if self._due else None)
+                call = self._pending.pop(heapq.heappop(self._due)[1], None)
+            if call is not None:
+                try:
+                    call()
+                except Exception:  # the thread serves every later write of the process
+                    logger.exception("a pending write failed")
+
+
+class Ticket:
+    def __init__(self, later: Later, ticket: int) -> None:
+        self._later, self._ticket = later, ticket
+
+    def cancel(self) -> None:
+        self._later.cancel(self._ticket)
+
+
+_later: tuple[int, Later] | None = None  # (pid, its Later): a forked child starts its own
+_later_lock = threading.Lock()
+
+
+def later() -> Later:
+    global _later
+    with _later_lock:
+        if _later is None or _later[0] != os.getpid():
+            _later = (os.getpid(), Later())
+        return _later[1]
 
 
 class CoalescedText:
@@ -46,7 +108,7 @@ class CoalescedText:
         self._opening = opening  # a write is due even without new text
         self._state = threading.Lock()  # parts, timer, opening (held briefly)
         self._writing = threading.Lock()  # one write at a time, in order
-        self._timer: threading.Timer | None = None
+        self._timer: Ticket | None = None
         self._gone: JobGone | None = None  # the timer's write found the job ended
         self.writes = 0
         if opening:
@@ -84,9 +146,7 @@ class CoalescedText:
 
     def _arm(self, wait_s: float) -> None:
         if self._timer is None:  # one pending write covers every chunk until it runs
-            self._timer = threading.Timer(wait_s, self._on_timer)
-            self._timer.daemon = True
-            self._timer.start()
+            self._timer = later().call_in(wait_s, self._on_timer)
 
     def _on_timer(self) -> None:
         with self._state:

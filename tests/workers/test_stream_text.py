@@ -15,7 +15,7 @@ from core.history import history_store
 from core.lifecycle import JobGone, Lifecycle, Limits, Outcome
 from core.models import StepName
 from tests.procs import wait_for
-from workers.stream_text import CoalescedText
+from workers.stream_text import CoalescedText, later
 
 INTERVAL_S = 0.5
 
@@ -75,9 +75,12 @@ def test_stop_drops_the_pending_write_and_close_writes_it(
     text("あ")
     text("い")
     text.stop()  # the end of a completed job writes the text itself
-    # Once no timer thread is left, a pending write would have happened: none did.
-    wait_for(lambda: not any(isinstance(t, threading.Timer) for t in threading.enumerate()),
-             timeout_s=5, what="the timer to be gone", interval_s=0.01)
+    # Pending writes run in the order they are due: once a call due later than the
+    # dropped write has run, that write would have happened. It did not.
+    passed = threading.Event()
+    later().call_in(INTERVAL_S, passed.set)
+    wait_for(passed.is_set, timeout_s=5, what="a call due after the dropped write",
+             interval_s=0.01)
     assert seen == ["あ"]
     text.close()
     assert seen == ["あ", "あい"]
