@@ -109,6 +109,7 @@ class CoalescedText:
         self._state = threading.Lock()  # parts, timer, opening (held briefly)
         self._writing = threading.Lock()  # one write at a time, in order
         self._timer: Ticket | None = None
+        self._armed = 0  # timers armed so far: a running timer knows whether it is current
         self._gone: JobGone | None = None  # the timer's write found the job ended
         self.writes = 0
         if opening:
@@ -146,11 +147,14 @@ class CoalescedText:
 
     def _arm(self, wait_s: float) -> None:
         if self._timer is None:  # one pending write covers every chunk until it runs
-            self._timer = later().call_in(wait_s, self._on_timer)
+            self._armed += 1
+            armed = self._armed
+            self._timer = later().call_in(wait_s, lambda: self._on_timer(armed))
 
-    def _on_timer(self) -> None:
+    def _on_timer(self, armed: int) -> None:
         with self._state:
-            self._timer = None
+            if armed == self._armed:  # not a cancelled one that was already running
+                self._timer = None
         try:
             self.flush()
         except JobGone as gone:  # the main thread raises it with its next chunk
