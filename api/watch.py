@@ -170,6 +170,18 @@ class Following:
         self._last: Job | None = None
         self._stale = True  # nothing read yet, or a recheck is due
 
+    async def first(self) -> Job | None:
+        """The job as it is now, read once the follower is registered (no change slips in
+        between); it stands as the last read until a change is announced: a stream that
+        checks the job before it starts (404, 204) starts from that read."""
+        self.event.clear()
+        self._last, self._stale = await self._fresh(), False
+        return self._last
+
+    def saw(self, job: Job) -> None:
+        """The job as the caller has it now (e.g. ended by the caller after `first`)."""
+        self._last = job
+
     async def past(self, after: int, *, timeout_s: float) -> Job | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s

@@ -53,6 +53,7 @@ import logging
 import os
 import time
 import uuid
+from datetime import datetime
 
 import redis
 from redis.client import Pipeline
@@ -310,9 +311,10 @@ class Lifecycle:
 
     def advance(self, job_id: str, *, done: StepName, detail: str | None,
                 start: StepName, known: Job | None = None,
-                earlier: StepDone | None = None) -> Job:
+                earlier: StepDone | None = None, at: datetime | None = None,
+                text: str | None = None) -> Job:
         return progress.advance(self.jobs, self._metrics, job_id, done=done, detail=detail,
-                                start=start, known=known, earlier=earlier)
+                                start=start, known=known, earlier=earlier, at=at, text=text)
 
     def show_text(self, job_id: str, whole: str, *, known: Job | None = None) -> Job | None:
         return progress.show_text(self.jobs, job_id, whole, known=known)

@@ -13,6 +13,8 @@ one round trip (`JobStore.update`).
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from redis.client import Pipeline
 
 from core.jobs import JobStore, Skip
@@ -46,13 +48,16 @@ def finish_step(jobs: JobStore, job_id: str, name: StepName, *, detail: str | No
 
 def advance(jobs: JobStore, metrics: MetricsRecorder, job_id: str, *, done: StepName,
             detail: str | None, start: StepName, known: Job | None = None,
-            earlier: StepDone | None = None) -> Job:
+            earlier: StepDone | None = None, at: datetime | None = None,
+            text: str | None = None) -> Job:
     """One transaction: `done` completed with its detail and its duration observed, `start`
     in progress from the same instant (a follower sees no moment between two steps). With
     `earlier`, the step before `done` that ended without a write of its own: completed at its
-    time, `done` started then (the worker's load_history, written with build_context)."""
+    time, `done` started then (the worker's load_history, written with build_context).
+    `at`: when `done` ended, if before this write; `text`: the text so far, in the same write
+    (the worker writes generate's start with the first streamed chunk)."""
     def move(job: Job) -> None:
-        now = utcnow()
+        now = at or utcnow()
         if earlier is not None:
             before = job.step(earlier.name)
             before.status, before.completed_at = StepStatus.COMPLETED, earlier.at
@@ -61,7 +66,9 @@ def advance(jobs: JobStore, metrics: MetricsRecorder, job_id: str, *, done: Step
         finished, started = job.step(done), job.step(start)
         finished.status, finished.completed_at, finished.detail = StepStatus.COMPLETED, now, detail
         started.status, started.started_at = StepStatus.IN_PROGRESS, now
-        job.heartbeat_at = now
+        job.heartbeat_at = utcnow()
+        if text is not None:
+            job.partial_reply = text
 
     def observe(pipe: Pipeline, job: Job) -> None:
         for name in ([earlier.name] if earlier is not None else []) + [done]:

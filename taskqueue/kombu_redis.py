@@ -19,6 +19,12 @@ and every ack (`Channel.conn_or_acquire`), and redis-py's constructor fills a ta
 reply callbacks each time: a fifth of the worker's main process's CPU per prompt (issue 21's
 profile). The client holds no connection of its own (each command takes one from the pool),
 so one per pool serves them all (`ReusedClient`).
+
+And one round trip: before every publish kombu reads the exchange's bindings from Redis
+(`SMEMBERS _kombu.binding.<exchange>`), on the path from a submit to its worker. Our task
+exchanges are direct and bound once to a queue of the same name, never unbound: a table
+read once per channel is the table (`CachedBindings`; a bind or delete through the
+channel drops it). An empty table is not kept, so a binding not declared yet is read again.
 """
 
 from __future__ import annotations
@@ -55,7 +61,35 @@ class ReusedClient:
         return self._reused[1]
 
 
-class Channel(ReusedClient, ClosedIsConnectionError, kombu_redis.Channel):
+class CachedBindings:
+    """A direct exchange's bindings, read from Redis once per channel."""
+
+    _tables: dict[str, list[Any]] | None = None
+
+    def get_table(self, exchange: str) -> Any:
+        if self.typeof(exchange).type != "direct":  # type: ignore[attr-defined]
+            return super().get_table(exchange)  # type: ignore[misc]
+        if self._tables is None:
+            self._tables = {}
+        table = self._tables.get(exchange)
+        if table is None:
+            table = super().get_table(exchange)  # type: ignore[misc]
+            if table:
+                self._tables[exchange] = table
+        return table
+
+    def _queue_bind(self, exchange: str, *args: Any, **kwargs: Any) -> Any:
+        if self._tables is not None:
+            self._tables.pop(exchange, None)
+        return super()._queue_bind(exchange, *args, **kwargs)  # type: ignore[misc]
+
+    def _delete(self, queue: str, exchange: str, *args: Any, **kwargs: Any) -> Any:
+        if self._tables is not None:
+            self._tables.pop(exchange, None)
+        return super()._delete(queue, exchange, *args, **kwargs)  # type: ignore[misc]
+
+
+class Channel(CachedBindings, ReusedClient, ClosedIsConnectionError, kombu_redis.Channel):
     pass
 
 
@@ -63,7 +97,8 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
-class SentinelChannel(ReusedClient, ClosedIsConnectionError, kombu_redis.SentinelChannel):
+class SentinelChannel(CachedBindings, ReusedClient, ClosedIsConnectionError,
+                      kombu_redis.SentinelChannel):
     """Its pool is built from _connparams too (_sentinel_managed_pool): the same defect."""
 
 

@@ -45,7 +45,8 @@ def run_chat(rt: Runtime, job: Job, *, deadline: float) -> bool:
     """Run every step of a claimed job and end it; True when a summary is due.
 
     Three writes for the steps (docs/performance.md "What a prompt costs"): the claim started
-    load_history; one write ends it and build_context and starts generate (`advance`); the end
+    load_history; one write ends it and build_context and starts generate (`advance`), made
+    with the first streamed chunk (or once the text's interval is up without one); the end
     finishes generate and runs the save. Text in between is coalesced (workers/stream_text.py)."""
     message = load_message(rt, job)
     # load_history's end is written with build_context's (one write, one event less for
@@ -59,17 +60,29 @@ def run_chat(rt: Runtime, job: Job, *, deadline: float) -> bool:
     except BaseException:
         record_load(rt, job, loaded)
         raise
+    detail = built.describe() + (f"; semantic: {semantic}" if semantic else "")
+    generating = utcnow()
     # Each write hands on the record as written (`known`): the next is one round trip.
-    known = [rt.lifecycle.advance(
-        job.id, done=StepName.BUILD_CONTEXT, start=StepName.GENERATE, known=job, earlier=loaded,
-        detail=built.describe() + (f"; semantic: {semantic}" if semantic else ""))]
+    known, opened = [job], [False]
 
     def show(whole: str) -> None:  # one write at a time (CoalescedText), main or timer thread
-        known[0] = rt.lifecycle.show_text(job.id, whole, known=known[0]) or known[0]
+        if opened[0]:
+            known[0] = rt.lifecycle.show_text(job.id, whole, known=known[0]) or known[0]
+            return
+        # The opening write: load and build ended, generate started (at its own time), with
+        # the first chunk when the model sends it within the interval; no round trip of its
+        # own between the build and the request to the model (docs/performance.md).
+        known[0] = rt.lifecycle.advance(
+            job.id, done=StepName.BUILD_CONTEXT, start=StepName.GENERATE, known=known[0],
+            earlier=loaded, detail=detail, at=generating,
+            text=whole if whole != job.continues else None)
+        opened[0] = True
 
     text = CoalescedText(show, interval_s=rt.settings.stream_write_interval_s,
-                         before=job.continues)
+                         before=job.continues, opening=True)
     reply = generate(rt, job, built, text, deadline=deadline)
+    if not opened[0]:  # no text within the interval (an empty reply): generate's start first
+        text.close()
     generated = StepDone(StepName.GENERATE, f"{len(reply)} characters", utcnow())
     # Read before the end is written: a turn submitted once its sender saw this reply
     # completed is the next job's to judge (its build reads this reply), and must not

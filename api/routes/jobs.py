@@ -28,7 +28,7 @@ from api.deps import (
 )
 from api.errors import NoContent
 from api.schemas import ACCEPTED, JOB_ID_PATTERN, MAX_WAIT_S, JobOut, errors, stream_errors
-from api.watch import JobWatcher
+from api.watch import Following
 from core.access import Caller
 from core.errors import JOB_NOT_FOUND, NotFound, TooManyStreams
 from core.followers import FollowerSlots
@@ -110,6 +110,7 @@ async def get_job(
 class StreamStart:
     seen: int  # the sequence the client has
     slot: str  # the person's follower slot the stream holds
+    follow: Following  # the job's follower, registered before the stream's first read
 
 
 async def stream_start(
@@ -119,16 +120,24 @@ async def stream_start(
         description="The last event id received (sent back by EventSource on reconnect)")] = None,
     after: Annotated[int | None, Query(ge=0, description=(
         "Same as Last-Event-ID, for clients that cannot set headers"))] = None,
-) -> StreamStart:
-    """Where the stream starts (the sequence the client has) and its follower slot; 404 for
-    an unknown job, 204 when the client already has the final state (EventSource then
-    stops reconnecting), 429 when the person holds too many streams."""
+) -> AsyncIterator[StreamStart]:
+    """Where the stream starts (the sequence the client has), its follower and its follower
+    slot; 404 for an unknown job, 204 when the client already has the final state
+    (EventSource then stops reconnecting), 429 when the person holds too many streams.
+
+    The follower is registered before the job is read and kept until the response is sent
+    (FastAPI ends a dependency with yield after it): the stream starts from this read, one
+    read of the job per stream instead of two, on the path to its first event."""
     seen = int(last_event_id) if last_event_id is not None else (after if after is not None
                                                                   else -1)
-    job = await current(request, await watcher.read(job_id), caller)
-    if job.status.is_final and job.sequence <= seen:
-        raise NoContent()
-    return StreamStart(seen=seen, slot=await take_slot(request, caller))
+    with watcher.following(job_id) as follow:
+        read = await follow.first()
+        job = await current(request, read, caller)
+        if job is not read:  # ended just now (its worker died): the stream starts from that
+            follow.saw(job)
+        if job.status.is_final and job.sequence <= seen:
+            raise NoContent()
+        yield StreamStart(seen=seen, slot=await take_slot(request, caller), follow=follow)
 
 
 @router.get("/{job_id}/events", response_class=EventSourceResponse,
@@ -157,29 +166,29 @@ async def job_events(job_id: JobId, watcher: WatcherDep, request: Request, calle
             renewed = now
 
     try:
-        async for job in changes(watcher, job_id, seen=start.seen, max_s=max_s,
-                                 renew=renew):
+        async for job in changes(start.follow, seen=start.seen, max_s=max_s, renew=renew):
             yield event(job)
     finally:
         await give_back(request, caller, start.slot)
 
 
-async def changes(watcher: JobWatcher, job_id: str, *, seen: int, max_s: float,
+async def changes(follow: Following, *, seen: int, max_s: float,
                   renew: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[Job]:
+    """Each change of the followed job past `seen` (one subscription, at most one read per
+    change), until it is final or gone, or `max_s` has passed."""
     loop = asyncio.get_running_loop()
     ends = loop.time() + max_s  # then EventSource resumes it with Last-Event-ID
-    with watcher.following(job_id) as follow:  # one subscription, one read per change
-        while (left := ends - loop.time()) > 0:
-            if renew is not None:
-                await renew()
-            job = await follow.past(seen, timeout_s=min(left, SSE_WAIT_S))
-            if job is None:
-                return  # deleted: a reconnect gets 404
-            if job.sequence > seen:
-                seen = job.sequence
-                yield job
-            if job.status.is_final:
-                return
+    while (left := ends - loop.time()) > 0:
+        if renew is not None:
+            await renew()
+        job = await follow.past(seen, timeout_s=min(left, SSE_WAIT_S))
+        if job is None:
+            return  # deleted: a reconnect gets 404
+        if job.sequence > seen:
+            seen = job.sequence
+            yield job
+        if job.status.is_final:
+            return
 
 
 def event(job: Job) -> JobOut:

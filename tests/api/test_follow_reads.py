@@ -57,8 +57,10 @@ def test_a_stream_sends_each_announced_change_without_reading_it(server: RedisSe
             await until(lambda: watcher.listening)
 
             async def follow() -> None:
-                async for job in changes(watcher, job_id, seen=-1, max_s=30):
-                    seen.append(job.sequence)
+                with watcher.following(job_id) as follow:
+                    await follow.first()  # as the route's stream_start does
+                    async for job in changes(follow, seen=-1, max_s=30):
+                        seen.append(job.sequence)
 
             stream = asyncio.create_task(follow())
             await until(lambda: bool(seen))
@@ -80,3 +82,42 @@ def test_a_stream_sends_each_announced_change_without_reading_it(server: RedisSe
     # The first read, and a recheck (every ~5 s) at most once more. Reading each announced
     # change made it one more per change; reading before each wait too, two per change.
     assert reads <= 2, reads
+
+
+def test_a_stream_starts_from_the_read_that_checked_its_job(server: RedisServer) -> None:
+    """The route reads the job once before its stream starts (404, 204): the stream's first
+    event is that read, not a second one; the change after it arrives with its announcement."""
+    client = redis.Redis.from_url(server.url, socket_timeout=5)
+    lc = make(client, Broker())
+    job_id = submit(lc, "はじめから")
+
+    async def scenario() -> tuple[int, list[int], int]:
+        watcher = JobWatcher(url=server.url, timeout_s=2)
+        watcher.start()
+        reads, seen = 0, []
+        read = watcher.read
+
+        async def counted(jid: str) -> Job | None:
+            nonlocal reads
+            reads += 1
+            return await read(jid)
+
+        watcher.read = counted  # type: ignore[method-assign]
+        try:
+            await until(lambda: watcher.listening)
+            with watcher.following(job_id) as follow:
+                checked = await follow.first()
+                assert checked is not None
+                async for job in changes(follow, seen=-1, max_s=30):
+                    seen.append(job.sequence)
+                    if len(seen) == 1:  # the checked state; then a change, announced
+                        await asyncio.to_thread(lc.claim, job_id)
+                    else:
+                        break
+            return reads, seen, checked.sequence
+        finally:
+            await watcher.stop()
+
+    reads, seen, checked = asyncio.run(scenario())
+    assert seen == [checked, checked + 1], seen
+    assert reads == 1, reads  # the check's read; the claim came with its announcement

@@ -75,3 +75,33 @@ def test_publishes_and_acks_reuse_one_client_per_pool(doomed_redis: RedisServer)
         assert channel._create_client() is not client
     finally:
         conn.release()
+
+
+def test_publishes_read_a_direct_exchanges_bindings_once(doomed_redis: RedisServer) -> None:
+    conn = Connection(doomed_redis.url, transport=KOMBU_TRANSPORT,
+                      transport_options={"socket_timeout": 2})
+    try:
+        queue = Queue("b", Exchange("b"), "b")
+        channel = conn.default_channel
+        before = commands_run(channel, "smembers")
+        with conn.Producer() as producer:
+            for n in range(3):
+                producer.publish({"n": n}, exchange=queue.exchange, routing_key="b",
+                                 declare=[queue])
+        assert commands_run(channel, "smembers") - before == 1  # not one per publish
+        assert channel.client.llen("b") == 3  # every message reached the bound queue
+        # A binding made through the channel is read again, as kombu does without the cache.
+        other = Queue("b2", Exchange("b"), "b")
+        other.bind(channel).declare()
+        with conn.Producer() as producer:
+            producer.publish({"n": 3}, exchange=queue.exchange, routing_key="b")
+        assert channel.client.llen("b") == 4 and channel.client.llen("b2") == 1
+        assert commands_run(channel, "smembers") - before == 2
+    finally:
+        conn.release()
+
+
+def commands_run(channel: object, name: str) -> int:
+    """How many times Redis ran a command (INFO commandstats)."""
+    stats = channel.client.info("commandstats")  # type: ignore[attr-defined]
+    return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))

@@ -28,9 +28,9 @@ from tests.procs import Stack, wait_for
 
 COST_DB = 14  # databases of the shared test redis-server: grep "_DB = " tests/
 INTERVAL_S = 5
-# The claim (it starts load_history), load and build ended -> generate, the first chunk, the
-# end (generate finished, save, reply, the whole text): issue 21 counted 11 to 13 before.
-WRITES_PER_PROMPT = 4
+# The claim (it starts load_history), load and build ended -> generate with the first chunk,
+# the end (generate finished, save, reply, the whole text): issue 21 counted 11 to 13 before.
+WRITES_PER_PROMPT = 3
 
 
 @pytest.fixture(scope="module")
