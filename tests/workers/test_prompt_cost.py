@@ -150,6 +150,9 @@ def test_a_reply_that_leaves_nothing_to_fold_queues_no_summary(
         # The fourth pushes the first exchange out of the window: now a fold is due.
         job = cost_stack.submit("#sim:pace=0 よっつめ", conversation_id=conversation_id)
         assert cost_stack.wait_job(job["id"])["status"] == "completed"
+        # The summary is queued after the end is written, which a follower may see first.
+        wait_for(lambda: bool(seen.touching(flag, "SET")), timeout_s=10,
+                 what="the fourth reply to queue its summary")
     assert short == 0
     assert len(seen.touching(flag, "SET")) == 1
     store = RedisHistoryStore(redis.Redis.from_url(db_url(redis_server, COST_DB),
