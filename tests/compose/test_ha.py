@@ -59,6 +59,17 @@ def primary(stack: Compose) -> str:
                      "get-master-addr-by-name", "mymaster")
 
 
+def knows_a_good_replica(stack: Compose, sentinel: str) -> bool:
+    """Whether `sentinel` has seen the replica linked to the primary: a Sentinel learns of
+    replicas from the primary's INFO (every 10 s), and a primary killed before that ends in
+    `-failover-abort-no-good-slave`, the next try 20 s later (seen here once the stack came
+    up in 15 s)."""
+    line = exec_line(stack, sentinel, "sh", "-c",
+                     "redis-cli -p 26379 sentinel replicas mymaster | tr '\\n' ' '")
+    return f" {REPLICA} " in f" {line} " and "master-link-status ok" in line \
+        and "flags slave " in f"{line} "
+
+
 def role(stack: Compose, service: str) -> str:
     return exec_line(stack, service, "sh", "-c",
                      'REDISCLI_AUTH="$(cat /run/mysisterdb/redis.password)" redis-cli role')
@@ -89,6 +100,9 @@ def test_a_killed_primary_loses_no_accepted_prompt(ha: Compose) -> None:
     before = ha.chat("フェイルオーバーの前", "ha-compose-before")
     # A busy engine can take longer than one `exec` allows: asked again, not failed at once.
     ha.wait(lambda: primary(ha) == PRIMARY, what="Sentinel names the primary")
+    for sentinel in ("sentinel-1", "sentinel-2", "sentinel-3"):
+        ha.wait(lambda s=sentinel: knows_a_good_replica(ha, s), what=f"{sentinel} to know "
+                "the replica")
 
     clients = kill_the_primary_under_load(ha, replica=REPLICA, timeout_s=60)
     # Every conversation may have had its prompt running at the kill (a line runs one at
