@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.compose.own import own_compose
-from tests.compose.test_stack import CHECKOUT_ID, UP_TIMEOUT_S, Compose
+from tests.compose.test_stack import CHECKOUT_ID, EXEC_POLL_S, UP_TIMEOUT_S, Compose
 from tests.procs import ROOT
 from tests.sentinel_set import CLIENTS, Clients
 
@@ -88,7 +88,7 @@ def kill_the_primary_under_load(stack: Compose, *, replica: str, timeout_s: floa
     stack.wait(lambda: len(clients.accepted) >= CLIENTS, what="submits before the kill")
     stack.run("kill", "redis")
     stack.wait(lambda: primary(stack) == replica, what="the replica promoted",
-               timeout_s=timeout_s)
+               timeout_s=timeout_s, interval_s=EXEC_POLL_S)
     promoted = len(clients.accepted)
     stack.wait(lambda: len(clients.accepted) >= promoted + CLIENTS, what="submits after",
                timeout_s=timeout_s)
@@ -99,10 +99,11 @@ def test_a_killed_primary_loses_no_accepted_prompt(ha: Compose) -> None:
     ha.wait(lambda: ha.health()["status"] == "ok", what="health ok")
     before = ha.chat("フェイルオーバーの前", "ha-compose-before")
     # A busy engine can take longer than one `exec` allows: asked again, not failed at once.
-    ha.wait(lambda: primary(ha) == PRIMARY, what="Sentinel names the primary")
+    ha.wait(lambda: primary(ha) == PRIMARY, what="Sentinel names the primary",
+            interval_s=EXEC_POLL_S)
     for sentinel in ("sentinel-1", "sentinel-2", "sentinel-3"):
         ha.wait(lambda s=sentinel: knows_a_good_replica(ha, s), what=f"{sentinel} to know "
-                "the replica")
+                "the replica", interval_s=EXEC_POLL_S)
 
     clients = kill_the_primary_under_load(ha, replica=REPLICA, timeout_s=60)
     # Every conversation may have had its prompt running at the kill (a line runs one at
@@ -114,5 +115,6 @@ def test_a_killed_primary_loses_no_accepted_prompt(ha: Compose) -> None:
 
     ha.run("start", "redis")
     ha.wait(lambda: role(ha, "redis") == "slave", what="the old primary back as a replica",
+            interval_s=EXEC_POLL_S,
             timeout_s=60)
     assert primary(ha) == REPLICA

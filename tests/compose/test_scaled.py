@@ -26,6 +26,7 @@ from mysisterdb.redis_server import free_port
 from tests.compose.test_stack import (
     CHECKOUT_ID,
     COMPOSE_FILE,
+    EXEC_POLL_S,
     UP_TIMEOUT_S,
     Compose,
     compose_env,
@@ -275,7 +276,8 @@ def test_a_cancel_through_the_proxy_stops_the_job_on_whichever_worker_runs_it(
     def task_seen() -> bool:
         running.update(scaled.active_tasks() or {})
         return any(job_id in ids for ids in running.values())
-    scaled.stack.wait(task_seen, what="the task among the workers' active tasks")
+    scaled.stack.wait(task_seen, what="the task among the workers' active tasks",
+                      interval_s=EXEC_POLL_S)
     assert len(running) == REPLICAS, running  # both workers answered: either could run it
     runner = next(node for node, ids in running.items() if job_id in ids)
 
@@ -285,7 +287,8 @@ def test_a_cancel_through_the_proxy_stops_the_job_on_whichever_worker_runs_it(
         tasks = scaled.active_tasks()
         return tasks is not None and runner in tasks and all(
             job_id not in ids for ids in tasks.values())
-    scaled.stack.wait(stopped, what=f"{runner} to stop the task", timeout_s=30)
+    scaled.stack.wait(stopped, what=f"{runner} to stop the task", timeout_s=30,
+                      interval_s=EXEC_POLL_S)
     assert scaled.job("cancel", job_id)["status"] == "cancelled"
 
 

@@ -33,6 +33,9 @@ from tests.procs import ROOT, wait_for
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 REQUIRE_DOCKER = "MYSISTERDB_TEST_REQUIRE_DOCKER"
 UP_TIMEOUT_S = 900  # a cold build installs every dependency
+# A check that runs a docker command (`compose exec`, `inspect`) costs the CLI's start and the
+# engine's work, ~0.2-0.8 s of CPU on a 2-core box: asked once a second, not four times.
+EXEC_POLL_S = 1.0
 COMMAND_TIMEOUT_S = 180
 FINAL = ("completed", "failed", "cancelled", "incomplete")
 
@@ -142,9 +145,10 @@ class Compose:
             capture_output=True, text=True, timeout=30, check=True).stdout.split()
         return set(names)
 
-    def wait(self, check: Callable[[], bool], *, what: str, timeout_s: float = 60) -> None:
+    def wait(self, check: Callable[[], bool], *, what: str, timeout_s: float = 60,
+             interval_s: float = 0.25) -> None:
         try:
-            wait_for(check, timeout_s=timeout_s, what=what, interval_s=0.25)
+            wait_for(check, timeout_s=timeout_s, what=what, interval_s=interval_s)
         except TimeoutError:
             self.print_diagnostics()
             raise
@@ -286,7 +290,8 @@ def test_a_crashed_worker_is_restarted_and_serves_again(compose: Compose) -> Non
         return (int(compose.inspect("worker", "{{.RestartCount}}")) > restarts
                 and compose.inspect("worker", "{{.State.Running}}") == "true"
                 and compose.inspect("worker", "{{.State.StartedAt}}") != started)
-    compose.wait(restarted, what="the restart policy to start the worker again")
+    compose.wait(restarted, what="the restart policy to start the worker again",
+                 interval_s=EXEC_POLL_S)
     job = compose.chat("生き返った？", "compose-crash")
     assert job["reply"]
 
@@ -304,7 +309,7 @@ def test_redis_killed_and_started_keeps_history_and_queued_jobs(compose: Compose
                            f"cat /data/appendonlydir/*.aof* /data/*.aof 2>/dev/null "
                            f"| grep -c {queued['id']}", check=False)
         return done.stdout.strip() not in ("", "0")
-    compose.wait(in_aof, what="the queued job in the AOF")
+    compose.wait(in_aof, what="the queued job in the AOF", interval_s=EXEC_POLL_S)
     # SIGKILL: no shutdown save, so only the AOF can bring the data back.  A kill is a
     # manual stop for Docker, hence the explicit start.
     compose.run("kill", "-s", "KILL", "redis")
