@@ -24,7 +24,8 @@ And one round trip: before every publish kombu reads the exchange's bindings fro
 (`SMEMBERS _kombu.binding.<exchange>`), on the path from a submit to its worker. Our task
 exchanges are direct and bound once to a queue of the same name, never unbound: a table
 read once per channel is the table (`CachedBindings`; a bind or delete through the
-channel drops it). An empty table is not kept, so a binding not declared yet is read again.
+channel drops it). An empty table is not kept, so a binding not declared yet is read again,
+nor is any table of another shape (Celery's control replies bind a new queue per question).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class ReusedClient:
 
 
 class CachedBindings:
-    """A direct exchange's bindings, read from Redis once per channel."""
+    """A task exchange's bindings (direct, to the queue of its own name), read from Redis
+    once per channel; any other exchange's at each publish, as kombu does."""
 
     _tables: dict[str, list[Any]] | None = None
 
@@ -74,7 +76,11 @@ class CachedBindings:
         table = self._tables.get(exchange)
         if table is None:
             table = super().get_table(exchange)  # type: ignore[misc]
-            if table:
+            # Only a task exchange's shape (each binding to the queue of its own name) is
+            # kept: Celery's control replies go through `reply.celery.pidbox`, which every
+            # `inspect` binds to a queue of its own from its own connection; kept, a worker's
+            # replies went to the first such queue only ("No nodes replied", seen in CI).
+            if table and all(binding[-1] == exchange for binding in table):
                 self._tables[exchange] = table
         return table
 

@@ -101,6 +101,24 @@ def test_publishes_read_a_direct_exchanges_bindings_once(doomed_redis: RedisServ
         conn.release()
 
 
+def test_an_exchange_bound_to_other_queues_is_read_at_each_publish(
+        doomed_redis: RedisServer) -> None:
+    """As Celery's control replies: each `inspect` binds a queue of its own to
+    `reply.celery.pidbox` from its own connection, and the worker must reach each one."""
+    worker, asking = (Connection(doomed_redis.url, transport=KOMBU_TRANSPORT,
+                                 transport_options={"socket_timeout": 2}) for _ in range(2))
+    try:
+        replies = Exchange("reply.test.pidbox", type="direct")
+        for ticket in ("ticket-1", "ticket-2"):
+            Queue(ticket, replies, ticket).bind(asking.default_channel).declare()
+            with worker.Producer() as producer:
+                producer.publish({"pong": ticket}, exchange=replies, routing_key=ticket)
+            assert asking.default_channel.client.llen(ticket) == 1, ticket
+    finally:
+        worker.release()
+        asking.release()
+
+
 def commands_run(channel: object, name: str) -> int:
     """How many times Redis ran a command (INFO commandstats)."""
     stats = channel.client.info("commandstats")  # type: ignore[attr-defined]
