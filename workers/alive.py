@@ -7,7 +7,8 @@ than the workers themselves; Celery's issue 4079 reports the same). Instead a st
 worker's consumer touches a file every `worker_alive_interval_s` from the worker's own
 event loop, the loop that takes prompts from the broker: the file stays fresh only while
 that loop turns and the consumer holds its broker connection (Celery stops the consumer's
-steps when the connection is lost, and starts them again once it is back). The healthcheck
+steps when the connection is lost, which removes the file, and starts them again once it is
+back; where the loss blocks the loop in a reconnect first, seen under load, the file ages). The healthcheck
 is then a shell comparing the file's age with a bound (docker-compose.yml), no Python.
 
 What the file does not prove, the tests do: remote control (cancel's revoke) rides the same
