@@ -103,11 +103,14 @@ def test_flower_sees_the_workers_and_the_queues_over_tls(tls_stack: TlsStack) ->
     tls_stack.stack.wait(lambda: len(httpx.get(f"{tls_stack.flower_url}/api/workers?refresh=1",
                                                auth=auth, timeout=15).json()) >= 2,
                          what="flower to list both workers")
-    # Its queue lengths, a connection of its own (deploy/flower_tls.py's broker_use_ssl).
-    queues = httpx.get(f"{tls_stack.flower_url}/api/queues/length", auth=auth, timeout=15)
-    assert queues.status_code == 200, queues.text
-    names = {q["name"] for q in queues.json()["active_queues"]}
-    assert "chat" in names, queues.json()
+    # Its queue lengths, a connection of its own (deploy/flower_tls.py's broker_use_ssl), of
+    # the queues the workers last told it of (each worker's answer to its periodic inspect:
+    # under CI's load the chat worker's once came after the summary worker's, so asked again).
+    def chat_queue_listed() -> bool:
+        queues = httpx.get(f"{tls_stack.flower_url}/api/queues/length", auth=auth, timeout=15)
+        assert queues.status_code == 200, queues.text
+        return "chat" in {q["name"] for q in queues.json()["active_queues"]}
+    tls_stack.stack.wait(chat_queue_listed, what="flower to list the chat queue")
 
 
 def test_a_worker_on_another_host_takes_the_prompts(tls_stack: TlsStack,

@@ -300,6 +300,13 @@ def test_redis_killed_and_started_keeps_history_and_queued_jobs(compose: Compose
     conv = "compose-redis"
     before = compose.chat("覚えててね", conv)
     compose.run("stop", "worker")  # so the next prompt stays queued
+    try:
+        redis_killed_and_started(compose, conv, before)
+    finally:  # the tests after this one need a worker, whatever happened here
+        compose.run("start", "worker", check=False)
+
+
+def redis_killed_and_started(compose: Compose, conv: str, before: dict[str, Any]) -> None:
     queued = compose.submit("まだ待ってる？", conv)
     assert compose.job(queued["id"])["status"] == "queued"  # type: ignore[index]
 
@@ -314,9 +321,12 @@ def test_redis_killed_and_started_keeps_history_and_queued_jobs(compose: Compose
     # manual stop for Docker, hence the explicit start.
     compose.run("kill", "-s", "KILL", "redis")
     compose.run("start", "redis")
-    compose.wait(lambda: compose.texts(conv) is not None, what="the API to reach redis again")
-    assert compose.texts(conv) == ["覚えててね", before["reply"], "まだ待ってる？"]
-    assert compose.job(queued["id"])["status"] == "queued"  # type: ignore[index]
+    # A request may still meet the restart (503) after one got through (seen under CI's
+    # load): the history is waited for, and only the whole of it passes.
+    kept = ["覚えててね", before["reply"], "まだ待ってる？"]
+    compose.wait(lambda: compose.texts(conv) == kept, what="the history back with redis")
+    compose.wait(lambda: (compose.job(queued["id"]) or {}).get("status") == "queued",
+                 what="the queued job back, still queued")
 
     compose.run("start", "worker")
     done = compose.wait_job(queued["id"])
