@@ -55,12 +55,13 @@ def watched(tmp_path: Path) -> Iterator[Watched]:
     server = start_redis()  # its own: this test kills it
     alive = tmp_path / "worker.alive"
     worker = start_worker(server.port, tmp_path, alive)
+    watched = Watched(worker=worker, server=server, alive=alive)
     try:
         wait_for(alive.exists, timeout_s=30, what="the liveness file")
-        yield Watched(worker=worker, server=server, alive=alive)
+        yield watched
     finally:
         worker.stop()
-        server.stop()
+        watched.server.stop()  # the test starts a new one: that one is stopped here
 
 
 def test_the_file_lives_with_the_loop_and_the_broker_and_goes_with_the_worker(
