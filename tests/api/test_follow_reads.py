@@ -34,6 +34,18 @@ async def until(condition: object, *, timeout_s: float = 10.0) -> None:
     await asyncio.wait_for(poll(), timeout_s)
 
 
+def counting_reads(watcher: JobWatcher) -> list[int]:
+    """Counts the watcher's reads of a job from Redis: the list's one item."""
+    reads, read = [0], watcher.read
+
+    async def counted(job_id: str) -> Job | None:
+        reads[0] += 1
+        return await read(job_id)
+
+    watcher.read = counted  # type: ignore[method-assign]
+    return reads
+
+
 def test_a_stream_sends_each_announced_change_without_reading_it(server: RedisServer) -> None:
     client = redis.Redis.from_url(server.url, socket_timeout=5)
     lc = make(client, Broker())
@@ -44,15 +56,7 @@ def test_a_stream_sends_each_announced_change_without_reading_it(server: RedisSe
     async def scenario() -> tuple[int, list[int]]:
         watcher = JobWatcher(url=server.url, timeout_s=2)
         watcher.start()
-        reads, seen = 0, []
-        read = watcher.read
-
-        async def counted(jid: str) -> Job | None:
-            nonlocal reads
-            reads += 1
-            return await read(jid)
-
-        watcher.read = counted  # type: ignore[method-assign]
+        reads, seen = counting_reads(watcher), []
         try:
             await until(lambda: watcher.listening)
 
@@ -73,7 +77,7 @@ def test_a_stream_sends_each_announced_change_without_reading_it(server: RedisSe
                 await until(lambda: seen[-1] == job.sequence)  # noqa: B023
             await asyncio.to_thread(lc.end, job_id, Outcome.cancelled())
             await asyncio.wait_for(stream, 10)
-            return reads, seen
+            return reads[0], seen
         finally:
             await watcher.stop()
 
@@ -94,15 +98,7 @@ def test_a_stream_starts_from_the_read_that_checked_its_job(server: RedisServer)
     async def scenario() -> tuple[int, list[int], int]:
         watcher = JobWatcher(url=server.url, timeout_s=2)
         watcher.start()
-        reads, seen = 0, []
-        read = watcher.read
-
-        async def counted(jid: str) -> Job | None:
-            nonlocal reads
-            reads += 1
-            return await read(jid)
-
-        watcher.read = counted  # type: ignore[method-assign]
+        reads, seen = counting_reads(watcher), []
         try:
             await until(lambda: watcher.listening)
             with watcher.following(job_id) as follow:
@@ -114,7 +110,7 @@ def test_a_stream_starts_from_the_read_that_checked_its_job(server: RedisServer)
                         await asyncio.to_thread(lc.claim, job_id)
                     else:
                         break
-            return reads, seen, checked.sequence
+            return reads[0], seen, checked.sequence
         finally:
             await watcher.stop()
 
