@@ -4,7 +4,6 @@ sweep, resource logs."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -34,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S = 2.0
 BEAT_JOIN_S = 5.0  # a beat: a psutil sample and one Redis write (2 s timeout)
+REMOVE_TIMEOUT_S = 3.0  # the shutdown's removal of the heartbeat (was 1 s, failing silently)
 SWEEP_REDIS_TIMEOUT_S = 2.0
 
 
@@ -156,8 +156,11 @@ def on_worker_shutdown(**_: Any) -> None:
     for beat in _main.beats:
         beat.join(timeout=BEAT_JOIN_S)
     for hostname in _main.hostnames:
-        with contextlib.suppress(Exception):
-            remove_heartbeat(connect(get_settings().redis_url, timeout_s=1.0), hostname)
+        try:  # a busy machine's Redis may take more than a second: said, not swallowed
+            remove_heartbeat(connect(get_settings().redis_url, timeout_s=REMOVE_TIMEOUT_S),
+                             hostname)
+        except Exception as exc:  # noqa: BLE001 - health counts it until the heartbeat expires
+            logger.warning("heartbeat of %s not removed at shutdown: %s", hostname, exc)
 
 
 @worker_process_init.connect
