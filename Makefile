@@ -7,6 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
+WHEELHOUSE := $(VENV)/wheelhouse
 
 .DEFAULT_GOAL := install
 .PHONY: run test lint bench bench-scale install clean
@@ -34,8 +35,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e .
 	touch $(STAMP)
 
+# The wheelhouse: the production install's wheels (and its build backend's), for
+# tests/test_install.py, which installs from it with --no-index (tests reach no network).
 $(DEV_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -rf $(WHEELHOUSE)
+	$(BIN)/python -m pip download --quiet --dest $(WHEELHOUSE) . \
+	  $$($(BIN)/python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires'])")
 	touch $(DEV_STAMP)
 
 install: $(DEV_STAMP)
