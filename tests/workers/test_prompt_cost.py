@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -47,7 +48,8 @@ class Monitor:
 
     url: str
     commands: list[list[str]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
+    _marker: str = field(default_factory=lambda: f"monitor-end-{uuid.uuid4().hex}")
+    _done: threading.Event = field(default_factory=threading.Event)
     _ready: threading.Event = field(default_factory=threading.Event)
 
     def __enter__(self) -> Monitor:
@@ -57,20 +59,25 @@ class Monitor:
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        # A command of our own wakes the monitor's blocking read. (A read that times out
-        # closes redis-py's connection: polling with a short timeout lost the monitor
-        # whenever the server was quiet for that long.)
-        redis.Redis.from_url(self.url, socket_timeout=5).ping()
+        # A marker of our own, sent after everything the test waited for: MONITOR shows
+        # commands in the order the server ran them, so the thread has seen every earlier
+        # one once it reads the marker. (Stopping at the next command read lost the job's
+        # last writes when the thread lagged behind: seen on a loaded box. A read that times
+        # out closes redis-py's connection, so the read blocks until the marker.)
+        redis.Redis.from_url(self.url, socket_timeout=5).echo(self._marker)
         self._thread.join(10)
+        assert self._done.is_set(), "MONITOR never showed the marker"
 
     def _run(self) -> None:
         client = redis.Redis.from_url(self.url, socket_timeout=60)
         with client.monitor() as monitor:
             self._ready.set()
-            while not self._stop.is_set():
-                command = monitor.next_command()
-                self.commands.append(str(command["command"]).split(" "))
+            while True:
+                words = str(monitor.next_command()["command"]).split(" ")
+                if words[:2] == ["ECHO", self._marker]:
+                    break
+                self.commands.append(words)
+        self._done.set()
         client.close()
 
     def touching(self, key: str, *verbs: str) -> list[list[str]]:
