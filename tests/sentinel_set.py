@@ -156,6 +156,7 @@ class Clients:
     accepted: dict[str, str] = field(default_factory=dict)  # job id -> marker
     refused: list[float] = field(default_factory=list)  # when each 503 came
     unexpected: list[str] = field(default_factory=list)
+    declined: Counter[str] = field(default_factory=Counter)  # 429s by error code
     lock: threading.Lock = field(default_factory=threading.Lock)
     threads: list[threading.Thread] = field(default_factory=list)
 
@@ -181,7 +182,9 @@ class Clients:
                     self.accepted[r.json()["id"]] = marker
                 elif r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable":
                     self.refused.append(time.monotonic())
-                elif r.status_code != 429:  # the queue cap may speak: not a failure
+                elif r.status_code == 429:  # the queue cap may speak: not a failure
+                    self.declined[r.json()["error"]["code"]] += 1
+                else:
                     self.unexpected.append(f"{marker}: {r.status_code} {r.text}")
             self.stop.wait(PACE_S)
 
@@ -210,7 +213,7 @@ class Clients:
                 assert len(asked) == len(set(asked)), f"a prompt stored twice: {asked}"
         line = (f"{len(self.threads)} clients, {len(self.accepted)} prompts accepted (202), "
                 f"{len(self.refused)} refused 503 over {window:.1f} s; {len(lost)} accepted "
-                f"and lost; ends: {sorted(ended.items())}")
+                f"and lost; ends: {sorted(ended.items())}; 429s: {dict(self.declined)}")
         assert not lost, line
         assert ended["completed"] >= sum(ended.values()) - slots, line
         assert {e.split("/")[0] for e in ended} <= {"completed", "failed", "incomplete"}, line

@@ -19,6 +19,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,11 +148,15 @@ class Compose:
 
     def wait(self, check: Callable[[], bool], *, what: str, timeout_s: float = 60,
              interval_s: float = 0.25) -> None:
+        began = time.monotonic()
         try:
             wait_for(check, timeout_s=timeout_s, what=what, interval_s=interval_s)
         except TimeoutError:
             self.print_diagnostics()
             raise
+        finally:  # where a compose test's minutes go, in its captured output
+            print(f"{time.strftime('%H:%M:%S')} waited {time.monotonic() - began:.1f} s "
+                  f"for {what}")
 
     def print_diagnostics(self) -> None:
         for args in (["ps", "-a"], ["logs", "--no-color", "--tail", "40"]):
