@@ -10,7 +10,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 WHEELHOUSE := $(VENV)/wheelhouse
 
 .DEFAULT_GOAL := install
-.PHONY: run test lint bench bench-scale install clean
+.PHONY: run test lint bench bench-scale install image clean
 
 # The virtualenv is made while this file is read, when a goal needs it and it is missing
 # (no pip in it: also a venv left half-made), so that a Python that cannot make one stops
@@ -49,7 +49,17 @@ install: $(DEV_STAMP)
 run: $(STAMP)
 	$(BIN)/mysisterdb up
 
-test: $(DEV_STAMP)
+# The compose tests' image, built before the suite rather than by its first compose test:
+# its pip reaches the package index (a test reaches nothing but loopback), and alone it builds
+# in about half the time it took beside the other lanes. The tests' `up --build` then finds
+# every layer in Docker's cache. Without Docker, nothing (the compose tests skip, or fail
+# under MYSISTERDB_TEST_REQUIRE_DOCKER=1 as CI sets it).
+image:
+	@if docker info >/dev/null 2>&1; then \
+	  echo "docker build: the compose tests' image"; docker build --quiet --tag mysisterdb:tests . >/dev/null; \
+	else echo "no Docker: the compose tests' image is not built"; fi
+
+test: $(DEV_STAMP) image
 	$(BIN)/ruff check api workers context core taskqueue mysisterdb tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m tests.lanes $(ARGS)

@@ -1,4 +1,4 @@
-"""`make test`: the suite in three lanes at once, so that a 2-core machine is kept busy.
+"""`make test`: the suite in four lanes at once, so that a 2-core machine is kept busy.
 
 - **docker**: tests/compose, one module after another (three compose projects building and
   starting at once took 80-98 s each to come up here, against 11-20 s alone). The longest
@@ -11,6 +11,10 @@
   tests/compose ran beside them). In a namespace of its own Chromium sees one interface, its
   loopback, which is all the page's stack needs. Where no namespace can be made, the browser
   lane waits for the docker lane to end.
+- **waits**: the modules of WAITING, one after another: their tests wait out timeouts and
+  time limits (a hung Gemini call cut at its deadline, a task killed at its hard limit) and
+  spend little CPU meanwhile, so they cost the busy box little beside the others, and in the
+  rest lane they held one of its two workers for minutes.
 - **rest**: every other test over pytest-xdist workers (`--dist loadfile`: a module and the
   stack it starts stay in one process; each worker has its own redis-server).
 
@@ -40,6 +44,10 @@ BROWSER_TESTS, DOCKER_TESTS = "tests/ui", "tests/compose"
 # minutes before the other lanes (181-241 s against 390-470 s in the runs of 2026-12-07), and
 # the rest lane's two workers were the run's longest chain.
 BESIDE_THE_BROWSER = ("tests/test_up.py", "tests/workers/test_restarts.py")
+# Wall time far above CPU time (run of 2026-12-07 23:49, wall / CPU): 35.4 / 4.9 s,
+# 25.2 / 1.2 s, 21.5 / 0.8 s, 20.1 / 1.3 s.
+WAITING = ("tests/workers/test_failures.py", "tests/workers/test_llm.py",
+           "tests/core/test_sentinels_down.py", "tests/api/test_incidents_metrics.py")
 WORKERS_SETTING = "MYSISTERDB_TEST_WORKERS"
 DEFAULT_WORKERS = 2
 IN_NETNS = "--in-netns"
@@ -105,12 +113,13 @@ def lanes(args: list[str], *, netns: list[str] | None) -> list[Lane]:
     browser = pytest_argv(BROWSER_TESTS, *BESIDE_THE_BROWSER, *args)
     if netns is not None:
         browser = [*netns, sys.executable, "-m", "tests.lanes", IN_NETNS, *browser]
-    ignored = [a for path in (BROWSER_TESTS, DOCKER_TESTS, *BESIDE_THE_BROWSER)
+    ignored = [a for path in (BROWSER_TESTS, DOCKER_TESTS, *BESIDE_THE_BROWSER, *WAITING)
                for a in ("--ignore", path)]
     rest = pytest_argv(*ignored, "-n", workers, "--dist", "loadfile", *args)
     return [docker,
             Lane("browser", browser, LOG_DIR / "browser.log",
                  after=None if netns is not None else docker),
+            Lane("waits", pytest_argv(*WAITING, *args), LOG_DIR / "waits.log"),
             Lane("rest", rest, LOG_DIR / "rest.log")]
 
 
@@ -123,7 +132,9 @@ def run(args: list[str]) -> int:
     all_lanes = lanes(args, netns=netns)
     began = time.monotonic()
     last_report = began
-    while any(lane.process is None or lane.poll() is None for lane in all_lanes):
+    # Every lane polled each turn (a generator under any() stopped at the first running
+    # lane, so a later lane's end was noticed only at the next progress line).
+    while any([lane.process is None or lane.poll() is None for lane in all_lanes]):
         for lane in all_lanes:
             if lane.process is None and (lane.after is None or lane.after.poll() is not None):
                 lane.start()
