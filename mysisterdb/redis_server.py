@@ -122,9 +122,10 @@ class RedisServer:
 
 def redis_args(*, port: int, host: str, data_dir: Path | None,
                logfile: Path | None = None, config: Path | None = None,
-               binary: Path | str | None = None) -> list[str]:
+               binary: Path | str | None = None, appendfsync: str = "everysec") -> list[str]:
     """`config`: a file of directives read first (the password: never in the arguments,
-    which every local user can read in `ps`). `binary`: see `redis_server_binary`."""
+    which every local user can read in `ps`). `binary`: see `redis_server_binary`.
+    `appendfsync`: MYSISTERDB_REDIS_APPENDFSYNC."""
     args = [redis_server_binary(binary), *([str(config.resolve())] if config else []),
             "--port", str(port), "--bind", host,
             "--protected-mode", "no", "--maxmemory-policy", "noeviction"]
@@ -140,7 +141,7 @@ def redis_args(*, port: int, host: str, data_dir: Path | None,
     # wrote, which Valkey finds and moves into `appenddirname` appendonlydir/ on its first
     # start (tests/test_private_server.py).
     return [*args, "--dir", str(data_dir.resolve()), "--appendonly", "yes",
-            "--appendfsync", "everysec"]
+            "--appendfsync", appendfsync]
 
 
 def password_config(path: Path, password: str) -> Path:
@@ -152,7 +153,7 @@ def password_config(path: Path, password: str) -> Path:
 def start_redis(
     *, port: int | None = None, host: str = "127.0.0.1", data_dir: Path | None = None,
     ready_timeout_s: float = 10.0, password: str | None = None, config: Path | None = None,
-    binary: Path | str | None = None,
+    binary: Path | str | None = None, appendfsync: str = "everysec",
 ) -> RedisServer:
     """Start the server and wait until it answers PING (and is new enough); persistent when
     data_dir is given; with `password`, `config` is the file that carries it."""
@@ -163,7 +164,7 @@ def start_redis(
         password_config(config, password)
     proc = subprocess.Popen(redis_args(port=port, host=host, data_dir=data_dir,
                                        config=config if password is not None else None,
-                                       binary=binary),
+                                       binary=binary, appendfsync=appendfsync),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = RedisServer(process=proc, host=host, port=port, password=password)
     wait_until_ready(server, timeout_s=ready_timeout_s)
