@@ -19,13 +19,13 @@ Baselines measured in the same run, each on a fresh stack before the defaults:
 --baseline-tree DIR runs the code of another checkout (the code before issue 21's work:
 `git archive abad2c2 | tar -x -C DIR`); --baseline-env KEY=VALUE this code with other
 settings (`MYSISTERDB_STREAM_WRITE_INTERVAL_S=0`: every chunk written at once, the old
-cadence; `MYSISTERDB_REDIS_APPENDFSYNC=always`: another AOF fsync policy of the private
+cadence; `MYSISTERDB_REDIS_APPENDFSYNC=everysec`: another AOF fsync policy of the private
 server). The issue's figures (82-84 ms, 33-34 ms more than the model) are printed
 beside.
 
     .venv/bin/python bench/cost_bench.py                  # defaults, about 1 minute
     .venv/bin/python bench/cost_bench.py --baseline-env MYSISTERDB_STREAM_WRITE_INTERVAL_S=0
-    .venv/bin/python bench/cost_bench.py --baseline-env MYSISTERDB_REDIS_APPENDFSYNC=always
+    .venv/bin/python bench/cost_bench.py --baseline-env MYSISTERDB_REDIS_APPENDFSYNC=everysec
     .venv/bin/python bench/cost_bench.py --baseline-tree /tmp/before   # about 4 minutes
 
 The bench asserts nothing; figures move with the load of the machine (printed with them).
