@@ -25,6 +25,12 @@ layout now) does not change with idle time at all.
 
     .venv/bin/python bench/burst_bench.py                 # about 6 minutes
     .venv/bin/python bench/burst_bench.py --idle 300      # the five idle minutes, literally
+
+The stacks share one redis-server without persistence; `--appendfsync POLICY` (repeatable)
+runs the API part instead on a server with AOF and that fsync policy, as `mysisterdb up`
+runs it, once per policy in the order given:
+
+    .venv/bin/python bench/burst_bench.py --only api --appendfsync everysec --appendfsync always
 """
 
 from __future__ import annotations
@@ -199,6 +205,14 @@ def hung_rows(stack: Stack, client: redis.Redis, api: httpx.Client) -> list[Row]
     return rows
 
 
+def api_rows(url: str, log_dir: Path) -> list[Row]:
+    with stack_on(url, log_dir, None) as stack, httpx.Client(
+            base_url=stack.api_url, timeout=10,
+            limits=httpx.Limits(max_connections=2 * SLOTS)) as api:
+        client = redis.Redis.from_url(stack.redis_url)
+        return submit_rows(stack, client, api) + hung_rows(stack, client, api)
+
+
 def merge(into: dict[str, list[float]], out: dict[str, Any]) -> None:
     for kind, got in out.items():
         into.setdefault(kind, []).extend(got["ms"])
@@ -224,6 +238,9 @@ def main() -> None:
                         help="MYSISTERDB_WORKER_MIN_CONCURRENCY of the baseline layout "
                              "(2: the autoscaled pool before this work); 0 skips it")
     parser.add_argument("--only", choices=("burst", "api"), default=None)
+    parser.add_argument("--appendfsync", action="append", default=[],
+                        choices=("always", "everysec", "no"),
+                        help="the API part on a server with AOF and this fsync policy")
     args = parser.parse_args()
     began, load_before = now_utc(), load_average()
     rows: list[Row] = []
@@ -243,14 +260,17 @@ def main() -> None:
                                  args.idle)
                 rows += burst_rows("the defaults", *now, args.idle, base)
                 print(render(rows[-2:]), flush=True)
-            if args.only in (None, "api"):
-                with stack_on(f"{base_url}/3", Path(tmp) / "api",
-                              None) as stack, httpx.Client(
-                        base_url=stack.api_url, timeout=10,
-                        limits=httpx.Limits(max_connections=2 * SLOTS)) as api:
-                    client = redis.Redis.from_url(stack.redis_url)
-                    rows += submit_rows(stack, client, api)
-                    rows += hung_rows(stack, client, api)
+            if args.only in (None, "api") and not args.appendfsync:
+                rows += api_rows(f"{base_url}/3", Path(tmp) / "api")
+            for policy in args.appendfsync:
+                durable = start_redis(data_dir=Path(tmp) / f"aof-{policy}", appendfsync=policy)
+                try:
+                    rows += [Row(f"{r.section}; AOF, appendfsync {policy}", r.figure, r.value,
+                                 r.goal, r.met)
+                             for r in api_rows(durable.url, Path(tmp) / f"api-{policy}")]
+                finally:
+                    durable.stop()
+                print(render(rows), flush=True)
     finally:
         server.stop()
     print(f"\nMeasured {began}, load average {load_before} at the start, {load_average()} at "

