@@ -19,6 +19,7 @@ GRACE_S = 1.0
 # The stack's hard limits (chat 6 s; summary set alike) plus the grace.
 STOP_BOUND_S = float(TEST_LIMITS["MYSISTERDB_TASK_TIME_LIMIT"]) + GRACE_S
 MARGIN_S = 1.0  # the timer's thread, the kills and a reap on a loaded 2-core machine
+KILLED_WITHIN_S = 2.0  # a SIGKILLed child's death, once the worker has exited
 
 
 @pytest.fixture
@@ -46,7 +47,10 @@ def test_a_worker_whose_pool_never_answers_ends_its_stop_within_the_bound(stack:
     took = time.monotonic() - began
     assert code == 1
     assert took < STOP_BOUND_S + MARGIN_S, f"stopped after {took:.1f} s"
-    assert not [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    # SIGKILLed before the worker's exit, a child dies when it is next scheduled: on a loaded
+    # box that can come after the worker's status was read (seen here: one left running).
+    _, alive = psutil.wait_procs(children, timeout=KILLED_WITHIN_S)
+    assert not [c.pid for c in alive if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert "worker still stopping" in stack.procs["worker"].log()
     # Its hard limit still ends it during the stop, with the text it had (one chunk).
     ended = stack.wait_job(job["id"])
