@@ -49,10 +49,10 @@ install: $(DEV_STAMP)
 run: $(STAMP)
 	$(BIN)/mysisterdb up
 
-# The compose tests' image, built before the suite rather than by its first compose test:
-# its pip reaches the package index (a test reaches nothing but loopback), and alone it builds
-# in about half the time it took beside the other lanes. The tests' `up --build` then finds
-# every layer in Docker's cache. Built by compose, as the tests build: compose builds with
+# The compose tests' image, built before the compose tests (`make test` runs it in a lane the
+# docker lane waits for) rather than by the first of them: its pip reaches the package index
+# (a test reaches nothing but loopback). The tests' `up --build` then finds every layer in
+# Docker's cache. Built by compose, as the tests build: compose builds with
 # BuildKit, whose cache a plain `docker build` does not fill where buildx is missing (Debian's
 # docker.io, as CI has): it falls back to the legacy builder, and the first compose test then
 # built every layer again (155 s of a run here). Without Docker, nothing (the compose tests skip, or fail
@@ -63,10 +63,9 @@ image:
 	  MYSISTERDB_IMAGE_TAG=tests docker compose -p mysisterdb-image -f docker-compose.yml build --quiet api; \
 	else echo "no Docker: the compose tests' image is not built"; fi
 
-test: $(DEV_STAMP) image
-	$(BIN)/ruff check api workers context core taskqueue mysisterdb tests bench
-	$(BIN)/mypy
-	$(BIN)/python -m tests.lanes $(ARGS)
+# Lint, types and the image run as lanes beside the tests (tests/lanes.py, --checks).
+test: $(DEV_STAMP)
+	$(BIN)/python -m tests.lanes --checks $(ARGS)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check api workers context core taskqueue mysisterdb tests bench

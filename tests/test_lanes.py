@@ -31,3 +31,15 @@ def test_the_browser_lane_sees_its_loopback_and_nothing_else() -> None:
                            cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.splitlines() == ["['lo']", "hello"]
+
+
+def test_make_test_s_checks_run_as_lanes_and_the_docker_lane_waits_for_the_image() -> None:
+    with_checks = {lane.name: lane for lane in lanes.lanes([], netns=[], checks=True)}
+    assert list(with_checks) == ["lint", "image", "docker", "browser", "waits", "rest"]
+    assert with_checks["lint"].argv[-1] == "lint" and with_checks["image"].argv[-1] == "image"
+    assert with_checks["docker"].after is with_checks["image"]
+    assert all(with_checks[name].after is None for name in ("lint", "image", "browser", "waits",
+                                                             "rest"))
+    alone = {lane.name: lane for lane in lanes.lanes([], netns=[])}
+    assert list(alone) == ["docker", "browser", "waits", "rest"]
+    assert alone["docker"].after is None
