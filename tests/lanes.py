@@ -43,6 +43,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.lane_cpu import LaneCpu
+
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = ROOT / "test-artifacts" / "lanes"
 BROWSER_TESTS, DOCKER_TESTS = "tests/ui", "tests/compose"
@@ -72,11 +74,12 @@ class Lane:
     started: float = 0.0
     seconds: float = 0.0
 
-    def start(self) -> None:
+    def start(self, cpu: LaneCpu) -> None:
         self.started = time.monotonic()
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(self.argv, cwd=ROOT, stdout=out,
-                                            stderr=subprocess.STDOUT)
+                                            stderr=subprocess.STDOUT,
+                                            preexec_fn=cpu.joiner(self.name))
 
     def poll(self) -> int | None:
         assert self.process is not None
@@ -145,6 +148,7 @@ def run(args: list[str]) -> int:
               "user namespaces): the browser tests wait for the compose tests to end",
               flush=True)
     all_lanes = lanes(args, netns=netns, checks=checks)
+    cpu = LaneCpu()
     began = time.monotonic()
     last_report = began
     # Every lane polled each turn (a generator under any() stopped at the first running
@@ -152,7 +156,7 @@ def run(args: list[str]) -> int:
     while any([lane.process is None or lane.poll() is None for lane in all_lanes]):
         for lane in all_lanes:
             if lane.process is None and (lane.after is None or lane.after.poll() is not None):
-                lane.start()
+                lane.start(cpu)
                 print(f"tests/lanes: {lane.name} started, log in "
                       f"{lane.log.relative_to(ROOT)}", flush=True)
         time.sleep(0.5)
@@ -164,7 +168,11 @@ def run(args: list[str]) -> int:
     for lane in all_lanes:
         print(f"\n{'=' * 30} lane {lane.name} ({lane.seconds:.0f} s) {'=' * 30}", flush=True)
         sys.stdout.write(lane.log.read_text(errors="replace"))
-    print(f"\ntests/lanes: {time.monotonic() - began:.0f} s in all", flush=True)
+    wall_s = time.monotonic() - began
+    print(f"\ntests/lanes: {wall_s:.0f} s in all", flush=True)
+    if (spent := cpu.report(wall_s)) is not None:
+        print(f"tests/lanes: {spent}", flush=True)
+    cpu.close()
     for lane in all_lanes:
         code = lane.process.returncode if lane.process else None
         print(f"  {lane.name}: exit {code} after {lane.seconds:.0f} s: {lane.summary()}",

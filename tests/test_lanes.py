@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from tests import lanes
+from tests.lane_cpu import LaneCpu
 from tests.procs import ROOT
 
 # Lists the interfaces it sees, then talks to itself over loopback, as the page's stack does.
@@ -43,3 +44,20 @@ def test_make_test_s_checks_run_as_lanes_and_the_docker_lane_waits_for_the_image
     alone = {lane.name: lane for lane in lanes.lanes([], netns=[])}
     assert list(alone) == ["docker", "browser", "waits", "rest"]
     assert alone["docker"].after is None
+
+
+def test_a_lane_s_cpu_counts_the_processes_it_starts() -> None:
+    cpu = LaneCpu()
+    join = cpu.joiner("probe")
+    if join is None:
+        pytest.skip("no cgroup can be made here (root and cgroup v1 cpuacct needed)")
+    try:
+        # The lane's process spends nothing itself; the child it starts spends the CPU.
+        burn = "x = 0\nfor i in range(4_000_000): x += i"
+        subprocess.run([sys.executable, "-c", "import subprocess, sys; "
+                        f"subprocess.run([sys.executable, '-c', {burn!r}], check=True)"],
+                       preexec_fn=join, check=True, timeout=60)
+        assert cpu.lanes_s()["probe"] >= 0.1, cpu.lanes_s()
+        assert "probe " in (cpu.report(wall_s=1.0) or "")
+    finally:
+        cpu.close()
