@@ -51,7 +51,9 @@ SLOW_FIRST = ("tests/api/test_contract.py", "tests/test_install.py", "tests/test
 
 # Tests that leave their module's stack down: last in their module, so that no test after
 # them has to bring it up again (a compose up is 15-30 s on a busy box).
-LAST_IN_MODULE = ("tests/compose/test_stack.py::test_down_then_up_keeps_history_and_down_v_removes_it",)
+LAST_IN_MODULE = ("tests/compose/test_stack.py::test_down_then_up_keeps_history_and_down_v_removes_it",
+                  "tests/workers/test_prefork.py::"
+                  "test_a_worker_whose_pool_never_answers_ends_its_stop_within_the_bound")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

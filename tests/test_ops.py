@@ -1,5 +1,6 @@
-"""Operations against a stack of its own (its Redis can be stopped, its worker paused):
-health, queue depth, backpressure, consumption check, request watchdog, logs, secrets."""
+"""Operations against a stack of its own (its Redis can be stopped, paused or hung, its worker
+stopped): health, queue depth, backpressure, consumption check, request timeout, watchdog,
+logs, secrets."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from mysisterdb.redis_server import RedisServer, start_redis
 from tests.conftest import start_stack
@@ -23,7 +25,12 @@ SECRET = "AIzaTEST-secret-key-never-logged-0123456789"
 # Health answers within 1 s, a refusal within 2 s (the runbook's promises), asserted with this
 # margin for a loaded 2-core machine; bench/failure_bench.py measures the figures themselves.
 HEALTH_BOUND_S, REFUSAL_BOUND_S, MARGIN_S = 1.0, 2.0, 1.0
+TIMEOUT_MARGIN_S = 1.5  # the request timeout's, as test_redis_down's
 MAX_QUEUE_DEPTH = 3
+REQUEST_TIMEOUT_S = 1.0
+# A paused write waits this long: past the request budget and its margin (below).
+REDIS_TIMEOUT_S = 3.0
+PAUSE_MS = 4000  # lifted by the test as soon as it has seen the 504
 
 
 @dataclass
@@ -52,8 +59,8 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
         "MYSISTERDB_LOG_LEVEL": "DEBUG",
         "MYSISTERDB_MAX_QUEUE_DEPTH": str(MAX_QUEUE_DEPTH),
         "MYSISTERDB_CONSUME_STALL_S": "2",
-        "MYSISTERDB_REQUEST_TIMEOUT": "1",
-        "MYSISTERDB_REDIS_TIMEOUT_S": "3",
+        "MYSISTERDB_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT_S),
+        "MYSISTERDB_REDIS_TIMEOUT_S": str(REDIS_TIMEOUT_S),
         "MYSISTERDB_RESOURCE_LOG_INTERVAL": "1",
         "MYSISTERDB_MEMORY_WARN_MB": "1",
         # Above the simulator's longest hold (3 s): a prompt a test holds while it looks at
@@ -120,6 +127,52 @@ def test_health_answers_within_1_s_when_redis_hangs(ops: Ops) -> None:
     wait_for(lambda: health(ops.stack).status_code == 200, timeout_s=20, what="recovery")
 
 
+def test_a_request_past_the_timeout_answers_504_and_the_server_goes_on_serving(
+        ops: Ops, conversation_id: str) -> None:
+    """README: any request taking longer than MYSISTERDB_REQUEST_TIMEOUT answers 504
+    {"error": {"code": "request_timeout", …}} and the server goes on serving.
+
+    The slow cause is a real one: Redis pausing its writers (CLIENT PAUSE … WRITE, what a
+    failover does while the replica catches up). Reads and PINGs still answer, so the store
+    guard (503 when Redis does not answer) stays quiet, and a reset's write waits up to
+    MYSISTERDB_REDIS_TIMEOUT_S, above the request budget. This stack's own redis-server: the
+    pause holds every writer of the server."""
+    stack = ops.stack
+    job = stack.submit("覚えておいてね", conversation_id=conversation_id)
+    assert stack.wait_job(job["id"])["status"] == "completed"
+    reset_url = f"{stack.api_url}/api/conversations/{conversation_id}/reset"
+    health_url = f"{stack.api_url}/api/health"
+    admin = redis.Redis.from_url(ops.redis.url, socket_timeout=5)
+    try:
+        for attempt in range(3):
+            admin.execute_command("CLIENT", "PAUSE", PAUSE_MS, "WRITE")
+            try:
+                slow, slow_s = timed(lambda: httpx.post(reset_url, timeout=30))
+                meanwhile, meanwhile_s = timed(lambda: httpx.get(health_url, timeout=30))
+            finally:
+                admin.execute_command("CLIENT", "UNPAUSE")
+            assert slow.status_code == 504, (attempt, slow.status_code, slow.text)
+            assert slow.json()["error"]["code"] == "request_timeout"
+            assert slow.json()["error"]["message"]
+            assert REQUEST_TIMEOUT_S <= slow_s < REQUEST_TIMEOUT_S + TIMEOUT_MARGIN_S, (attempt,
+                                                                                     slow_s)
+            assert meanwhile.status_code == 200, (attempt, meanwhile.text)
+            assert meanwhile_s < HEALTH_BOUND_S + TIMEOUT_MARGIN_S, (attempt, meanwhile_s)
+    finally:
+        admin.close()
+    after, after_s = timed(lambda: httpx.get(health_url, timeout=30))
+    assert after.status_code == 200 and after_s < HEALTH_BOUND_S + TIMEOUT_MARGIN_S
+    # Still serving: the same reset, writes flowing again, answers at once.
+    again = httpx.post(reset_url, timeout=30)
+    assert again.status_code == 200 and again.json()["reset"] is True
+
+
+def timed(call: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = call()
+    return response, time.monotonic() - started
+
+
 def test_queue_depth_with_a_stopped_worker_and_429_at_the_cap(ops: Ops) -> None:
     first = ops.stack.submit("まず一つ")  # a reply time for Retry-After, whatever ran before
     assert ops.stack.wait_job(first["id"])["status"] == "completed"
@@ -156,8 +209,6 @@ def test_queue_depth_with_a_stopped_worker_and_429_at_the_cap(ops: Ops) -> None:
 
 def expected_retry_after(ops: Ops) -> int:
     import math
-
-    import redis
 
     from core import keys
 
