@@ -52,6 +52,11 @@ SLOW_FIRST = ("tests/api/test_contract.py", "tests/test_install.py", "tests/test
 # Tests that leave their module's stack down: last in their module, so that no test after
 # them has to bring it up again (a compose up is 15-30 s on a busy box).
 LAST_IN_MODULE = ("tests/compose/test_stack.py::test_down_then_up_keeps_history_and_down_v_removes_it",)
+# Modules that share one compose project, up from their first test to the session's end
+# (tests/compose/conftest.py): together and last, so that no other compose project runs
+# beside it.
+SHARED_LAST = ("tests/compose/test_scaled.py", "tests/compose/test_tls.py",
+               "tests/compose/test_redis_tls.py")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -63,7 +68,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
     module_of = {item.nodeid: item.nodeid.split("::", 1)[0] for item in items}
     first_seen = {module: n for n, module in reversed(list(enumerate(module_of.values())))}
     # sort is stable: modules stay together in their shuffled order, LAST_IN_MODULE at the end
-    items.sort(key=lambda item: (rank.get(module_of[item.nodeid], len(rank)),
+    items.sort(key=lambda item: (module_of[item.nodeid] in SHARED_LAST,
+                                 rank.get(module_of[item.nodeid], len(rank)),
                                  first_seen[module_of[item.nodeid]],
                                  item.nodeid in LAST_IN_MODULE))
     return result
