@@ -70,11 +70,14 @@ def test_flower_sees_the_workers_and_the_queues_over_tls(scaled: Scaled) -> None
     # the queues the workers last told it of (each worker's answer to its periodic inspect:
     # under CI's load the chat worker's once came after the summary worker's, so asked again).
     def chat_queue_listed() -> bool:
-        # Flower lists the queues its last inspect of the workers heard of: asked anew.
-        httpx.get(f"{scaled.flower_url}/api/workers?refresh=1", auth=auth, timeout=15)
         queues = httpx.get(f"{scaled.flower_url}/api/queues/length", auth=auth, timeout=15)
         assert queues.status_code == 200, queues.text
-        return "chat" in {q["name"] for q in queues.json()["active_queues"]}
+        if "chat" in {q["name"] for q in queues.json()["active_queues"]}:
+            return True
+        # Flower lists the queues its last inspect of the workers heard of (the refresh above
+        # was one, ~10 s with Flower's 5 s inspect timeout): asked anew for the next look.
+        httpx.get(f"{scaled.flower_url}/api/workers?refresh=1", auth=auth, timeout=15)
+        return False
     scaled.stack.wait(chat_queue_listed, what="flower to list the chat queue")
 
 
