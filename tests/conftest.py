@@ -54,6 +54,11 @@ SLOW_FIRST = ("tests/api/test_contract.py", "tests/test_install.py", "tests/test
 LAST_IN_MODULE = ("tests/compose/test_stack.py::test_down_then_up_keeps_history_and_down_v_removes_it",
                   "tests/workers/test_prefork.py::"
                   "test_a_worker_whose_pool_never_answers_ends_its_stop_within_the_bound")
+# Modules that share one compose project, up from their first test to the session's end
+# (tests/compose/conftest.py): together and last, so that no other compose project runs
+# beside it.
+SHARED_LAST = ("tests/compose/test_scaled.py", "tests/compose/test_tls.py",
+               "tests/compose/test_redis_tls.py")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -65,7 +70,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
     module_of = {item.nodeid: item.nodeid.split("::", 1)[0] for item in items}
     first_seen = {module: n for n, module in reversed(list(enumerate(module_of.values())))}
     # sort is stable: modules stay together in their shuffled order, LAST_IN_MODULE at the end
-    items.sort(key=lambda item: (rank.get(module_of[item.nodeid], len(rank)),
+    items.sort(key=lambda item: (module_of[item.nodeid] in SHARED_LAST,
+                                 rank.get(module_of[item.nodeid], len(rank)),
                                  first_seen[module_of[item.nodeid]],
                                  item.nodeid in LAST_IN_MODULE))
     return result

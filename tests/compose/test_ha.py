@@ -4,7 +4,7 @@ while the primary is `docker kill`ed: the Sentinels promote the replica, the API
 meanwhile (the window printed), then 202 again; no 202'd prompt is lost or stored twice, each
 ends; the old primary, started again, is a replica.
 
-A project name and image tag of its own, as tests/compose/test_tls.py; the Sentinels'
+A project name and image tag of its own (tests/compose/own.py); the Sentinels'
 down-after is 1 s here (MYSISTERDB_SENTINEL_DOWN_AFTER_MS; 5 s by default).
 """
 

@@ -1,12 +1,11 @@
-"""The scaled stack, for real: docker-compose.yml + docker-compose.scale.yml, nginx in front
-of two API replicas and two chat workers, as the README starts it.
+"""The scaled stack, for real: nginx in front of two API replicas and two chat workers, as the
+README starts it (docker-compose.yml + docker-compose.scale.yml), here with TLS on the proxy,
+Redis over TLS and Flower too: the stack tests/compose/scaled_stack.py brings up once for this
+module, test_tls.py and test_redis_tls.py. These tests go through the proxy's plain http port.
 
-One bring-up for the module (the same project name and image tag as test_stack.py, so the
-image built by either is the other's cache and no untagged copy is left behind; the
-modules run one after the other). Tokens mode: one person per test, from a tokens file
-handed over as a Docker secret, so that each test's prompts count against its own rate
-limit. Every request goes through the proxy, which says which replica answered
-(`X-Upstream`); a replica is told by its address on the edge network.
+Every request goes through the proxy, which says which replica answered (`X-Upstream`); a
+replica is told by its address on the edge network. One person per test (tokens mode), so
+that each test's prompts count against its own rate limit.
 """
 
 from __future__ import annotations
@@ -16,142 +15,23 @@ import re
 import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
 
-from mysisterdb.redis_server import free_port
-from tests.compose.test_stack import (
-    CHECKOUT_ID,
-    COMPOSE_FILE,
-    EXEC_POLL_S,
-    UP_TIMEOUT_S,
-    Compose,
-    compose_env,
-    need_docker,
+from tests.compose.scaled_stack import (
+    QUEUE_DEPTH,
+    RATE_LIMIT,
+    REPLICAS,
+    Scaled,
+    bearer,
+    replica,
+    token,
 )
-from tests.procs import ROOT
-
-SCALE_FILE = ROOT / "docker-compose.scale.yml"
-REPLICAS = 2
-RATE_LIMIT = 10  # per person and minute: a person's prompts land on both replicas
-QUEUE_DEPTH = 14  # above RATE_LIMIT: a burst of one person meets the rate limit first
-OPERATOR = "scaled-operator-token-" + "o" * 24
-PEOPLE = ("follow", "cancel", "limit", "limit2", "queue1", "queue2", "session", "metrics",
-          "outbox1", "outbox2", "outbox3", "outbox4")
-# A test subnet of its own per checkout (10.x is outside Docker's default address pools).
-EDGE_NET = f"10.213.{int(CHECKOUT_ID[:2], 16)}"
+from tests.compose.test_stack import EXEC_POLL_S, UP_TIMEOUT_S
 
 pytestmark = pytest.mark.timeout(UP_TIMEOUT_S + 600)
-
-
-def token(person: str) -> str:
-    return f"scaled-{person}-token-" + "t" * 20
-
-
-def bearer(person: str | None) -> dict[str, str]:
-    if person is None:  # a session cookie instead
-        return {}
-    return {"Authorization": f"Bearer {OPERATOR if person == 'operator' else token(person)}"}
-
-
-@dataclass
-class Scaled:
-    stack: Compose
-    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=10))
-
-    @property
-    def url(self) -> str:
-        return self.stack.api_url
-
-    def call(self, method: str, path: str, person: str | None, **kwargs: Any) -> httpx.Response:
-        headers = {**bearer(person), **kwargs.pop("headers", {})}
-        return self.http.request(method, f"{self.url}{path}", headers=headers, **kwargs)
-
-    def api_containers(self) -> dict[str, str]:
-        """address on the edge network -> container id, of the running API replicas."""
-        ids = self.stack.run("ps", "-q", "api").stdout.split()
-        out = subprocess.run(
-            ["docker", "inspect", "-f", "{{.Id}} {{range $k, $v := .NetworkSettings.Networks}}"
-             "{{if eq $k \"" + self.stack.project + "_edge\"}}{{$v.IPAddress}}{{end}}{{end}}",
-             *ids], capture_output=True, text=True, timeout=30, check=True).stdout
-        return {ip: cid for cid, ip in (line.split() for line in out.splitlines() if " " in line)}
-
-    def upstreams_answering(self, method: str, path: str, person: str | None,
-                            **kwargs: Any) -> dict[str, httpx.Response]:
-        """Ask until every running replica has answered once: replica address -> answer."""
-        answers: dict[str, httpx.Response] = {}
-
-        def all_answered() -> bool:
-            r = self.call(method, path, person, **kwargs)
-            answers[replica(r)] = r
-            return len(answers) >= REPLICAS
-        self.stack.wait(all_answered, what=f"both replicas to answer {path}", timeout_s=60)
-        return answers
-
-    def submit(self, person: str, message: str, conversation: str, *,
-               expect: int = 202) -> httpx.Response:
-        r = self.call("POST", "/api/chat", person,
-                      json={"message": message, "conversation_id": conversation})
-        assert r.status_code == expect, (r.status_code, r.text)
-        return r
-
-    def job(self, person: str, job_id: str) -> dict[str, Any]:
-        r = self.call("GET", f"/api/jobs/{job_id}", person)
-        assert r.status_code == 200, r.text
-        return r.json()  # type: ignore[no-any-return]
-
-    def wait_status(self, person: str, job_id: str, *statuses: str,
-                    timeout_s: float = 60) -> dict[str, Any]:
-        seen: dict[str, Any] = {}
-
-        def reached() -> bool:
-            seen.update(self.job(person, job_id))
-            return seen["status"] in statuses
-        self.stack.wait(reached, what=f"job {job_id} {statuses}", timeout_s=timeout_s)
-        return seen
-
-    def redis(self, *command: str) -> str:
-        script = 'REDISCLI_AUTH="$(cat /run/mysisterdb/redis.password)" redis-cli "$@"'
-        return self.stack.run("exec", "-T", "redis", "sh", "-c", script, "redis-cli",
-                              *command).stdout.strip()
-
-    def simulator(self, method: str, path: str) -> str:
-        """The simulator is not published: ask it from inside its own container."""
-        code = ("import sys, urllib.request as u; r = u.Request('http://127.0.0.1:8765' + "
-                "sys.argv[2], method=sys.argv[1]); print(u.urlopen(r, timeout=5).read().decode())")
-        return self.stack.run("exec", "-T", "simulator", "python", "-c", code,
-                              method, path).stdout.strip()
-
-    def active_tasks(self) -> dict[str, list[str]] | None:
-        """Celery's own view: each chat worker node -> ids of the tasks it runs now; None
-        when the question got no answer (an `exec` on a busy engine can fail: asked again
-        by the waits, never read as "nothing runs")."""
-        done = self.stack.run("exec", "-T", "--index", "1", "worker", "celery", "-A",
-                              "workers.celery_app", "inspect", "active", "--json",
-                              "--timeout", "5", check=False)
-        lines = done.stdout.strip().splitlines()
-        if done.returncode != 0 or not lines:
-            print(f"inspect active: no answer (exit {done.returncode}): {done.stderr[-300:]}")
-            return None
-        replies = json.loads(lines[-1])
-        return {node: [t["id"] for t in tasks] for node, tasks in replies.items()
-                if node.startswith("celery@")}
-
-    def both_replicas_up(self) -> None:
-        """After a replica was killed: both run again and the proxy reaches both."""
-        self.stack.run("up", "-d", "--wait", "--no-build", "--scale", f"api={REPLICAS}",
-                       "--scale", f"worker={REPLICAS}", timeout_s=UP_TIMEOUT_S)
-        self.upstreams_answering("GET", "/api/current-time", "operator")
-
-
-def replica(r: httpx.Response) -> str:
-    """The replica's address (`X-Upstream`, ip:port; after a failover `a, b`: the last)."""
-    upstream = r.headers.get("x-upstream", "")
-    assert upstream, f"no X-Upstream header: {dict(r.headers)}"
-    return upstream.split(",")[-1].strip().rsplit(":", 1)[0]
 
 
 def sse_events(lines: Iterator[str]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -164,39 +44,6 @@ def sse_events(lines: Iterator[str]) -> Iterator[tuple[int, dict[str, Any]]]:
         elif not line and data:
             yield event_id, json.loads(data)
             event_id, data = -1, ""
-
-
-@pytest.fixture(scope="module")
-def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scaled]:
-    need_docker()
-    folder = tmp_path_factory.mktemp("scaled")
-    env_file = folder / "empty.env"
-    env_file.write_text("")
-    # The people's tokens and the operator's, as secrets/README.md says: files, handed over
-    # as Docker secrets (0644: the api runs as uid 10001; the folder keeps others out).
-    tokens, operator = folder / "api_tokens", folder / "operator_token"
-    tokens.write_text("".join(f"{p}:{token(p)}\n" for p in PEOPLE))
-    operator.write_text(OPERATOR + "\n")
-    for f in (tokens, operator):
-        f.chmod(0o644)
-    proxy_port = free_port()
-    env = {**compose_env(free_port(), free_port()),
-           "MYSISTERDB_PROXY_HOST_PORT": str(proxy_port), "MYSISTERDB_EDGE_NET": EDGE_NET,
-           "MYSISTERDB_API_TOKENS_FILE": str(tokens),
-           "MYSISTERDB_OPERATOR_TOKEN_FILE": str(operator),
-           "MYSISTERDB_RATE_LIMIT": f"{RATE_LIMIT}/minute",
-           "MYSISTERDB_MAX_QUEUE_DEPTH": str(QUEUE_DEPTH)}
-    stack = Compose(project=f"mysisterdb-scaled-test-{CHECKOUT_ID}", env=env, env_file=env_file,
-                    api_url=f"http://127.0.0.1:{proxy_port}", files=(COMPOSE_FILE, SCALE_FILE))
-    s = Scaled(stack)
-    try:
-        stack.run("down", "-v", "--remove-orphans")
-        stack.run("up", "-d", "--build", "--wait", "--scale", f"api={REPLICAS}",
-                  "--scale", f"worker={REPLICAS}", timeout_s=UP_TIMEOUT_S)
-        yield s
-    finally:
-        s.http.close()
-        stack.run("down", "-v", "--remove-orphans", check=False)
 
 
 def test_the_proxy_is_the_only_door_and_the_generated_token_is_shared(scaled: Scaled) -> None:
@@ -221,7 +68,7 @@ def test_a_follower_whose_replica_dies_resumes_on_another_and_loses_no_text(
     try:
         follow_through_a_replica_death(scaled)
     finally:
-        scaled.both_replicas_up()  # for the tests after this one
+        scaled.all_up()  # for the tests after this one
 
 
 def follow_through_a_replica_death(scaled: Scaled) -> None:
@@ -337,8 +184,7 @@ def test_the_rate_limit_and_the_queue_cap_count_across_replicas(scaled: Scaled) 
         assert queued == QUEUE_DEPTH == queue()["not_started"], queued
         print(f"queue cap: {queued} accepted through {sorted(where)}")
     finally:
-        scaled.stack.run("up", "-d", "--wait", "--no-build", "--scale", f"api={REPLICAS}",
-                         "--scale", f"worker={REPLICAS}", timeout_s=UP_TIMEOUT_S)
+        scaled.all_up()
 
 
 def test_a_session_made_on_one_replica_is_valid_on_all(scaled: Scaled) -> None:
