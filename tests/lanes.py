@@ -14,7 +14,9 @@
 - **waits**: the modules of WAITING, one after another: their tests wait out timeouts and
   time limits (a hung Gemini call cut at its deadline, a task killed at its hard limit) and
   spend little CPU meanwhile, so they cost the busy box little beside the others, and in the
-  rest lane they held one of its two workers for minutes.
+  rest lane they held one of its two workers for minutes. Then the modules of
+  BESIDE_THE_WAITS: once the compose tests shared one project and test_up shared its `up`s,
+  the rest lane was the run's longest chain (422 s against waits 138 s, browser 327 s).
 - **rest**: every other test over pytest-xdist workers (`--dist loadfile`: a module and the
   stack it starts stay in one process; each worker has its own redis-server).
 
@@ -56,6 +58,9 @@ BESIDE_THE_BROWSER = ("tests/test_up.py", "tests/workers/test_restarts.py")
 # 25.2 / 1.2 s, 21.5 / 0.8 s, 20.1 / 1.3 s.
 WAITING = ("tests/workers/test_failures.py", "tests/workers/test_llm.py",
            "tests/core/test_sentinels_down.py", "tests/api/test_incidents_metrics.py")
+# The rest lane's two longest modules (run of 2026-12-08 03:35, wall / CPU): 107 / 36 s and
+# 72 / 18 s.
+BESIDE_THE_WAITS = ("tests/api/test_contract.py", "tests/test_install.py")
 WORKERS_SETTING = "MYSISTERDB_TEST_WORKERS"
 DEFAULT_WORKERS = 2
 IN_NETNS = "--in-netns"
@@ -125,13 +130,14 @@ def lanes(args: list[str], *, netns: list[str] | None, checks: bool = False) -> 
     browser = pytest_argv(BROWSER_TESTS, *BESIDE_THE_BROWSER, *args)
     if netns is not None:
         browser = [*netns, sys.executable, "-m", "tests.lanes", IN_NETNS, *browser]
-    ignored = [a for path in (BROWSER_TESTS, DOCKER_TESTS, *BESIDE_THE_BROWSER, *WAITING)
+    ignored = [a for path in (BROWSER_TESTS, DOCKER_TESTS, *BESIDE_THE_BROWSER, *WAITING,
+                              *BESIDE_THE_WAITS)
                for a in ("--ignore", path)]
     rest = pytest_argv(*ignored, "-n", workers, "--dist", "loadfile", *args)
     tests = [docker,
              Lane("browser", browser, LOG_DIR / "browser.log",
                   after=None if netns is not None else docker),
-             Lane("waits", pytest_argv(*WAITING, *args), LOG_DIR / "waits.log"),
+             Lane("waits", pytest_argv(*WAITING, *BESIDE_THE_WAITS, *args), LOG_DIR / "waits.log"),
              Lane("rest", rest, LOG_DIR / "rest.log")]
     if not checks:
         return tests
