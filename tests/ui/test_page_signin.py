@@ -4,7 +4,11 @@ form and then to the same conversation, not to a page whose every request fails.
 
 A sign-in link asks before it signs in (someone else's link would put the person's chats in
 that account), the page shows who is signed in, and signing out ends the session on the
-server: on a desktop and on a 375 px phone."""
+server: on a desktop and on a 375 px phone.
+
+Tokens are the API's setting alone: these tests start a second API process with them, in front
+of the page's stack (its Redis, worker and simulator), rather than a whole stack of their own.
+"""
 
 from __future__ import annotations
 
@@ -16,23 +20,24 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from mysisterdb.redis_server import RedisServer
-from tests.conftest import start_stack
-from tests.procs import Stack
-from tests.ui.conftest import DESKTOP, PHONE, UI_LIMITS, ChatPage, loopback
+from mysisterdb.redis_server import free_port
+from tests.procs import Stack, start_api
+from tests.ui.conftest import DESKTOP, PHONE, ChatPage, loopback
 
 TOKEN = "hanako-token-0123456789abcdef"
 SOMEONE_ELSE = "mallory-token-0123456789abcdef"  # the person "mallory.x": a name with a dot
-SIGNIN_DB = 3  # the ui stack uses db 0 of the same private redis-server
 
 
 @pytest.fixture(scope="module")
-def token_stack(ui_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
-                ) -> Iterator[Stack]:
-    url = f"redis://{ui_redis.host}:{ui_redis.port}/{SIGNIN_DB}"
-    running = start_stack(redis_url=url, log_dir=tmp_path_factory.mktemp("signin"),
-                          extra={**UI_LIMITS, "MYSISTERDB_API_TOKENS":
-                                 f"hanako:{TOKEN},mallory.x:{SOMEONE_ELSE}"})
+def token_stack(ui_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The page's stack seen through an API with tokens: an API start (~1.7 s of CPU) where a
+    whole stack of its own cost a worker and a simulator too."""
+    log_dir = tmp_path_factory.mktemp("signin")
+    env = {**ui_stack.env, "MYSISTERDB_PORT": str(free_port()), "MYSISTERDB_LOG_DIR": str(log_dir),
+           "MYSISTERDB_API_TOKENS": f"hanako:{TOKEN},mallory.x:{SOMEONE_ELSE}"}
+    api, url = start_api(env, log_dir=log_dir, name="token-api")
+    running = Stack(api_url=url, sim_url=ui_stack.sim_url, redis_url=ui_stack.redis_url,
+                    env=env, procs={"api": api})
     yield running
     running.stop()
 
