@@ -6,11 +6,17 @@ new primary; what was answered before the kill is still there; the old primary, 
 again, comes back as a replica.
 
 tests/sentinel_set.py: the bundled Valkey in each role, on loopback.
+
+The worker is supervised as `mysisterdb up` and compose do (restarted when it exits): under
+load a pool child killed at its hard limit across the failover once garbled its result, Celery
+stopped with "Unrecoverable error: UnicodeDecodeError", the bounded stop (workers/bounded_stop.py)
+ended the worker, and with no supervisor the prompts still queued never ran.
 """
 
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 
@@ -18,7 +24,7 @@ import httpx
 import pytest
 
 from tests.conftest import start_stack
-from tests.procs import Stack, wait_for
+from tests.procs import Stack, mysisterdb, start, wait_for
 from tests.sentinel_set import CLIENTS, MASTER, Clients, SentinelSet, start_sentinel_set
 
 
@@ -37,8 +43,27 @@ def ha_stack(sentinel_set: SentinelSet,
         redis_url="", log_dir=tmp_path_factory.mktemp("ha-stack"),
         extra={"MYSISTERDB_REDIS_SENTINELS": sentinel_set.sentinel_list,
                "MYSISTERDB_REDIS_MASTER": MASTER,
-               "MYSISTERDB_REDIS_PASSWORD": sentinel_set.password})
+               "MYSISTERDB_REDIS_PASSWORD": sentinel_set.password,
+               # A stuck stop ends after the chat limit plus 1 s, not the summary's 60 + 10.
+               "MYSISTERDB_SUMMARY_TIME_LIMIT": "6", "MYSISTERDB_WORKER_STOP_GRACE_S": "1"})
+    stop = threading.Event()
+
+    def supervise() -> None:
+        restarts = 0
+        while not stop.wait(0.5):
+            if stack.procs["worker"].process.poll() is not None:
+                restarts += 1
+                print(f"worker exited ({stack.procs['worker'].process.returncode}); restarted")
+                log_dir = stack.procs["worker"].log_path.parent / f"restart{restarts}"
+                log_dir.mkdir()
+                stack.procs["worker"] = start("worker", mysisterdb("worker"), env=stack.env,
+                                              log_dir=log_dir)
+
+    supervisor = threading.Thread(target=supervise, daemon=True, name="supervisor")
+    supervisor.start()
     yield stack
+    stop.set()
+    supervisor.join(5)
     stack.stop()
 
 
